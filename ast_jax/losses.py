@@ -1,0 +1,184 @@
+"""Functional losses of the Adversarial Sparse Teacher study.
+
+Every function is pure and jittable. Per-example quantities (`entropy`, `kl_divergence`, `epd`,
+`cross_entropy`) return one value per row; the training objectives (`kd_loss`, `ast_loss`,
+`nasty_loss`) return a scalar averaged over the batch ("batchmean": summed over classes,
+averaged over examples). Logits of any float dtype are promoted to at least float32 first, so a
+bfloat16 model still gets a float32 loss.
+
+Equation numbers refer to the AST thesis (papers/ast-thesis.md). Notation: sigma_T(z) =
+softmax(z / T); omega (called `alpha` in the reference code) weighs the divergence term.
+
+Hyperparameters given as Python numbers are validated eagerly (`ValueError` naming the
+argument); traced values cannot be checked and are taken as given.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+DIVERGENCES = ("epd", "kl")
+
+
+def _check(name: str, value, low: float, high: float, *, low_open: bool = False) -> None:
+    """Raise ValueError when a concrete hyperparameter lies outside [low, high] (or (low, high])."""
+    if not isinstance(value, numbers.Real):
+        return
+    if value != value or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must lie in {bracket}{low}, {high}], got {value}")
+
+
+def _float(x: jax.Array) -> jax.Array:
+    """Promote to at least float32 (bfloat16 logits give float32 losses)."""
+    return jnp.asarray(x).astype(jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
+
+
+def _safe_log(p: jax.Array) -> jax.Array:
+    """log p where p > 0, and 0 (not -inf) where p == 0, so that 0 * log 0 terms stay finite."""
+    return jnp.log(jnp.where(p > 0, p, 1.0))
+
+
+def softmax_t(logits: jax.Array, temperature) -> jax.Array:
+    """Temperature-scaled softmax, thesis eq. 3: sigma_T(z)_i = exp(z_i / T) / sum_j exp(z_j / T).
+
+    Entries of `logits` equal to -inf (see `sparse_topk`) get probability exactly 0.
+    """
+    _check("temperature", temperature, 0.0, float("inf"), low_open=True)
+    return jax.nn.softmax(_float(logits) / temperature, axis=-1)
+
+
+def log_softmax_t(logits: jax.Array, temperature) -> jax.Array:
+    """log sigma_T(z), computed stably (log-sum-exp); -inf where a logit is -inf."""
+    _check("temperature", temperature, 0.0, float("inf"), low_open=True)
+    return jax.nn.log_softmax(_float(logits) / temperature, axis=-1)
+
+
+def entropy(probs: jax.Array) -> jax.Array:
+    """Shannon entropy per example, natural log: H(p) = -sum_i p_i log p_i, with 0 log 0 = 0."""
+    probs = _float(probs)
+    return -jnp.sum(jnp.where(probs > 0, probs * _safe_log(probs), 0.0), axis=-1)
+
+
+def _kl_from_log(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """KL(p || q) = sum_i p_i (log p_i - log q_i) from log-probabilities, exact 0 where p_i = 0."""
+    support = log_p > -jnp.inf
+    safe_log_p = jnp.where(support, log_p, 0.0)
+    terms = jnp.exp(safe_log_p) * (safe_log_p - log_q)
+    return jnp.sum(jnp.where(support, terms, 0.0), axis=-1)
+
+
+def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
+    """Kullback-Leibler divergence per example: KL(p || q) = sum_i p_i log(p_i / q_i).
+
+    Terms with p_i = 0 are exactly 0 (and have finite gradients), so masked targets are fine; a
+    q_i = 0 under p_i > 0 gives +inf, as it should.
+    """
+    p, q = _float(p), _float(q)
+    log_p = jnp.where(p > 0, _safe_log(p), -jnp.inf)
+    return _kl_from_log(log_p, jnp.log(q))
+
+
+def epd(target_probs: jax.Array, probs: jax.Array) -> jax.Array:
+    """Exponential Predictive Divergence per example, thesis eq. 6.
+
+    D_EPD(P, Q) = sum_i exp(P_i) * (P_i - Q_i), with P the target and Q the prediction, both
+    probability vectors. It can be negative, is not minimised at Q = P, and dD/dQ_i = -exp(P_i):
+    every class is pulled up, the classes the target keeps (P_i > 0) the hardest. The authors'
+    code computes it as PyTorch `KLDivLoss(log_target=True)(input=Q, target=P)`, which evaluates
+    exactly this formula.
+    """
+    target_probs, probs = _float(target_probs), _float(probs)
+    return jnp.sum(jnp.exp(target_probs) * (target_probs - probs), axis=-1)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Softmax cross-entropy per example on untempered logits: CE = -log sigma(z)_y."""
+    log_probs = jax.nn.log_softmax(_float(logits), axis=-1)
+    return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def resolve_k(num_classes: int, *, k: int | None = None, ratio: float | None = None) -> int:
+    """Number of classes the sparsity function keeps, from an absolute `k` or a `ratio`.
+
+    The thesis states a ratio beta (k = beta * C); the Stingy Teacher code uses int(beta * C).
+    The product is floored after a 1e-6 tolerance, so 0.03 * 100 gives 3, not 2.
+    """
+    if (k is None) == (ratio is None):
+        raise ValueError("give exactly one of k (number of classes kept) or ratio (fraction kept)")
+    if ratio is not None:
+        _check("ratio", ratio, 0.0, 1.0, low_open=True)
+        k = int(ratio * num_classes + 1e-6)
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"k must lie in [1, {num_classes}] (the number of classes), got {k}")
+    return k
+
+
+def sparse_topk(logits: jax.Array, k: int) -> jax.Array:
+    """Sparsity function S(z, k) (thesis §2.5, §4.1): keep the k largest logits of each row.
+
+    All other entries become -inf, so sigma_T(S(z, k)) has exactly k non-zero entries. Selection
+    is by top-k index, so ties never let more than k entries survive (SPEC §2).
+    """
+    num_classes = logits.shape[-1]
+    if not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
+        raise ValueError(f"k must be an integer in [1, {num_classes}] (the number of classes), got {k}")
+    _, indices = jax.lax.top_k(logits, k)
+    keep = jnp.any(indices[..., :, None] == jnp.arange(num_classes), axis=-2)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def kd_loss(student_logits, teacher_logits, labels, temperature, alpha) -> jax.Array:
+    """Knowledge-distillation loss, thesis eq. 1 (Hinton et al.).
+
+    L_KD = alpha * T^2 * mean_b KL(sigma_T(t) || sigma_T(s)) + (1 - alpha) * mean_b CE(s, y).
+
+    The teacher side is a constant (gradients stopped) and may hold -inf logits (a Stingy
+    Teacher's sparse output): its zero-probability classes contribute exactly 0.
+    """
+    _check("alpha", alpha, 0.0, 1.0)
+    log_p_teacher = jax.lax.stop_gradient(log_softmax_t(teacher_logits, temperature))
+    kl = _kl_from_log(log_p_teacher, log_softmax_t(student_logits, temperature))
+    ce = cross_entropy(student_logits, labels)
+    return alpha * temperature**2 * jnp.mean(kl) + (1 - alpha) * jnp.mean(ce)
+
+
+def ast_loss(logits, adv_logits, labels, temperature, alpha, k, divergence: str = "epd") -> jax.Array:
+    """Adversarial Sparse Teacher loss, thesis eq. 5.
+
+    L_AST = alpha * T^2 * mean_b D(sigma_T(S(f(x_adv), k)) -> sigma_T(f(x)))
+            + (1 - alpha) * mean_b CE(f(x), y),
+
+    with D = EPD (eq. 6) by default, or D = KL(target || prediction) for the thesis's KL
+    ablation (Table 6.11). The target is built from `adv_logits` (the trained model's own
+    inference-mode output on the adversarial image) with gradients stopped. The Stingy Trained
+    Teacher uses the same loss with the clean image's inference-mode logits as `adv_logits`.
+    """
+    _check("alpha", alpha, 0.0, 1.0)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    sparse_target = sparse_topk(jax.lax.stop_gradient(_float(adv_logits)), k)
+    if divergence == "epd":
+        div = epd(softmax_t(sparse_target, temperature), softmax_t(logits, temperature))
+    else:
+        div = _kl_from_log(log_softmax_t(sparse_target, temperature), log_softmax_t(logits, temperature))
+    ce = cross_entropy(logits, labels)
+    return alpha * temperature**2 * jnp.mean(div) + (1 - alpha) * jnp.mean(ce)
+
+
+def nasty_loss(logits, base_logits, labels, temperature, omega) -> jax.Array:
+    """Nasty Teacher loss (Ma et al., ICLR 2021), as stated in SPEC §2.
+
+    L_NT = mean_b CE(f(x), y) - omega * T^2 * mean_b KL(sigma_T(f(x)) || sigma_T(f_base(x))).
+
+    `base_logits` come from the frozen base model in inference mode (gradients stopped);
+    gradients flow through the nasty model's side of the KL. The reference code's constant +100
+    (for logging only) is left out: it changes no gradient.
+    """
+    _check("omega", omega, 0.0, 1.0)
+    log_p_base = jax.lax.stop_gradient(log_softmax_t(base_logits, temperature))
+    kl = _kl_from_log(log_softmax_t(logits, temperature), log_p_base)
+    return jnp.mean(cross_entropy(logits, labels)) - omega * temperature**2 * jnp.mean(kl)
