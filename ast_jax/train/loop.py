@@ -1,0 +1,147 @@
+"""Jitted, data-parallel programs: one training epoch, evaluation, the PGD adversarial set.
+
+The data of a split lives on the devices as one uint8 array, replicated; an epoch is one jitted
+call: a `lax.scan` over its steps that gathers each batch by a permutation drawn from
+(seed, epoch), augments and normalises it, and runs the train step under `jax.shard_map` over
+the mesh axis `data` (gradients and BatchNorm statistics averaged with `lax.pmean`). The state is
+donated: no host round trip per step. Per-example randomness depends only on (seed, epoch, step,
+position in the global batch), so a run gives the same result on 1 or N devices.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .. import adversarial
+from ..data import AugmentSpec, augment, epoch_batches, normalize, to_unit_float
+from .steps import PAIRINGS, StepSpec, Teacher, TrainState, train_step
+
+AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named `data` over `devices` (default: every device of every process)."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices, (AXIS,))
+
+
+def replicate(mesh: Mesh, tree):
+    """Place a pytree of host arrays on every device of `mesh`."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
+    if batch_size % mesh.size:
+        raise ValueError(f"{name}={batch_size} must be divisible by the number of devices ({mesh.size}); "
+                         f"pick a multiple of {mesh.size}")
+
+
+def _shard_batch(mesh: Mesh, tree):
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P(AXIS)))
+
+
+def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
+                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned"):
+    """Build `train_epoch(state, data, teacher_variables, key, epoch) -> (state, metrics)`.
+
+    `data` = {'images': uint8 (N,H,W,C), 'labels': int32 (N,)[, 'adv_images': float (N,H,W,C)
+    in model-input space]}; `key` the run's PRNG key; `metrics` holds per-step arrays (steps,).
+    Pairing of clean and adversarial images (SPEC §4): `aligned` gathers both with the epoch's
+    permutation; `random` reproduces the reference, whose adversarial loader walks one fixed
+    permutation while the clean loader is reshuffled every epoch.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    check_batch_size(batch_size, mesh)
+    step = jax.shard_map(
+        functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS), mesh=mesh,
+        in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False)
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_epoch(state: TrainState, data, teacher_variables, key, epoch):
+        epoch_key = jax.random.fold_in(key, epoch)
+        order_key, augment_key = jax.random.split(epoch_key)
+        num_examples = data["labels"].shape[0]
+        order = epoch_batches(order_key, num_examples, batch_size)
+        adv_order = order if pairing == "aligned" else epoch_batches(jax.random.fold_in(key, 0xFFFFFFFF), num_examples, batch_size)
+
+        def body(state, xs):
+            index, rows, adv_rows = xs
+            images = augment(jax.random.fold_in(augment_key, index), data["images"][rows], augment_spec)
+            batch = {"image": normalize(images, mean, std), "label": data["labels"][rows]}
+            if spec.needs_adversarial:
+                batch["adv_image"] = data["adv_images"][adv_rows]
+            return step(state, _shard_batch(mesh, batch), teacher_variables)
+
+        return jax.lax.scan(body, state, (jnp.arange(order.shape[0]), order, adv_order))
+
+    return train_epoch
+
+
+def _batched_map(fn, mesh: Mesh, batch_size: int, *arrays):
+    """Apply `fn` to every batch of the leading axis (padded to whole batches), return (N, ...)."""
+    num = arrays[0].shape[0]
+    steps = -(-num // batch_size)
+    pad = steps * batch_size - num
+
+    def batches(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(steps, batch_size, *a.shape[1:])
+
+    def body(_, xs):
+        return None, fn(*_shard_batch(mesh, xs))
+
+    _, out = jax.lax.scan(body, None, tuple(batches(a) for a in arrays))
+    return out.reshape(steps * batch_size, *out.shape[2:])[:num]
+
+
+def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
+    """Build `predict(variables, images_uint8) -> logits (N, C)` in inference mode, float32."""
+    check_batch_size(batch_size, mesh, "eval_batch_size")
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+    @jax.jit
+    def predict(variables, images):
+        def logits(x):
+            return model.apply(variables, normalize(to_unit_float(x), mean, std), train=False).astype(jnp.float32)
+
+        return _batched_map(logits, mesh, batch_size, images)
+
+    return predict
+
+
+def make_adversarial_set(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float, step_size: float,
+                         steps: int, space: str = "pixel", random_start: bool = False):
+    """Build `attack(variables, images_uint8, labels, key) -> adversarial images, model-input space`.
+
+    PGD (thesis eq. 4) against the model with `variables` in inference mode, batch by batch.
+    `space="pixel"` attacks [0, 1] pixels and normalises the result; `space="reference"` attacks
+    normalised images with the reference code's [0, 1] clamp and returns them as they are (SPEC §4).
+    Either way the result is what the model takes as input, ready for the AST step.
+    """
+    check_batch_size(batch_size, mesh, "pgd.batch_size")
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+    def apply_fn(variables, x):
+        x = normalize(x, mean, std) if space == "pixel" else x
+        return model.apply(variables, x, train=False)
+
+    @jax.jit
+    def attack(variables, images, labels, key):
+        keys = jax.random.split(key, images.shape[0])
+
+        def one_batch(x, y, k):
+            adv = adversarial.pgd(functools.partial(apply_fn, variables), to_unit_float(x), y, eps=eps,
+                                  step_size=step_size, steps=steps, random_start=random_start, key=k[0],
+                                  space=space, mean=mean, std=std)
+            return normalize(adv, mean, std) if space == "pixel" else adv
+
+        return _batched_map(one_batch, mesh, batch_size, images, labels, keys)
+
+    return attack

@@ -1,0 +1,39 @@
+"""Optimisers of the thesis (§5), built with optax.
+
+SGD: momentum 0.9, PyTorch-style *coupled* weight decay (the decay is added to the gradient
+before the momentum buffer: g <- g + wd * theta; b <- mu * b + g; theta <- theta - lr * b, which is
+`torch.optim.SGD(momentum=mu, weight_decay=wd)` with dampening 0), learning rate multiplied by
+`lr_decay` at each epoch milestone. Adam (the CNN student): `torch.optim.Adam` defaults with
+the same optional coupled decay and milestones.
+"""
+
+from __future__ import annotations
+
+import optax
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) -> optax.Schedule:
+    """Piecewise-constant learning rate: lr * lr_decay^(number of milestones passed).
+
+    The step counter is the number of optimizer updates already applied, so epoch e (0-based)
+    runs at lr * lr_decay^#{m in milestones : m <= e}, like PyTorch's MultiStepLR stepped once
+    per epoch.
+    """
+    boundaries = {int(m) * steps_per_epoch: lr_decay for m in milestones}
+    return optax.piecewise_constant_schedule(lr, boundaries)
+
+
+def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer a `config.train`-shaped ConfigDict describes (SPEC §5)."""
+    schedule = lr_schedule(train_config.lr, train_config.milestones, train_config.lr_decay, steps_per_epoch)
+    if train_config.optimizer == "sgd":
+        step = optax.sgd(schedule, momentum=train_config.momentum)
+    elif train_config.optimizer == "adam":
+        step = optax.adam(schedule)
+    else:
+        raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {train_config.optimizer!r}")
+    if train_config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(train_config.weight_decay), step)
+    return step

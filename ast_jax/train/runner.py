@@ -1,0 +1,120 @@
+"""A training run: epochs of the jitted program, evaluation, metrics and checkpoints.
+
+This is the edge where training meets the file system (through `ast_jax.checkpoints`); the
+programs it runs are pure (`loop`, `steps`). A run resumes from its latest checkpoint: data order
+and augmentation depend only on (seed, epoch) and the state is restored exactly, so a resumed
+run ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import checkpoints
+from ..data import ArraySplit, AugmentSpec
+from .loop import make_mesh, make_predict, make_train_epoch, replicate
+from .optim import make_optimizer
+from .steps import StepSpec, Teacher, init_state
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    variables: dict          # {'params', 'batch_stats'} after the last epoch
+    history: list[dict]      # one row per evaluated epoch
+    final_accuracy: float    # test accuracy after the last epoch
+    best_accuracy: float     # best test accuracy over the evaluated epochs
+
+
+def evaluate(predict, variables, split: ArraySplit) -> dict:
+    """Accuracy and mean CE of `predict` on a whole split (host floats)."""
+    logits = predict(variables, split.images)
+    labels = jnp.asarray(split.labels)
+    log_probs = jax.nn.log_softmax(logits, -1)
+    return {"test_accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
+            "test_loss": float(-jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], -1)))}
+
+
+def _first_non_finite(losses: np.ndarray) -> int | None:
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(bad[0]) if bad.size else None
+
+
+def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, seed: int, train: ArraySplit,
+        test: ArraySplit, mean, std, augment_spec: AugmentSpec, adv_images=None, teacher: Teacher | None = None,
+        teacher_variables=None, pairing: str = "aligned", mesh=None,
+        log: Callable[[str], None] = print) -> RunResult:
+    """Train `model` with `spec` for `train_config.epochs` epochs, checkpointing into `directory`.
+
+    `record` is the run's configuration as JSON-able dict: a directory holding another record is
+    refused (checkpoints.WorkdirConflictError). `adv_images` (model-input space, aligned with
+    `train`) is required by the `ast` step, `teacher`/`teacher_variables` by `kd` and `nasty`.
+    """
+    if spec.needs_adversarial and adv_images is None:
+        raise ValueError("the ast step needs the adversarial training set (adv_images)")
+    if spec.needs_teacher and (teacher is None or teacher_variables is None):
+        raise ValueError(f"the {spec.kind} step needs a frozen teacher and its variables")
+    checkpoints.claim(directory, record)
+    mesh = mesh or make_mesh()
+    batch_size, epochs = train_config.batch_size, train_config.epochs
+    steps_per_epoch = len(train.labels) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train.labels)} training examples")
+    tx = make_optimizer(train_config, steps_per_epoch)
+    train_epoch = make_train_epoch(model, tx, spec, mesh, batch_size=batch_size, augment_spec=augment_spec,
+                                   mean=mean, std=std, teacher=teacher, pairing=pairing)
+    predict = make_predict(model, mesh, batch_size=train_config.eval_batch_size, mean=mean, std=std)
+
+    key = jax.random.PRNGKey(seed)
+    state = replicate(mesh, init_state(model, tx, jax.random.fold_in(key, 1 << 20), train.images.shape[1:]))
+    data = {"images": train.images, "labels": train.labels}
+    if spec.needs_adversarial:
+        data["adv_images"] = adv_images
+    data = replicate(mesh, data)
+    teacher_variables = replicate(mesh, teacher_variables) if teacher_variables is not None else None
+
+    mngr = checkpoints.manager(directory)
+    start, history = 0, []
+    restored = checkpoints.restore_latest(mngr, state)
+    if restored is not None:
+        start, state, _ = restored
+        history = [row for row in checkpoints.read_metrics(directory) if row["epoch"] <= start]
+        checkpoints.write_metrics(directory, history)
+        log(f"resuming {directory} after epoch {start}")
+    for epoch in range(start, epochs):
+        tick = time.perf_counter()
+        state, metrics = train_epoch(state, data, teacher_variables, key, epoch)
+        losses = np.asarray(metrics["loss"])
+        bad_step = _first_non_finite(losses)
+        if bad_step is not None:
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {bad_step + 1} of {steps_per_epoch}; training stopped. "
+                f"The last good checkpoint (epoch {mngr.latest_step() or 0}) in {directory} is kept. "
+                f"Lower train.lr or the loss weight, or use float32.")
+        seconds = time.perf_counter() - tick
+        row = {"epoch": epoch + 1, "train_loss": float(losses.mean()),
+               "train_accuracy": float(np.mean(metrics["accuracy"])), "epoch_seconds": seconds,
+               "images_per_second": steps_per_epoch * batch_size / seconds}
+        last = epoch + 1 == epochs
+        if last or (epoch + 1) % train_config.eval_every == 0:
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            row.update(evaluate(predict, variables, test))
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        history.append(row)
+        checkpoints.write_metrics(directory, history)
+        if last or (epoch + 1) % train_config.checkpoint_every == 0:
+            checkpoints.save(mngr, epoch + 1, state, row)
+    mngr.close()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    evaluated = [row["test_accuracy"] for row in history if "test_accuracy" in row]
+    final = evaluated[-1] if evaluated else evaluate(predict, variables, test)["test_accuracy"]
+    return RunResult(variables, history, final, max(evaluated, default=final))

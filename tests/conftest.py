@@ -1,0 +1,41 @@
+"""Shared test fixtures: a tiny BatchNorm model and tiny image data (fast to compile on CPU)."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+class TinyNet(nn.Module):
+    """conv -> BatchNorm -> ReLU -> global mean -> linear: the engine's calling convention."""
+
+    num_classes: int = 4
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)))(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=self.axis_name)(x)
+        x = nn.relu(x).mean(axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+def tiny_split(num: int, num_classes: int = 4, size: int = 8, channels: int = 1, seed: int = 0):
+    """uint8 images whose mean brightness encodes the label (learnable in a few steps)."""
+    from ast_jax.data import ArraySplit
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, num).astype(np.int32)
+    base = (labels[:, None, None, None] * (200 // num_classes)).astype(np.float64)
+    images = np.clip(base + rng.normal(0, 20, (num, size, size, channels)), 0, 255).astype(np.uint8)
+    return ArraySplit(images=images, labels=labels)
+
+
+@pytest.fixture
+def tiny_net():
+    return TinyNet
+
+
+@pytest.fixture
+def make_split():
+    return tiny_split

@@ -1,0 +1,66 @@
+"""Data parallelism: a few ce, kd and ast steps on 4 (fake CPU) devices match the 1-device run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+KINDS = ("ce", "kd", "ast", "stt", "nasty")
+
+
+def _compare_device_counts() -> dict:
+    import jax
+    from ast_jax.data import AugmentSpec
+    from ast_jax.train import StepSpec, Teacher, init_state, make_mesh, make_optimizer, make_train_epoch, replicate
+    from ml_collections import ConfigDict
+    from conftest import TinyNet, tiny_split
+
+    assert jax.device_count() == 4, jax.devices()
+    split = tiny_split(48, channels=3)
+    model = TinyNet(axis_name="data")
+    train_config = ConfigDict(dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                   milestones=(1,), lr_decay=0.1))
+    tx = make_optimizer(train_config, steps_per_epoch=3)
+    state0 = jax.tree.map(np.asarray, init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3)))
+    teacher_variables = jax.tree.map(np.asarray, TinyNet().init(jax.random.PRNGKey(1), split.images[:1] / 255.0))
+    adv = np.random.default_rng(2).normal(size=split.images.shape).astype(np.float32)
+    data = {"images": split.images, "labels": split.labels, "adv_images": adv}
+    specs = {"ce": StepSpec("ce"), "kd": StepSpec("kd", 4.0, 0.9), "ast": StepSpec("ast", 6.0, 0.05, k=2),
+             "stt": StepSpec("stt", 4.0, 0.04, k=2), "nasty": StepSpec("nasty", 4.0, 0.04)}
+    diffs = {}
+    for kind in KINDS:
+        results = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            mesh = make_mesh(devices)
+            epoch = make_train_epoch(model, tx, specs[kind], mesh, batch_size=16,
+                                     augment_spec=AugmentSpec(crop_padding=2, flip=True), mean=(0.5,) * 3,
+                                     std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random")
+            state = replicate(mesh, state0)
+            for e in range(2):
+                state, metrics = epoch(state, replicate(mesh, data), replicate(mesh, teacher_variables),
+                                       jax.random.PRNGKey(3), e)
+            results.append((jax.tree.map(np.asarray, (state.params, state.batch_stats)), np.asarray(metrics["loss"])))
+        (one, loss1), (four, loss4) = results
+        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(state0.params)))
+        diffs[kind] = {"max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in
+                                           zip(jax.tree.leaves(one), jax.tree.leaves(four))),
+                       "loss_diff": float(np.max(np.abs(loss1 - loss4))), "moved": moved}
+    return diffs
+
+
+def test_four_devices_match_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(__file__))
+    assert out.returncode == 0, out.stderr[-3000:]
+    diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    for kind in KINDS:
+        assert diffs[kind]["moved"] > 1e-3, (kind, diffs[kind])  # training did something
+        assert diffs[kind]["max_abs_diff"] < 1e-5, (kind, diffs[kind])
+        assert diffs[kind]["loss_diff"] < 1e-5, (kind, diffs[kind])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_compare_device_counts()))

@@ -1,0 +1,202 @@
+"""Train steps, optimizer and the checkpointed run (tiny model, CPU)."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from ast_jax import checkpoints, losses
+from ast_jax.data import AugmentSpec
+from ast_jax.train import NonFiniteLossError, StepSpec, Teacher, fit, init_state, lr_schedule, make_optimizer, train_step
+from conftest import TinyNet, tiny_split
+
+
+def sgd_config(**overrides):
+    base = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, milestones=(2,), lr_decay=0.1,
+                batch_size=16, eval_batch_size=20, epochs=3, checkpoint_every=1, eval_every=1)
+    return ConfigDict({**base, **overrides})
+
+
+# ---- optimizer ----
+def test_lr_schedule_is_multistep_per_epoch():
+    schedule = lr_schedule(0.1, (2, 3), 0.2, steps_per_epoch=5)
+    lrs = [float(schedule(step)) for step in (0, 9, 10, 14, 15)]
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.02, 0.02, 0.004], rtol=1e-6)
+
+
+def test_sgd_is_pytorch_coupled_weight_decay_with_momentum():
+    tx = make_optimizer(sgd_config(lr=0.5, weight_decay=0.1, milestones=()), steps_per_epoch=1)
+    theta, grads = np.array([1.0, -2.0]), [np.array([0.3, 0.2]), np.array([-0.1, 0.4])]
+    params, opt_state = jnp.asarray(theta, jnp.float32), tx.init(jnp.asarray(theta, jnp.float32))
+    buf = np.zeros(2)
+    for g in grads:  # torch.optim.SGD(lr=0.5, momentum=0.9, weight_decay=0.1), written out
+        d = g + 0.1 * theta
+        buf = 0.9 * buf + d
+        theta = theta - 0.5 * buf
+        updates, opt_state = tx.update(jnp.asarray(g, jnp.float32), opt_state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params, theta, rtol=1e-6)
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer(sgd_config(optimizer="lion"), 1)
+
+
+# ---- one step, checked against an independent recomputation ----
+@pytest.fixture(scope="module")
+def step_setup():
+    model = TinyNet()
+    tx = optax.sgd(0.1)
+    state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
+    split = tiny_split(8, channels=3)
+    rng = np.random.default_rng(1)
+    batch = {"image": jnp.asarray(split.images / 255.0, jnp.float32), "label": jnp.asarray(split.labels),
+             "adv_image": jnp.asarray(rng.normal(size=split.images.shape), jnp.float32)}
+    teacher = TinyNet()
+    teacher_vars = teacher.init(jax.random.PRNGKey(5), batch["image"])
+    return model, tx, state, batch, Teacher(teacher), teacher_vars
+
+
+def _expected_grads(model, state, batch, objective):
+    def loss(params):
+        logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+                                mutable=["batch_stats"])
+        return objective(logits)
+    return jax.grad(loss)(state.params)
+
+
+def _infer(model, variables, images):
+    return model.apply(variables, images, train=False)
+
+
+@pytest.mark.parametrize("kind", ["ce", "kd", "ast", "stt", "nasty"])
+def test_step_applies_the_objective_gradient(step_setup, kind):
+    model, tx, state, batch, teacher, teacher_vars = step_setup
+    own = {"params": state.params, "batch_stats": state.batch_stats}
+    y = batch["label"]
+    objectives = {
+        "ce": (StepSpec("ce"), lambda z: jnp.mean(losses.cross_entropy(z, y))),
+        "kd": (StepSpec("kd", 4.0, 0.9), lambda z: losses.kd_loss(z, _infer(teacher.module, teacher_vars, batch["image"]), y, 4.0, 0.9)),
+        "nasty": (StepSpec("nasty", 4.0, 0.04), lambda z: losses.nasty_loss(z, _infer(teacher.module, teacher_vars, batch["image"]), y, 4.0, 0.04)),
+        "ast": (StepSpec("ast", 6.0, 0.05, k=2), lambda z: losses.ast_loss(z, _infer(model, own, batch["adv_image"]), y, 6.0, 0.05, 2)),
+        "stt": (StepSpec("stt", 4.0, 0.04, k=2, divergence="kl"), lambda z: losses.ast_loss(z, _infer(model, own, batch["image"]), y, 4.0, 0.04, 2, "kl")),
+    }
+    spec, objective = objectives[kind]
+    new_state, metrics = train_step(model, tx, spec, teacher, state, batch, teacher_vars)
+    grads = _expected_grads(model, state, batch, objective)
+    expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(new_state.step) == 1
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.batch_stats, state.batch_stats))
+    assert max(moved) > 0, "training mode must update the BatchNorm running statistics"
+    assert np.isfinite(float(metrics["loss"])) and 0 <= float(metrics["accuracy"]) <= 1
+
+
+def test_ast_target_uses_inference_mode_statistics(step_setup):
+    """Changing the running statistics changes the AST target (it is computed in inference mode)."""
+    model, tx, state, batch, teacher, _ = step_setup
+    spec = StepSpec("ast", 6.0, 0.5, k=2)
+    shifted = state.replace(batch_stats=jax.tree.map(lambda s: s + 0.5, state.batch_stats))
+    a, _ = train_step(model, tx, spec, None, state, batch)
+    b, _ = train_step(model, tx, spec, None, shifted, batch)
+    diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+    assert diff > 1e-6
+
+
+def test_step_spec_validation():
+    with pytest.raises(ValueError, match="step kind"):
+        StepSpec("adversarial")
+    with pytest.raises(ValueError, match="needs k"):
+        StepSpec("ast", 6.0, 0.05)
+
+
+# ---- a checkpointed run ----
+def _fit(directory, train_config, spec=StepSpec("ce"), record=None, log=lambda _: None, **kw):
+    split, test = tiny_split(64, channels=1, seed=0), tiny_split(30, channels=1, seed=1)
+    return fit(directory=str(directory), record=record or {"run": "tiny"}, model=TinyNet(axis_name="data"),
+               train_config=train_config, spec=spec, seed=0, train=split, test=test, mean=(0.5,), std=(0.25,),
+               augment_spec=AugmentSpec(crop_padding=1, flip=True), log=log, **kw)
+
+
+def test_fit_writes_metrics_and_checkpoints_and_learns(tmp_path):
+    result = _fit(tmp_path, sgd_config(epochs=4, lr=0.2, checkpoint_every=2))
+    rows = checkpoints.read_metrics(str(tmp_path))
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    assert json.load(open(tmp_path / "run.json")) == {"run": "tiny"}
+    assert result.final_accuracy == rows[-1]["test_accuracy"] and result.best_accuracy >= result.final_accuracy
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert result.final_accuracy > 0.5  # 4 balanced classes: chance is 0.25
+
+
+def test_fit_refuses_a_directory_of_another_run(tmp_path):
+    _fit(tmp_path, sgd_config(epochs=1))
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    with pytest.raises(checkpoints.WorkdirConflictError, match="run"):
+        _fit(tmp_path, sgd_config(epochs=1), record={"run": "other"})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+    assert json.load(open(tmp_path / "run.json")) == {"run": "tiny"}
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    _fit(tmp_path, sgd_config(epochs=1), record={"run": "nan"})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+.*last good checkpoint \(epoch 1\)"):
+        _fit(tmp_path, sgd_config(epochs=2, lr=1e30, milestones=()), record={"run": "nan"})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="adversarial"):
+        _fit(tmp_path, sgd_config(), spec=StepSpec("ast", 6.0, 0.05, k=2))
+    with pytest.raises(ValueError, match="teacher"):
+        _fit(tmp_path, sgd_config(), spec=StepSpec("kd", 4.0, 0.9))
+
+
+RESUME_SCRIPT = """
+import sys, time, numpy as np, jax
+sys.path.insert(0, {tests!r})
+from test_train import _fit, sgd_config
+result = _fit({directory!r}, sgd_config(epochs=6, checkpoint_every=1), record={{"run": "resume"}},
+              log=lambda _: time.sleep(0.5))  # slow enough to be killed between two checkpoints
+np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
+"""
+
+
+def _run_training_subprocess(directory, out, kill_after_checkpoint=None):
+    code = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), directory=str(directory), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if kill_after_checkpoint is not None:
+        target = directory / "checkpoints" / str(kill_after_checkpoint)
+        deadline = time.time() + 300
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path):
+    _run_training_subprocess(tmp_path / "whole", tmp_path / "whole.npz")
+    _run_training_subprocess(tmp_path / "killed", tmp_path / "killed.npz", kill_after_checkpoint=2)
+    assert not (tmp_path / "killed" / "checkpoints" / "6").exists(), "the run was not interrupted"
+    _run_training_subprocess(tmp_path / "killed", tmp_path / "killed.npz")
+    whole, resumed = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "killed.npz")
+    assert len(whole.files) == len(resumed.files) > 0
+    for name in whole.files:
+        np.testing.assert_array_equal(whole[name], resumed[name])
+    rows = checkpoints.read_metrics(str(tmp_path / "killed"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
