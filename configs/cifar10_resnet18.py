@@ -1,0 +1,25 @@
+"""CIFAR-10 study with ResNet18 teachers (thesis §5 and §6.1; SPEC §5 and §7).
+
+Teachers (base, AST, NT, STT): ResNet18. Students: the five-layer CNN, ResnetC-20, ResnetC-32
+(pre-activation CIFAR ResNets) and ResNet18. SGD lr 0.1 for 160 epochs, x0.1 at epochs 80 and
+120; the CNN student uses the thesis's Adam 1e-3 recipe for 100 epochs without decay.
+
+AST: thesis tau 6, omega 0.05, sparsity ratio 0.2 (k = 2 of 10); the authors' code uses the same
+values with k = 2 (`reference` variant). NT tau 4 / omega 0.04, STT ratio 0.2 / tau 4 /
+omega 0.04, ST ratio 0.2, KD attack tau 4 / omega 0.9 (per data set, `ast_jax.config`).
+"""
+
+from ast_jax.config import CNN_STUDENT_TRAIN, study_config
+
+
+def get_config(variant: str = "thesis"):
+    return study_config(
+        name="cifar10_resnet18",
+        dataset="cifar10",
+        teacher="resnet18",
+        students=("cnn", "preresnet20", "preresnet32", "resnet18"),
+        variant=variant,
+        ast=dict(temperature=6.0, alpha=0.05, ratio=0.2),
+        ast_reference=dict(temperature=6.0, alpha=0.05, k=2),
+        student_train={"cnn": CNN_STUDENT_TRAIN},
+    )

@@ -1,0 +1,356 @@
+"""Tests of ast_jax.config and the study configs in configs/ (SPEC §4-5, §9)."""
+
+import json
+import os
+import sys
+import types
+
+import ml_collections
+import pytest
+
+from ast_jax import config as cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py") and not f.startswith("_"))
+EXPECTED_FILES = ["cifar100_resnet18.py", "cifar100_resnet50.py", "cifar10_resnet18.py", "digits.py",
+                  "fashion_mnist.py", "tiny_imagenet_resnet50.py"]
+
+# Only used when ast_jax.data / ast_jax.models are not importable yet (written concurrently).
+_FALLBACK_DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet")
+_FALLBACK_MODELS = ("cnn", "preresnet20", "preresnet32", "resnet18", "resnet34", "resnet50", "shufflenetv2",
+                    "mobilenetv2")
+
+
+@pytest.fixture(autouse=True)
+def _name_lists(monkeypatch):
+    try:
+        import ast_jax.data  # noqa: F401
+        ast_jax.data.DATASETS  # noqa: B018
+    except (ImportError, AttributeError):
+        monkeypatch.setitem(sys.modules, "ast_jax.data", types.SimpleNamespace(DATASETS=_FALLBACK_DATASETS))
+    try:
+        from ast_jax.models import MODEL_NAMES  # noqa: F401
+    except ImportError:
+        monkeypatch.setitem(sys.modules, "ast_jax.models", types.SimpleNamespace(MODEL_NAMES=_FALLBACK_MODELS))
+
+
+def path(name, variant=None):
+    spec = os.path.join(CONFIGS, name + ".py")
+    return f"{spec}:{variant}" if variant else spec
+
+
+def load(name, variant=None, overrides=()):
+    return cfg.load_config(path(name, variant), overrides)
+
+
+# ------------------------------------------------------------------ every file, both variants
+
+def test_the_six_studies_exist():
+    assert set(EXPECTED_FILES) <= set(CONFIG_FILES)
+
+
+@pytest.mark.parametrize("variant", [None, "thesis", "reference"])
+@pytest.mark.parametrize("filename", CONFIG_FILES)
+def test_every_config_loads_locked_and_valid(filename, variant):
+    c = load(filename[:-3], variant)
+    assert c.is_locked
+    cfg.validate(c)
+    assert c.name == filename[:-3]
+    for section, keys in cfg.SCHEMA.items():
+        node = c
+        for part in filter(None, section.split(".")):
+            node = node[part]
+        assert tuple(sorted(node.keys())) == tuple(sorted(keys)), section
+    assert (variant == "reference") == (c.pgd.space == "reference")
+    assert (variant == "reference") == (c.ast.pairing == "random")
+    assert c.stingy.temperature == (20.0 if variant == "reference" else c.kd.temperature)
+    assert c.stingy.alpha == 0.9
+    with pytest.raises(AttributeError):
+        c.no_such_key = 1
+
+
+def test_default_variant_is_thesis():
+    assert cfg.to_json(load("cifar100_resnet18")) == cfg.to_json(load("cifar100_resnet18", "thesis"))
+
+
+# ------------------------------------------------------------------ SPEC §5 values
+
+def test_cifar10_resnet18_values():
+    t, r = load("cifar10_resnet18", "thesis"), load("cifar10_resnet18", "reference")
+    assert (t.data.name, t.teacher.model) == ("cifar10", "resnet18")
+    assert t.students == ("cnn", "preresnet20", "preresnet32", "resnet18")
+    assert (t.train.epochs, t.train.milestones, t.train.lr_decay) == (160, (80, 120), 0.1)
+    assert (t.train.optimizer, t.train.lr, t.train.momentum, t.train.weight_decay, t.train.batch_size) == (
+        "sgd", 0.1, 0.9, 5e-4, 128)
+    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio, t.ast.k) == (6.0, 0.05, 0.2, None)
+    assert (r.ast.temperature, r.ast.alpha, r.ast.k, r.ast.ratio) == (6.0, 0.05, 2, None)
+    assert (t.nasty.temperature, t.nasty.omega) == (4.0, 0.04)
+    assert (t.stt.temperature, t.stt.alpha, t.stt.ratio) == (4.0, 0.04, 0.2)
+    assert (t.stingy.ratio, t.stingy.temperature, t.stingy.alpha) == (0.2, 4.0, 0.9)
+    assert (r.stingy.ratio, r.stingy.temperature, r.stingy.alpha) == (0.2, 20.0, 0.9)
+    assert (t.kd.temperature, t.kd.alpha) == (4.0, 0.9)
+    assert (t.pgd.eps, t.pgd.step_size, t.pgd.steps, t.pgd.space, t.pgd.random_start) == (
+        0.3, 0.01, 40, "pixel", False)
+    assert (t.data.augment.crop_padding, t.data.augment.flip, t.data.augment.rotation_degrees) == (4, True, 0.0)
+    assert (t.ast.divergence, t.ast.pairing, t.stt.divergence) == ("epd", "aligned", "epd")
+
+
+def test_cifar100_resnet18_values():
+    t, r = load("cifar100_resnet18", "thesis"), load("cifar100_resnet18", "reference")
+    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio, t.ast.k) == (20.0, 0.03, 0.02, None)
+    assert (r.ast.temperature, r.ast.alpha, r.ast.k, r.ast.ratio) == (30.0, 0.035, 7, None)
+    assert (r.pgd.space, r.ast.pairing) == ("reference", "random")
+    assert t.students == ("shufflenetv2", "resnet18")
+    assert (t.train.epochs, t.train.milestones, t.train.lr_decay) == (200, (60, 120, 160), 0.2)
+    assert (t.nasty.temperature, t.nasty.omega, r.nasty.temperature, r.nasty.omega) == (20.0, 0.005, 20.0, 0.005)
+    assert (t.stt.ratio, t.stt.temperature, t.stt.alpha) == (0.1, 20.0, 0.005)
+    assert (r.stt.ratio, r.stt.temperature, r.stt.alpha) == (0.1, 20.0, 0.005)  # "—": thesis kept
+    assert (t.kd.temperature, t.kd.alpha, t.stingy.ratio) == (20.0, 0.9, 0.1)
+    assert cfg.sparsity_k(t.ast, 100) == 2 and cfg.sparsity_k(r.ast, 100) == 7
+
+
+def test_cifar100_resnet50_values():
+    t, r = load("cifar100_resnet50", "thesis"), load("cifar100_resnet50", "reference")
+    assert t.teacher.model == "resnet50" and t.students == ("shufflenetv2", "resnet18")
+    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio) == (20.0, 0.03, 0.03)
+    assert (r.ast.temperature, r.ast.alpha, r.ast.k, r.ast.ratio) == (30.0, 0.03, 7, None)
+    assert cfg.sparsity_k(t.ast, 100) == 3
+
+
+def test_tiny_imagenet_values():
+    t, r = load("tiny_imagenet_resnet50", "thesis"), load("tiny_imagenet_resnet50", "reference")
+    assert (t.teacher.model, t.students) == ("resnet50", ("resnet18",))
+    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio) == (30.0, 0.0175, 0.015)
+    assert cfg.sparsity_k(t.ast, 200) == 3
+    # "—" in the authors' column: the reference variant keeps the thesis AST values.
+    assert (r.ast.temperature, r.ast.alpha, r.ast.ratio, r.ast.k) == (30.0, 0.0175, 0.015, None)
+    assert (r.pgd.space, r.ast.pairing, r.stingy.temperature) == ("reference", "random", 20.0)
+    assert (t.nasty.temperature, t.nasty.omega) == (20.0, 0.01)
+    assert (t.stt.ratio, t.stt.temperature, t.stt.alpha) == (0.1, 20.0, 0.01)
+    assert (t.data.augment.crop_padding, t.data.augment.flip, t.data.augment.rotation_degrees) == (0, True, 20.0)
+    assert (t.train.epochs, t.train.milestones, t.train.lr_decay) == (200, (60, 120, 160), 0.2)
+
+
+def test_small_studies_follow_spec_section_9():
+    d = load("digits")
+    assert (d.data.name, d.teacher.model, d.students) == ("digits", "preresnet20", ("cnn", "preresnet20"))
+    assert (d.ast.temperature, d.ast.alpha, d.ast.k) == (10.0, 0.05, 2)
+    assert (d.pgd.eps, d.pgd.space, d.train.batch_size, d.train.optimizer, d.train.lr) == (
+        0.3, "pixel", 64, "sgd", 0.05)
+    assert d.train.milestones and d.train.milestones[-1] <= d.train.epochs
+    aug = d.data.augment
+    assert (aug.crop_padding, aug.flip, aug.rotation_degrees) == (0, False, 0.0)
+    f = load("fashion_mnist")
+    assert (f.data.name, f.teacher.model, f.students) == ("fashion_mnist", "preresnet20", ("cnn", "preresnet20"))
+    assert (f.data.augment.crop_padding, f.data.augment.flip) == (0, False)
+    for c in (d, f):
+        assert cfg.train_config_for(c, "cnn").optimizer == "adam"
+        assert cfg.train_config_for(c, "cnn").milestones == ()
+
+
+def test_train_config_for():
+    c = load("cifar10_resnet18")
+    cnn = cfg.train_config_for(c, "cnn")
+    assert (cnn.optimizer, cnn.lr, cnn.epochs, cnn.milestones, cnn.weight_decay) == ("adam", 1e-3, 100, (), 0.0)
+    assert cnn.batch_size == c.train.batch_size
+    assert cnn.is_locked
+    resnet = cfg.train_config_for(c, "resnet18")
+    assert resnet.to_dict() == c.train.to_dict()
+    assert c.train.optimizer == "sgd"  # a copy: the study's train is untouched
+
+
+# ------------------------------------------------------------------ overrides
+
+def test_overrides_apply_with_types():
+    c = load("cifar10_resnet18", "thesis", [
+        "--config.train.epochs=3",               # int
+        "config.train.lr=1",                      # int -> float
+        "--config.ast.alpha=0.1",                 # float
+        "--config.pgd.random_start=True",         # bool
+        "--config.data.augment.flip=false",       # bool, lower case
+        "--config.train.milestones=(1,2)",        # tuple
+        "--config.student_train.cnn.milestones=1,2",
+        "--config.students=cnn,resnet18",         # tuple of str without quotes
+        "--config.dtype=bfloat16",                # bare string
+        "--config.data.data_dir=/tmp/some data",  # string with a space
+        "--config.ast.k=3", "--config.ast.ratio=None",  # switch the sparsity form
+        "--config.student_train.cnn.epochs=4",
+    ])
+    assert c.train.epochs == 3 and type(c.train.epochs) is int
+    assert c.train.lr == 1.0 and type(c.train.lr) is float
+    assert c.ast.alpha == 0.1
+    assert c.pgd.random_start is True and c.data.augment.flip is False
+    assert c.train.milestones == (1, 2)
+    assert cfg.train_config_for(c, "cnn").milestones == (1, 2)
+    assert c.students == ("cnn", "resnet18")
+    assert c.dtype == "bfloat16" and c.data.data_dir == "/tmp/some data"
+    assert (c.ast.k, c.ast.ratio) == (3, None)
+    assert cfg.train_config_for(c, "cnn").epochs == 4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("80", (80,)), ("80,", (80,)), ("[10, 20]", (10, 20)), ("()", ()), ("", ())])
+def test_milestone_override_forms(text, expected):
+    c = load("cifar10_resnet18", "thesis", [f"--config.train.milestones={text}"])
+    assert c.train.milestones == expected
+
+
+@pytest.mark.parametrize("text", ["resnet18", "'resnet18'", "('cnn', 'resnet18')", "[cnn, resnet18]"])
+def test_student_override_forms(text):
+    c = load("cifar10_resnet18", "thesis", [f"--config.students={text}"])
+    assert c.students[-1] == "resnet18" and all(isinstance(s, str) for s in c.students)
+
+
+def test_override_k_from_the_command_line_on_thesis_ratio():
+    c = load("cifar100_resnet18", "thesis", ["--config.stt.ratio=None", "--config.stt.k=5"])
+    assert (c.stt.k, c.stt.ratio) == (5, None)
+    assert cfg.sparsity_k(c.stt, 100) == 5
+
+
+def _raises_naming(key, overrides, name="cifar10_resnet18", variant="thesis"):
+    with pytest.raises(ValueError) as info:
+        load(name, variant, overrides)
+    assert key in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_unknown_key_lists_valid_keys():
+    message = _raises_naming("config.ast.tau", ["--config.ast.tau=3"])
+    assert "temperature" in message and "alpha" in message
+    message = _raises_naming("config.nosection", ["--config.nosection.x=3"])
+    assert "train" in message
+    _raises_naming("config.student_train.resnet50", ["--config.student_train.resnet50.lr=0.1"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("--config.train.epochs=3.5", "config.train.epochs"),
+    ("--config.train.epochs=many", "config.train.epochs"),
+    ("--config.ast.alpha=high", "config.ast.alpha"),
+    ("--config.pgd.random_start=maybe", "config.pgd.random_start"),
+    ("--config.train.lr=None", "config.train.lr"),
+    ("--config.train.milestones=(a,b)", "config.train.milestones"),
+    ("--config.ast=3", "config.ast"),
+])
+def test_bad_value_type_names_the_key(override, key):
+    _raises_naming(key, [override])
+
+
+def test_malformed_override():
+    with pytest.raises(ValueError, match="malformed override"):
+        load("cifar10_resnet18", "thesis", ["--train.epochs=3"])
+    with pytest.raises(ValueError, match="malformed override"):
+        load("cifar10_resnet18", "thesis", ["--config.train.epochs"])
+
+
+# ------------------------------------------------------------------ validation
+
+@pytest.mark.parametrize("overrides, key", [
+    (["--config.ast.divergence=js"], "config.ast.divergence"),
+    (["--config.ast.pairing=zip"], "config.ast.pairing"),
+    (["--config.pgd.space=normalized"], "config.pgd.space"),
+    (["--config.train.optimizer=rmsprop"], "config.train.optimizer"),
+    (["--config.dtype=float16"], "config.dtype"),
+    (["--config.data.name=mnist"], "config.data.name"),
+    (["--config.teacher.model=vgg16"], "config.teacher.model"),
+    (["--config.ast.alpha=1.5"], "config.ast.alpha must lie in [0, 1], got 1.5"),
+    (["--config.nasty.omega=-0.1"], "config.nasty.omega"),
+    (["--config.kd.temperature=0"], "config.kd.temperature"),
+    (["--config.ast.k=0", "--config.ast.ratio=None"], "config.ast.k"),
+    (["--config.ast.k=11", "--config.ast.ratio=None"], "config.ast.k"),
+    (["--config.stt.k=2"], "config.stt.k"),  # both k and ratio set
+    (["--config.stingy.ratio=None"], "config.stingy.k"),  # neither set
+    (["--config.ast.ratio=1.5"], "config.ast.ratio"),
+    (["--config.ast.ratio=0"], "config.ast.ratio"),
+    (["--config.train.epochs=100"], "config.train.milestones"),  # milestones (80, 120) beyond epochs
+    (["--config.train.milestones=(120,80)"], "config.train.milestones"),
+    (["--config.student_train.cnn.epochs=10", "--config.student_train.cnn.milestones=(20,)"],
+     "config.student_train.cnn.milestones"),
+    (["--config.students=cnn,vgg16"], "config.students"),
+    (["--config.students=()"], "config.students"),
+    (["--config.train.epochs=0"], "config.train.epochs"),
+    (["--config.train.batch_size=-1"], "config.train.batch_size"),
+    (["--config.train.checkpoint_every=0"], "config.train.checkpoint_every"),
+    (["--config.pgd.steps=0"], "config.pgd.steps"),
+    (["--config.pgd.eps=-0.1"], "config.pgd.eps"),
+    (["--config.pgd.step_size=0"], "config.pgd.step_size"),
+    (["--config.train.lr=0"], "config.train.lr"),
+    (["--config.student_train.cnn.lr=-1"], "config.student_train.cnn.lr"),
+])
+def test_invalid_values_name_the_key(overrides, key):
+    _raises_naming(key, overrides)
+
+
+def test_all_problems_reported_together():
+    message = _raises_naming("config.ast.alpha", ["--config.ast.alpha=1.5", "--config.kd.temperature=-1"])
+    assert "config.kd.temperature" in message
+
+
+def test_validate_checks_student_train_and_schema():
+    from ast_jax.config import study_config
+
+    c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
+                     ast=dict(temperature=6, alpha=0.05, ratio=0.2), student_train={"vgg": dict(lr=0.1)})
+    with pytest.raises(ValueError, match="config.student_train.vgg"):
+        cfg.validate(c)
+    c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
+                     ast=dict(temperature=6, alpha=0.05, ratio=0.2), student_train={"cnn": dict(learning_rate=0.1)})
+    with pytest.raises(ValueError, match="config.student_train.cnn.learning_rate"):
+        cfg.validate(c)
+    c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
+                     ast=dict(temperature=6, alpha=0.05, ratio=0.2))
+    c.ast.tempreature = 6.0  # a typo in a config file (before lock)
+    with pytest.raises(ValueError, match="config.ast.tempreature"):
+        cfg.validate(c)
+    with pytest.raises(ValueError, match="config.ast.alpha"):
+        study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
+                     ast=dict(temperature=6, alpha="high", ratio=0.2))
+
+
+# ------------------------------------------------------------------ files and variants
+
+def test_missing_file_lists_configs():
+    with pytest.raises(FileNotFoundError) as info:
+        cfg.load_config("configs/no_such_study.py")
+    message = str(info.value)
+    assert "no_such_study.py" in message and "cifar10_resnet18.py" in message
+
+
+def test_unknown_variant_lists_variants():
+    with pytest.raises(ValueError) as info:
+        load("cifar10_resnet18", "paper")
+    assert "paper" in str(info.value) and "thesis" in str(info.value) and "reference" in str(info.value)
+    with pytest.raises(ValueError, match="reference"):
+        cfg.check_variant("nope")
+
+
+def test_relative_and_bare_specs(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    assert cfg.load_config("configs/cifar10_resnet18.py:reference").pgd.space == "reference"
+    monkeypatch.chdir(tmp_path)  # elsewhere: configs/ of the repository is still found
+    assert cfg.load_config("cifar10_resnet18:reference").ast.k == 2
+    assert cfg.load_config("configs/cifar10_resnet18.py").ast.ratio == 0.2
+
+
+# ------------------------------------------------------------------ json and helpers
+
+def test_to_json_is_stable():
+    a = cfg.to_json(load("cifar100_resnet18", "reference"))
+    b = cfg.to_json(load("cifar100_resnet18", "reference"))
+    assert a == b
+    data = json.loads(a)
+    assert list(data) == sorted(data)
+    assert data["ast"]["k"] == 7 and data["ast"]["ratio"] is None
+    assert data["train"]["milestones"] == [60, 120, 160]
+    assert a != cfg.to_json(load("cifar100_resnet18", "thesis"))
+    # Key order in the ConfigDict does not matter.
+    c = ml_collections.ConfigDict({"b": 1, "a": {"y": (1, 2), "x": None}})
+    d = ml_collections.ConfigDict({"a": {"x": None, "y": (1, 2)}, "b": 1})
+    assert cfg.to_json(c) == cfg.to_json(d)
+
+
+def test_sparsity_k_is_robust_to_float_noise():
+    section = ml_collections.ConfigDict({"k": None, "ratio": 0.29})
+    assert cfg.sparsity_k(section, 100) == 29
+    section = ml_collections.ConfigDict({"k": None, "ratio": 0.015})
+    assert cfg.sparsity_k(section, 200) == 3
