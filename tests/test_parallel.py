@@ -1,4 +1,5 @@
-"""Data parallelism: a few ce, kd and ast steps on 4 (fake CPU) devices match the 1-device run."""
+"""Data parallelism: a few steps of every kind on 4 (fake CPU) devices match the 1-device run,
+with the epoch as one scan and as a host loop (which must agree with each other too)."""
 
 import json
 import os
@@ -32,21 +33,47 @@ def _compare_device_counts() -> dict:
     diffs = {}
     for kind in KINDS:
         results = []
-        for devices in (jax.devices()[:1], jax.devices()):
+        for devices, loop in ((jax.devices()[:1], "scan"), (jax.devices(), "scan"), (jax.devices(), "host")):
             mesh = make_mesh(devices)
             epoch = make_train_epoch(model, tx, specs[kind], mesh, batch_size=16,
                                      augment_spec=AugmentSpec(crop_padding=2, flip=True), mean=(0.5,) * 3,
-                                     std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random")
+                                     std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random", loop=loop)
             state = replicate(mesh, state0)
             for e in range(2):
                 state, metrics = epoch(state, replicate(mesh, data), replicate(mesh, teacher_variables),
                                        jax.random.PRNGKey(3), e)
             results.append((jax.tree.map(np.asarray, (state.params, state.batch_stats)), np.asarray(metrics["loss"])))
-        (one, loss1), (four, loss4) = results
+        (one, loss1), (four, loss4), (host, loss_host) = results
         moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(state0.params)))
         diffs[kind] = {"max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in
                                            zip(jax.tree.leaves(one), jax.tree.leaves(four))),
-                       "loss_diff": float(np.max(np.abs(loss1 - loss4))), "moved": moved}
+                       "loss_diff": float(np.max(np.abs(loss1 - loss4))), "moved": moved,
+                       "host_vs_scan": max(float(np.max(np.abs(a - b))) for a, b in
+                                           zip(jax.tree.leaves(host), jax.tree.leaves(four))),
+                       "host_loss_diff": float(np.max(np.abs(loss_host - loss4)))}
+    return diffs
+
+
+def _compare_zoo_batchnorm() -> dict:
+    """Training-mode forward of zoo models: global-batch statistics whatever the device count."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+    from ast_jax import models
+    from ast_jax.train import make_mesh
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 3)), jnp.float32)
+    diffs = {}
+    for name in ("cnn", "preresnet20"):
+        single, sharded = models.create(name, 10), models.create(name, 10, axis_name="data")
+        variables = single.init(jax.random.PRNGKey(0), x[:1], train=False)
+        expected = single.apply(variables, x, train=True, mutable=["batch_stats"])
+        forward = jax.shard_map(lambda v, x: sharded.apply(v, x, train=True, mutable=["batch_stats"]),
+                                mesh=make_mesh(), in_specs=(P(), P("data")), out_specs=(P("data"), P()),
+                                check_vma=False)
+        got = jax.jit(forward)(variables, x)
+        diffs[name] = max(float(jnp.max(jnp.abs(a - b)) / jnp.maximum(1.0, jnp.max(jnp.abs(a))))
+                          for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)))  # relative
     return diffs
 
 
@@ -55,12 +82,16 @@ def test_four_devices_match_one_device():
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
                          cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stderr[-3000:]
-    diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    diffs, zoo = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, diff in zoo.items():
+        assert diff < 1e-5, (name, diff)
     for kind in KINDS:
         assert diffs[kind]["moved"] > 1e-3, (kind, diffs[kind])  # training did something
         assert diffs[kind]["max_abs_diff"] < 1e-5, (kind, diffs[kind])
         assert diffs[kind]["loss_diff"] < 1e-5, (kind, diffs[kind])
+        assert diffs[kind]["host_vs_scan"] < 1e-5, (kind, diffs[kind])
+        assert diffs[kind]["host_loss_diff"] < 1e-5, (kind, diffs[kind])
 
 
 if __name__ == "__main__":
-    print(json.dumps(_compare_device_counts()))
+    print(json.dumps([_compare_device_counts(), _compare_zoo_batchnorm()]))

@@ -51,13 +51,14 @@ def _first_non_finite(losses: np.ndarray) -> int | None:
 
 def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, seed: int, train: ArraySplit,
         test: ArraySplit, mean, std, augment_spec: AugmentSpec, adv_images=None, teacher: Teacher | None = None,
-        teacher_variables=None, pairing: str = "aligned", mesh=None,
+        teacher_variables=None, pairing: str = "aligned", mesh=None, loop: str = "auto",
         log: Callable[[str], None] = print) -> RunResult:
     """Train `model` with `spec` for `train_config.epochs` epochs, checkpointing into `directory`.
 
     `record` is the run's configuration as JSON-able dict: a directory holding another record is
     refused (checkpoints.WorkdirConflictError). `adv_images` (model-input space, aligned with
     `train`) is required by the `ast` step, `teacher`/`teacher_variables` by `kd` and `nasty`.
+    `loop` picks how an epoch's steps are driven (see `loop.make_train_epoch`).
     """
     if spec.needs_adversarial and adv_images is None:
         raise ValueError("the ast step needs the adversarial training set (adv_images)")
@@ -71,7 +72,7 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
         raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train.labels)} training examples")
     tx = make_optimizer(train_config, steps_per_epoch)
     train_epoch = make_train_epoch(model, tx, spec, mesh, batch_size=batch_size, augment_spec=augment_spec,
-                                   mean=mean, std=std, teacher=teacher, pairing=pairing)
+                                   mean=mean, std=std, teacher=teacher, pairing=pairing, loop=loop)
     predict = make_predict(model, mesh, batch_size=train_config.eval_batch_size, mean=mean, std=std)
 
     key = jax.random.PRNGKey(seed)

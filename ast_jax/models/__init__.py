@@ -1,0 +1,114 @@
+"""Flax (Linen) ports of the CIFAR architectures of the Nasty Teacher / Stingy Teacher / AST code.
+
+``create(name, num_classes, dtype)`` builds one of :data:`MODEL_NAMES`; the references are the
+PyTorch models of the authors' reference code (SPEC §6), mirrored layer for layer:
+
+============  ===================================================  =========================
+name          reference (``model/*.py``)                           params at 32x32 (classes)
+============  ===================================================  =========================
+cnn           ``net.py`` ``Net`` (num_channels 32)                 357,514 (10) 369,124 (100)
+preresnet20   ``preresnet.py`` ``PreResNet(20)``                   272,282 (10)
+preresnet32   ``preresnet.py`` ``PreResNet(32)``                   466,714 (10)
+resnet18      ``resnet.py`` ``ResNet18``                           11,173,962 / 11,220,132
+resnet34      ``resnet.py`` ``ResNet34``                           21,282,122 (10)
+resnet50      ``resnet.py`` ``ResNet50``                           23,520,842 / 23,705,252
+shufflenetv2  ``shufflenetv2.py`` ``ShuffleNetV2``                 1,268,646 / 1,360,896
+mobilenetv2   ``mobilenetv2.py`` ``MobileNetV2``                  2,369,380 (100)
+============  ===================================================  =========================
+
+Calling convention: ``variables = model.init(key, x, train=False)`` with NHWC input ``x`` (any
+square size >= 8, 1 or 3 channels); ``model.apply(variables, x, train=False)`` for inference and
+``model.apply(variables, x, train=True, mutable=['batch_stats'])`` for training (returns
+``(logits, {'batch_stats': ...})``).  Variables are ``{'params', 'batch_stats'}``; logits are
+``(N, num_classes)`` float32.
+
+Compute dtype: with ``dtype=jnp.bfloat16`` convs/linears/BatchNorm outputs are computed in bf16
+while all parameters stay float32 (``param_dtype``) and BatchNorm batch statistics are computed
+in float32; the logits are always cast to float32.
+
+PyTorch ``state_dict`` <-> Flax variables (mechanical; see :func:`layers.torch_key_to_flax`):
+
+* split the torch key on ``'.'``; every module name becomes one level of the Flax path (joined
+  with ``'/'``), except that a numeric ``nn.Sequential`` index is glued to the name before it
+  with ``'_'``: ``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/kernel``,
+  ``stage2.3.residual.4.running_var`` -> ``batch_stats/stage2_3/residual_4/var``,
+  ``pre.0.bias`` -> ``params/pre_0/bias``.  Sequential indices count activations too, as in
+  PyTorch, so they are the reference's own indices.
+* leaves: conv ``weight`` (O, I/groups, kh, kw) -> ``kernel`` transposed to (kh, kw, I/groups, O);
+  linear ``weight`` (O, I) -> ``kernel`` (I, O); BatchNorm ``weight``/``bias`` -> ``scale``/
+  ``bias``; ``running_mean``/``running_var`` -> ``batch_stats`` ``mean``/``var``;
+  ``num_batches_tracked`` is dropped.  The CNN flattens in PyTorch's (C, H, W) order, so its
+  ``fc1`` kernel is just the transposed torch weight.
+* module names are the reference's: ``conv1``/``bn1``/``layer{s}_{i}``/``shortcut_{0,1}``/
+  ``linear`` (resnet), ``conv1``/``layer{s}_{i}``/``downsample_0``/``bn``/``fc`` (preresnet),
+  ``conv{1,2,3}``/``bn{1,2,3}``/``fc1``/``fcbn1``/``fc2`` (cnn), ``pre_{i}``/``stage{s}_{i}``/
+  ``residual_{i}``/``shortcut_{i}``/``conv5_{i}``/``fc`` (shufflenetv2), ``pre_{i}``/
+  ``stage1``/``stage{s}_{i}``/``stage7``/``residual_{i}``/``conv1_{i}``/``conv2`` (mobilenetv2).
+
+Padding is explicit and symmetric like PyTorch's; BatchNorm uses ``momentum=0.9`` (PyTorch 0.1)
+and ``epsilon=1e-5``; initialisation follows PyTorch's defaults (and the PreResNet's own conv
+re-initialisation).  The final average pools of the references cover the whole final map at
+their native input size; here they are a global mean for any input size.  The reference CNN's
+``view(-1, 2048)`` only works at 32x32; here its ``fc1`` takes whatever the flattened final map
+is, so its size is fixed by the input used at ``init`` (2048 at 32x32).
+
+Practical note: on small CPUs compiling the default threefry initialisers is slow (~10 s for the
+CNN); ``jax.random.key(seed, impl='rbg')`` makes ``init`` several times cheaper to compile.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from .cnn import CNN
+from .layers import torch_key_to_flax
+from .mobilenetv2 import LinearBottleNeck, MobileNetV2
+from .preresnet import PreActBlock, PreResNet
+from .resnet import BasicBlock, Bottleneck, ResNet
+from .shufflenetv2 import ShuffleNetV2, ShuffleUnit
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "cnn": CNN,
+    "preresnet20": functools.partial(PreResNet, 20),
+    "preresnet32": functools.partial(PreResNet, 32),
+    "resnet18": functools.partial(ResNet, BasicBlock, (2, 2, 2, 2)),
+    "resnet34": functools.partial(ResNet, BasicBlock, (3, 4, 6, 3)),
+    "resnet50": functools.partial(ResNet, Bottleneck, (3, 4, 6, 3)),
+    "shufflenetv2": ShuffleNetV2,
+    "mobilenetv2": MobileNetV2,
+}
+
+#: Names accepted by :func:`create`.
+MODEL_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def create(name: str, num_classes: int, dtype: Any = jnp.float32, axis_name: str | None = None) -> nn.Module:
+    """Build the Flax port of a reference CIFAR architecture (see the module docstring).
+
+    Args:
+      name: one of :data:`MODEL_NAMES` (case-insensitive): ``cnn`` (Nasty Teacher ``Net``),
+        ``preresnet20``/``preresnet32`` (pre-activation CIFAR ResNet), ``resnet18/34/50``
+        (CIFAR ResNet: 3x3 stem, no max-pool), ``shufflenetv2`` and ``mobilenetv2`` (CIFAR variants).
+      num_classes: number of output logits, >= 2.
+      dtype: compute dtype (parameters are always float32; logits are returned as float32).
+      axis_name: mesh axis over which training-mode BatchNorm averages its batch statistics
+        (``lax.pmean``), so a data-parallel step normalises with the statistics of the whole
+        global batch; ``None`` for a single device. Inference mode never communicates.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _FACTORIES:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return _FACTORIES[key](num_classes=int(num_classes), dtype=dtype, axis_name=axis_name)
+
+
+__all__ = [
+    "MODEL_NAMES", "create", "torch_key_to_flax",
+    "CNN", "PreResNet", "PreActBlock", "ResNet", "BasicBlock", "Bottleneck",
+    "ShuffleNetV2", "ShuffleUnit", "MobileNetV2", "LinearBottleNeck",
+]

@@ -1,0 +1,203 @@
+"""Tests for ast_jax.models: exact reference parameter counts (SPEC §6), shapes, BN state, bf16."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ast_jax.models import MODEL_NAMES, create, torch_key_to_flax
+from ast_jax.models.layers import channel_shuffle
+
+# SPEC §6: trainable parameters of the PyTorch references for a 3x32x32 input.
+PARAM_COUNTS = {
+    ("cnn", 10): 357_514,
+    ("cnn", 100): 369_124,
+    ("preresnet20", 10): 272_282,
+    ("preresnet32", 10): 466_714,
+    ("resnet18", 10): 11_173_962,
+    ("resnet18", 100): 11_220_132,
+    ("resnet34", 10): 21_282_122,
+    ("resnet50", 10): 23_520_842,
+    ("resnet50", 100): 23_705_252,
+    ("shufflenetv2", 10): 1_268_646,
+    ("shufflenetv2", 100): 1_360_896,
+    ("mobilenetv2", 100): 2_369_380,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract_init(name, classes):
+    """Variables (shapes/dtypes only, no compile) of ``create(name, classes)`` at 1x32x32x3."""
+    model = create(name, classes)
+    x = jnp.zeros((1, 32, 32, 3))
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+def _n_params(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_model_names():
+    assert MODEL_NAMES == ("cnn", "preresnet20", "preresnet32", "resnet18", "resnet34",
+                           "resnet50", "shufflenetv2", "mobilenetv2")
+
+
+@pytest.mark.parametrize("name,classes", sorted(PARAM_COUNTS))
+def test_param_count_matches_reference(name, classes):
+    variables = _abstract_init(name, classes)
+    assert set(variables) == {"params", "batch_stats"}
+    assert _n_params(variables["params"]) == PARAM_COUNTS[(name, classes)]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shape_1ch_8x8_inference_bf16(name):
+    model, x = create(name, 7, dtype=jnp.bfloat16), jnp.zeros((1, 8, 8, 1))
+
+    def run():
+        variables = model.init(jax.random.key(0), x, train=False)
+        return variables, model.apply(variables, x, train=False)
+
+    variables, out = jax.eval_shape(run)
+    assert out.shape == (1, 7) and out.dtype == jnp.float32
+    # bf16 compute, float32 parameters and BatchNorm statistics
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_shape_3ch_16x16_train(name):
+    model, x = create(name, 7), jnp.zeros((2, 16, 16, 3))
+
+    def run():
+        variables = model.init(jax.random.key(0), x, train=False)
+        return variables, model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    variables, (out, state) = jax.eval_shape(run)
+    assert out.shape == (2, 7) and out.dtype == jnp.float32
+    expected = {"batch_stats": variables["batch_stats"]}
+    assert jax.tree.structure(state) == jax.tree.structure(expected)
+
+
+def _input(shape=(2, 16, 16, 3), seed=1):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _numpy_variables(model, x):
+    """Concrete variables without running the (slow to compile on CPU) RNG initialisers."""
+    rng = np.random.default_rng(0)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "var":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if name == "mean":
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return jnp.asarray(rng.uniform(-1, 1, leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def test_real_init_follows_pytorch_defaults():
+    # one real init (rbg key: threefry init compiles very slowly on small CPUs)
+    x = _input()
+    variables = create("cnn", 10).init(jax.random.key(0, impl="rbg"), x, train=False)
+    params, stats = variables["params"], variables["batch_stats"]
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(variables))
+    bound = 1 / np.sqrt(32 * 9)  # conv2: fan_in = 32 * 3 * 3
+    for leaf in (params["conv2"]["kernel"], params["conv2"]["bias"]):
+        assert float(jnp.max(jnp.abs(leaf))) <= bound and float(jnp.std(leaf)) > bound / 3
+    np.testing.assert_array_equal(params["bn1"]["scale"], 1)
+    np.testing.assert_array_equal(params["bn1"]["bias"], 0)
+    np.testing.assert_array_equal(stats["fcbn1"]["var"], 1)
+    np.testing.assert_array_equal(stats["fcbn1"]["mean"], 0)
+
+
+@pytest.mark.parametrize("name", ["cnn", "preresnet20"])
+def test_real_forward_and_batch_stats(name):
+    model, x = create(name, 10), _input()
+    variables = _numpy_variables(model, x)
+
+    logits = model.apply(variables, x, train=False)  # no mutable needed in inference mode
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+    np.testing.assert_array_equal(logits, model.apply(variables, x, train=False))
+
+    train_logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert bool(jnp.all(jnp.isfinite(train_logits)))
+    old, new = variables["batch_stats"], state["batch_stats"]
+    assert jax.tree.structure(old) == jax.tree.structure(new)
+    assert all(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+    # train mode normalises with batch statistics, inference mode with the running ones
+    assert not np.allclose(train_logits, logits)
+
+
+def test_bf16_computes_in_bf16():
+    x = _input()
+    f32, bf16 = create("cnn", 10), create("cnn", 10, dtype=jnp.bfloat16)
+    variables = _numpy_variables(f32, x)
+    out32 = f32.apply(variables, x, train=False)
+    out16, inter = bf16.apply(variables, x, train=False, capture_intermediates=True)
+    assert out16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out16)))
+    assert inter["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
+    assert inter["intermediates"]["fc2"]["__call__"][0].dtype == jnp.bfloat16
+    assert not np.array_equal(out16, out32)
+    np.testing.assert_allclose(out16, out32, atol=0.05, rtol=0.05)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        create("vgg16", 10)
+    assert all(n in str(err.value) for n in MODEL_NAMES)
+
+
+@pytest.mark.parametrize("classes", [1, 0, -3])
+def test_bad_num_classes(classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        create("cnn", classes)
+
+
+def test_channel_shuffle_matches_pytorch_nchw_order():
+    n, c, h, w, g = 2, 12, 3, 3, 2
+    x_nchw = np.arange(n * c * h * w, dtype=np.float32).reshape(n, c, h, w)
+    # torch: x.view(N, g, C//g, H, W).transpose(1, 2).contiguous().view(N, C, H, W)
+    ref = x_nchw.reshape(n, g, c // g, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
+    out = channel_shuffle(jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), g)
+    np.testing.assert_array_equal(np.asarray(out).transpose(0, 3, 1, 2), ref)
+
+
+# (model, torch state_dict key, torch shape) from the reference PyTorch models (10 classes,
+# mobilenetv2 100) -- the variables are cached from the parameter-count test.
+TORCH_KEYS = [
+    ("cnn", "conv2.weight", (64, 32, 3, 3)),
+    ("cnn", "fc1.weight", (128, 2048)),
+    ("cnn", "fcbn1.running_var", (128,)),
+    ("preresnet20", "layer2.0.downsample.0.weight", (32, 16, 1, 1)),
+    ("preresnet20", "layer3.2.bn2.running_mean", (64,)),
+    ("preresnet20", "fc.bias", (10,)),
+    ("resnet18", "layer2.0.shortcut.0.weight", (128, 64, 1, 1)),
+    ("resnet18", "layer4.1.conv2.weight", (512, 512, 3, 3)),
+    ("resnet18", "linear.weight", (10, 512)),
+    ("resnet50", "layer1.0.shortcut.1.running_var", (256,)),
+    ("shufflenetv2", "pre.0.bias", (24,)),
+    ("shufflenetv2", "stage2.0.shortcut.0.weight", (24, 1, 3, 3)),
+    ("shufflenetv2", "stage3.5.residual.3.weight", (116, 1, 3, 3)),
+    ("shufflenetv2", "conv5.1.running_mean", (1024,)),
+    ("mobilenetv2", "pre.0.weight", (32, 3, 1, 1)),
+    ("mobilenetv2", "stage1.residual.3.weight", (32, 1, 3, 3)),
+    ("mobilenetv2", "stage4.3.residual.6.weight", (64, 384, 1, 1)),
+    ("mobilenetv2", "conv2.weight", (100, 1280, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("name,key,torch_shape", TORCH_KEYS)
+def test_torch_key_maps_onto_flax_path(name, key, torch_shape):
+    variables = _abstract_init(name, 100 if name == "mobilenetv2" else 10)
+    collection, path = torch_key_to_flax(key)
+    leaf = variables[collection]
+    for part in path:
+        leaf = leaf[part]
+    # conv OIHW -> HWIO, linear (O, I) -> (I, O), 1-D unchanged
+    expected = torch_shape[2:] + torch_shape[1::-1] if len(torch_shape) == 4 else torch_shape[::-1]
+    assert leaf.shape == expected
