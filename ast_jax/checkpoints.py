@@ -24,14 +24,14 @@ class WorkdirConflictError(RuntimeError):
     """The directory holds the results of a run with another configuration."""
 
 
-def claim(directory: str, record: dict) -> None:
-    """Write `record` to `<directory>/run.json`, or check it equals the one already there.
+def claim(directory: str, record: dict, record_name: str = RUN_RECORD) -> None:
+    """Write `record` to `<directory>/<record_name>`, or check it equals the one already there.
 
     Refuses (WorkdirConflictError) when the directory belongs to a run with another config:
     nothing of that run is touched.
     """
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, RUN_RECORD)
+    path = os.path.join(directory, record_name)
     text = json.dumps(record, sort_keys=True, indent=1)
     if os.path.exists(path):
         with open(path) as f:

@@ -730,14 +730,12 @@ def train_config_for(config: ml_collections.ConfigDict, architecture: str) -> ml
 def sparsity_k(section: Any, num_classes: int) -> int:
     """The `k` a sparse section (`ast`, `stt`, `stingy`) keeps out of `num_classes` classes.
 
-    `k` when set, else ``int(ratio * C)`` as in the Stingy Teacher code (SPEC §2), made robust to
-    floating-point noise (0.29 * 100 = 28.999999999999996 gives 29, not 28).
+    `k` when set, else ``int(ratio * C)`` as in the Stingy Teacher code (SPEC §2); see
+    `losses.resolve_k`.
     """
-    if section.k is not None:
-        return int(section.k)
-    if section.ratio is None:
-        raise ValueError("neither k nor ratio is set")
-    return int(math.floor(section.ratio * num_classes + 1e-9))
+    from . import losses
+
+    return losses.resolve_k(num_classes, k=section.k, ratio=section.ratio)
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -9,12 +9,14 @@ run ends with the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
@@ -76,21 +78,25 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
     predict = make_predict(model, mesh, batch_size=train_config.eval_batch_size, mean=mean, std=std)
 
     key = jax.random.PRNGKey(seed)
-    state = replicate(mesh, init_state(model, tx, jax.random.fold_in(key, 1 << 20), train.images.shape[1:]))
-    data = {"images": train.images, "labels": train.labels}
-    if spec.needs_adversarial:
-        data["adv_images"] = adv_images
-    data = replicate(mesh, data)
-    teacher_variables = replicate(mesh, teacher_variables) if teacher_variables is not None else None
-
+    init = functools.partial(init_state, model, tx, jax.random.fold_in(key, 1 << 20), train.images.shape[1:])
+    replicated = NamedSharding(mesh, P())
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(init))
     mngr = checkpoints.manager(directory)
-    start, history = 0, []
-    restored = checkpoints.restore_latest(mngr, state)
-    if restored is not None:
+    restored = checkpoints.restore_latest(mngr, abstract)
+    if restored is None:
+        start, history, state = 0, [], replicate(mesh, init())
+    else:
         start, state, _ = restored
         history = [row for row in checkpoints.read_metrics(directory) if row["epoch"] <= start]
         checkpoints.write_metrics(directory, history)
-        log(f"resuming {directory} after epoch {start}")
+        if start < epochs:
+            log(f"resuming {directory} after epoch {start}")
+    data = {"images": train.images, "labels": train.labels}
+    if spec.needs_adversarial:
+        data["adv_images"] = adv_images
+    data = replicate(mesh, data) if start < epochs else None
+    teacher_variables = replicate(mesh, teacher_variables) if teacher_variables is not None else None
+    run_start = time.perf_counter()
     for epoch in range(start, epochs):
         tick = time.perf_counter()
         state, metrics = train_epoch(state, data, teacher_variables, key, epoch)
@@ -102,6 +108,7 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
                 f"The last good checkpoint (epoch {mngr.latest_step() or 0}) in {directory} is kept. "
                 f"Lower train.lr or the loss weight, or use float32.")
         seconds = time.perf_counter() - tick
+        eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
         row = {"epoch": epoch + 1, "train_loss": float(losses.mean()),
                "train_accuracy": float(np.mean(metrics["accuracy"])), "epoch_seconds": seconds,
                "images_per_second": steps_per_epoch * batch_size / seconds}
@@ -109,7 +116,8 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
         if last or (epoch + 1) % train_config.eval_every == 0:
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             row.update(evaluate(predict, variables, test))
-            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            log(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+                + f" eta={eta:.0f}s")
         history.append(row)
         checkpoints.write_metrics(directory, history)
         if last or (epoch + 1) % train_config.checkpoint_every == 0:
