@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                               + (f"; default {DEMO_CONFIG}" if demo else ""))
         sub.add_argument("--workdir", default=DEMO_WORKDIR if demo else None, required=not demo,
                          help="directory of the study's results" + (f"; default ./{DEMO_WORKDIR}" if demo else ""))
+        sub.add_argument("--distributed", action="store_true",
+                         help="call jax.distributed.initialize() first (multi-host GPU under SLURM, TPU pod slices)")
         return sub
 
     from .pipeline import TEACHERS, TRAINED_TEACHERS
@@ -99,6 +101,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     plain, overrides = _split_overrides(argv)
     args = _parser().parse_args(plain)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # cluster detected from the SLURM / TPU environment
     enable_compilation_cache()
     from .checkpoints import WorkdirConflictError
     from .train import NonFiniteLossError
