@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     try:
         run(args, overrides)
     except (ValueError, FileNotFoundError, WorkdirConflictError, NonFiniteLossError) as error:
-        print(f"ast-jax: error: {error}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"ast-jax: error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -45,7 +45,7 @@ def get_config(variant: str = "thesis"):
         name="digits",
         dataset="digits",
         teacher="preresnet20",
-        students=("cnn", "preresnet20"),
+        students=("cnn",),
         variant=variant,
         train=dict(batch_size=64, lr=0.05, epochs=EPOCHS, milestones=(5, 8), lr_decay=0.1,
                    checkpoint_every=EPOCHS, eval_every=1),

@@ -87,8 +87,10 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
         start, history, state = 0, [], replicate(mesh, init())
     else:
         start, state, _ = restored
-        history = [row for row in checkpoints.read_metrics(directory) if row["epoch"] <= start]
-        checkpoints.write_metrics(directory, history)
+        logged = checkpoints.read_metrics(directory)
+        history = [row for row in logged if row["epoch"] <= start]
+        if history != logged:  # drop the rows of epochs after the checkpoint: they are redone
+            checkpoints.write_metrics(directory, history)
         if start < epochs:
             log(f"resuming {directory} after epoch {start}")
     data = {"images": train.images, "labels": train.labels}
