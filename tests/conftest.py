@@ -5,6 +5,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# SPEC §6: trainable parameters of the PyTorch references for a 3x32x32 input.
+PARAM_COUNTS = {
+    ("cnn", 10): 357_514,
+    ("cnn", 100): 369_124,
+    ("preresnet20", 10): 272_282,
+    ("preresnet32", 10): 466_714,
+    ("resnet18", 10): 11_173_962,
+    ("resnet18", 100): 11_220_132,
+    ("resnet34", 10): 21_282_122,
+    ("resnet50", 10): 23_520_842,
+    ("resnet50", 100): 23_705_252,
+    ("shufflenetv2", 10): 1_268_646,
+    ("shufflenetv2", 100): 1_360_896,
+    ("mobilenetv2", 100): 2_369_380,
+}
+
 
 class TinyNet(nn.Module):
     """conv -> BatchNorm -> ReLU -> global mean -> linear: the engine's calling convention."""
