@@ -4,7 +4,8 @@ A training run owns one directory:
 
     <dir>/run.json          the config of the run (written once; a different config is refused)
     <dir>/checkpoints/<n>/  orbax checkpoint after n completed epochs: `state` and `metrics`
-    <dir>/metrics.jsonl     one JSON object per evaluated epoch
+    <dir>/metrics.jsonl     one JSON object per epoch
+    <dir>/tensorboard/      the same metrics as TensorBoard events, when tensorboardX is installed
 
 Only this module and the command line touch the file system for training.
 """
@@ -95,3 +96,22 @@ def write_metrics(directory: str, rows: list[dict]) -> None:
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in rows)
     os.replace(path + ".tmp", path)
+
+
+def tensorboard_writer(directory: str):
+    """A tensorboardX SummaryWriter for `<directory>/tensorboard`, or None when not installed."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(directory, "tensorboard"))
+
+
+def log_scalars(writer, row: dict) -> None:
+    """Write the numeric entries of one metrics row at step `row['epoch']` (no-op without writer)."""
+    if writer is None:
+        return
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)):
+            writer.add_scalar(key, value, row["epoch"])
+    writer.flush()

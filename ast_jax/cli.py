@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
     try:
         run(args, overrides)
-    except (ValueError, FileNotFoundError, WorkdirConflictError, NonFiniteLossError) as error:
+    except (ValueError, FileNotFoundError, ImportError, WorkdirConflictError, NonFiniteLossError) as error:
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"ast-jax: error: {message}", file=sys.stderr)
         return 2

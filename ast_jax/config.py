@@ -13,6 +13,7 @@ Schema (every key always present; :data:`SCHEMA` lists them)::
     config.name: str                    config.seed: int           config.dtype: "float32"|"bfloat16"
     config.data.name / .data_dir / .augment.{crop_padding, flip, rotation_degrees}
     config.teacher.model                # base/AST/NT/STT teacher architecture
+    config.teacher.torch_checkpoint     # "" or a PyTorch checkpoint imported as the base teacher
     config.train.{batch_size, eval_batch_size, epochs, optimizer, lr, momentum, weight_decay,
                   milestones, lr_decay, checkpoint_every, eval_every}
     config.pgd.{eps, step_size, steps, space, random_start, batch_size}
@@ -78,7 +79,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
          "kd", "students", "student_train"),
     "data": ("name", "data_dir", "augment"),
     "data.augment": ("crop_padding", "flip", "rotation_degrees"),
-    "teacher": ("model",),
+    "teacher": ("model", "torch_checkpoint"),
     "train": ("batch_size", "eval_batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay",
               "milestones", "lr_decay", "checkpoint_every", "eval_every"),
     "pgd": ("eps", "step_size", "steps", "space", "random_start", "batch_size"),
@@ -287,7 +288,9 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; parameters stay float32 (SPEC: bfloat16 opt-in)
     c.data = ml_collections.ConfigDict(dict(name="", data_dir="", augment=dict(
         crop_padding=0, flip=False, rotation_degrees=0.0)))
-    c.teacher = ml_collections.ConfigDict(dict(model=""))
+    # torch_checkpoint: a PyTorch state_dict of `model` to import as the base teacher instead of
+    # training it (ast_jax.interop); "" trains it.
+    c.teacher = ml_collections.ConfigDict(dict(model="", torch_checkpoint=""))
     c.train = ml_collections.ConfigDict(TRAIN_DEFAULTS)
     c.pgd = ml_collections.ConfigDict(PGD_DEFAULTS)
     # AST (thesis eq. 5): EPD divergence, aligned clean/adversarial pairs (project default, SPEC §4).

@@ -28,7 +28,7 @@ import numpy as np
 from . import checkpoints, losses, models
 from .config import sparsity_k, to_json, train_config_for, validate
 from .data import ArraySplit, AugmentSpec, DatasetSpec, dataset_spec, load_split, to_unit_float
-from .train import RunResult, StepSpec, Teacher, fit, make_adversarial_set, make_mesh, make_predict
+from .train import RunResult, StepSpec, Teacher, evaluate, fit, make_adversarial_set, make_mesh, make_predict
 
 TRAINED_TEACHERS = ("base", "ast", "nasty", "stt")
 TEACHERS = ("base", "stingy", "ast", "nasty", "stt")
@@ -101,8 +101,29 @@ def teacher_spec(study: Study, name: str) -> StepSpec:
     raise ValueError(f"unknown trained teacher {name!r}; valid: {', '.join(TRAINED_TEACHERS)}")
 
 
+def import_base_teacher(study: Study) -> RunResult:
+    """The base teacher from `config.teacher.torch_checkpoint` (a PyTorch state_dict), evaluated."""
+    from . import interop
+
+    path = study.config.teacher.torch_checkpoint
+    if path not in study.runs:
+        architecture = study.config.teacher.model
+        variables = interop.load_torch_checkpoint(path, architecture, study.num_classes)
+        predict = make_predict(study.model(architecture), study.mesh, batch_size=study.config.train.eval_batch_size,
+                               mean=study.dataset.mean, std=study.dataset.std)
+        accuracy = evaluate(predict, variables, study.test)["test_accuracy"]
+        _stage_log(study, "base")(f"imported {path}: test accuracy {accuracy:.4f}")
+        study.runs[path] = RunResult(variables, [], accuracy, accuracy)
+    return study.runs[path]
+
+
 def train_teacher(study: Study, name: str) -> RunResult:
-    """Train (or resume, or load) teacher `name`; the base teacher and the PGD set come first."""
+    """Train (or resume, or load) teacher `name`; the base teacher and the PGD set come first.
+
+    With `config.teacher.torch_checkpoint` set, the base teacher is imported instead of trained.
+    """
+    if name == "base" and study.config.teacher.torch_checkpoint:
+        return import_base_teacher(study)
     spec = teacher_spec(study, name)
     kwargs = {}
     if name == "ast":

@@ -82,3 +82,38 @@ def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "another configuration" in err and "kd.temperature" in err
     assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+
+def test_digits_three_epoch_base_teacher_exceeds_90_percent(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
+    args = ["train", "--config", "digits", "--workdir", str(tmp_path / "w"), "--config.train.epochs=3",
+            "--config.train.milestones=()"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.90, out
+
+
+def test_imported_pytorch_teacher_is_evaluated_attacked_and_distilled(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import jax
+    import numpy as np
+    from ast_jax import models
+    from ast_jax.data import load_split
+    from ast_jax.interop import to_torch_state_dict
+
+    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
+    variables = models.create("cnn", 10).init(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1), np.float32))
+    path = tmp_path / "teacher.pth"
+    torch.save({"state_dict": to_torch_state_dict(variables, "cnn", 10)}, path)
+    args = ["--config", "digits", "--workdir", str(tmp_path / "w"), *TINY, f"--config.teacher.torch_checkpoint={path}"]
+    assert main(["train", *args]) == 0
+    reported = float(capsys.readouterr().out.split("test accuracy ")[1].split()[0])
+    test = load_split("digits", "test")
+    mean, std = 0.3054, 0.3760
+    logits = models.create("cnn", 10).apply(variables, (test.images / 255.0 - mean) / std, train=False)
+    assert abs(reported - float(np.mean(np.argmax(logits, -1) == test.labels))) < 1e-4  # printed to 4 places
+    assert main(["attack-set", *args]) == 0
+    assert main(["distill", *args, "--teacher", "base", "--student", "cnn"]) == 0
+    assert "base -> cnn: student test accuracy" in capsys.readouterr().out
+    assert not (tmp_path / "w" / "teachers" / "base").exists(), "an imported teacher is not trained"

@@ -138,6 +138,7 @@ def test_fit_writes_metrics_and_checkpoints_and_learns(tmp_path):
     assert json.load(open(tmp_path / "run.json")) == {"run": "tiny"}
     assert result.final_accuracy == rows[-1]["test_accuracy"] and result.best_accuracy >= result.final_accuracy
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard events (tensorboardX)"
     assert result.final_accuracy > 0.5  # 4 balanced classes: chance is 0.25
 
 
@@ -200,3 +201,19 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
         np.testing.assert_array_equal(whole[name], resumed[name])
     rows = checkpoints.read_metrics(str(tmp_path / "killed"))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
+    from ast_jax import models
+
+    model = models.create("cnn", 10, jnp.bfloat16)
+    tx = make_optimizer(sgd_config(), steps_per_epoch=1)
+    state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
+    split = tiny_split(8, num_classes=10, channels=1)
+    batch = {"image": jnp.asarray(split.images / 255.0, jnp.float32), "label": jnp.asarray(split.labels)}
+    new_state, metrics = jax.jit(functools.partial(train_step, model, tx, StepSpec("ast", 6.0, 0.05, k=2), None))(
+        state, {**batch, "adv_image": batch["image"][::-1]})
+    leaves = jax.tree.leaves((new_state.params, new_state.opt_state, new_state.batch_stats))
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating))
+    assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+    assert any(float(jnp.max(jnp.abs(a - b))) > 0 for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)))

@@ -99,6 +99,7 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
     data = replicate(mesh, data) if start < epochs else None
     teacher_variables = replicate(mesh, teacher_variables) if teacher_variables is not None else None
     run_start = time.perf_counter()
+    tensorboard = checkpoints.tensorboard_writer(directory) if start < epochs else None
     for epoch in range(start, epochs):
         tick = time.perf_counter()
         state, metrics = train_epoch(state, data, teacher_variables, key, epoch)
@@ -122,9 +123,12 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
                 + f" eta={eta:.0f}s")
         history.append(row)
         checkpoints.write_metrics(directory, history)
+        checkpoints.log_scalars(tensorboard, row)
         if last or (epoch + 1) % train_config.checkpoint_every == 0:
             checkpoints.save(mngr, epoch + 1, state, row)
     mngr.close()
+    if tensorboard is not None:
+        tensorboard.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     evaluated = [row["test_accuracy"] for row in history if "test_accuracy" in row]
     final = evaluated[-1] if evaluated else evaluate(predict, variables, test)["test_accuracy"]
