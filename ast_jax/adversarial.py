@@ -27,6 +27,9 @@ not shrink by 1/n; sign(∇) is the same as with the mean). Entries with an exac
 gradient do not move (sign(0) = 0). Images are channels-last (..., C); ``mean``/``std`` have
 length C. Everything is jittable (``steps``, ``space`` and ``random_start`` must be static
 Python values) and uses ``lax.fori_loop``, so the attack can run inside ``lax.scan``.
+``pgd`` is ``pgd_start`` followed by ``steps`` times ``pgd_step``; a caller that wants to drive
+the iterations itself (a host loop on CPU, see ``ast_jax.train.make_adversarial_set``) uses
+those two directly.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["pgd", "fgsm", "denormalize"]
+__all__ = ["pgd", "pgd_start", "pgd_step", "fgsm", "denormalize"]
 
 SPACES = ("pixel", "reference")
 _LO, _HI = 0.0, 1.0  # valid range of the iterate in both spaces (see module docstring)
@@ -56,15 +59,18 @@ def _ce_sum(x, apply_fn, labels):
     return -jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
 
-def _step(apply_fn, x, x0, labels, step_size, eps):
-    """One PGD step: ascend sign(∇_x CE), project onto the ε-ball around x0, clip to range."""
+def pgd_step(apply_fn, x, x0, labels, *, step_size, eps) -> jax.Array:
+    """One PGD step (thesis eq. 4): ascend sign(∇_x CE), project onto the ε-ball around x0, clip to range.
+
+    ``x``, ``x0`` and ``labels`` are in the attack's space, as ``pgd_start`` returns them.
+    """
     g = jax.grad(_ce_sum)(x, apply_fn, labels)
     x = x + step_size * jnp.sign(g)
     x = x0 + jnp.clip(x - x0, -eps, eps)
     return jnp.clip(x, _LO, _HI).astype(x0.dtype)
 
 
-def _start(images, labels, space, mean, std):
+def _to_space(images, labels, space, mean, std):
     """Validate the inputs and return (x0, labels) in the space the attack iterates in."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
@@ -110,23 +116,33 @@ def pgd(apply_fn: Callable[[jax.Array], jax.Array], images, labels, *, eps, step
       Adversarial images with the shape of ``images``: pixels for ``"pixel"``, *normalised*
       images for ``"reference"`` (use ``denormalize`` to get pixels back).
     """
-    _check_eps(eps)
     if _is_concrete(step_size) and not float(step_size) > 0.0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a Python int >= 1, got {steps!r}")
+    x, x0, labels = pgd_start(images, labels, eps=eps, random_start=random_start, key=key, space=space,
+                              mean=mean, std=std)
+    return jax.lax.fori_loop(
+        0, steps, lambda _, x: pgd_step(apply_fn, x, x0, labels, step_size=step_size, eps=eps), x)
+
+
+def pgd_start(images, labels, *, eps, random_start: bool = False, key=None, space: str = "pixel",
+              mean=None, std=None):
+    """The PGD starting point: ``(x, x0, labels)`` in the attack's space.
+
+    ``x0`` is the clean input (normalised for ``space="reference"``), ``x`` the first iterate:
+    ``x0`` itself, or ``clip(x0 + U[-ε, ε], 0, 1)`` with ``random_start``. Arguments as ``pgd``.
+    """
+    _check_eps(eps)
     if not isinstance(random_start, bool):
         raise ValueError(f"random_start must be a Python bool, got {random_start!r}")
     if random_start and key is None:
         raise ValueError("random_start=True needs a PRNG key (key=...)")
-    x0, labels = _start(images, labels, space, mean, std)
-
-    x = x0
-    if random_start:
-        noise = jax.random.uniform(key, x0.shape, x0.dtype, minval=-eps, maxval=eps)
-        x = jnp.clip(x0 + noise, _LO, _HI).astype(x0.dtype)
-    return jax.lax.fori_loop(
-        0, steps, lambda _, x: _step(apply_fn, x, x0, labels, step_size, eps), x)
+    x0, labels = _to_space(images, labels, space, mean, std)
+    if not random_start:
+        return x0, x0, labels
+    noise = jax.random.uniform(key, x0.shape, x0.dtype, minval=-eps, maxval=eps)
+    return jnp.clip(x0 + noise, _LO, _HI).astype(x0.dtype), x0, labels
 
 
 def fgsm(apply_fn: Callable[[jax.Array], jax.Array], images, labels, *, eps,
@@ -136,8 +152,8 @@ def fgsm(apply_fn: Callable[[jax.Array], jax.Array], images, labels, *, eps,
     Same arguments, spaces and return convention as ``pgd``; no random start.
     """
     _check_eps(eps)
-    x0, labels = _start(images, labels, space, mean, std)
-    return _step(apply_fn, x0, x0, labels, eps, eps)
+    x0, labels = _to_space(images, labels, space, mean, std)
+    return pgd_step(apply_fn, x0, x0, labels, step_size=eps, eps=eps)
 
 
 def denormalize(z, mean, std) -> jax.Array:

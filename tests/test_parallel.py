@@ -1,5 +1,6 @@
 """Data parallelism: a few steps of every kind on 4 (fake CPU) devices match the 1-device run,
-with the epoch as one scan and as a host loop (which must agree with each other too)."""
+with the epoch as one scan and as a host loop (which must agree with each other too); so does
+the PGD adversarial set, which also equals `adversarial.pgd` on the whole set."""
 
 import json
 import os
@@ -77,14 +78,54 @@ def _compare_zoo_batchnorm() -> dict:
     return diffs
 
 
+def _compare_adversarial_sets() -> dict:
+    """make_adversarial_set on 1 and 4 devices, scanned and host-driven, against one `pgd` call."""
+    import jax
+    import jax.numpy as jnp
+    from ast_jax import adversarial
+    from ast_jax.data import normalize
+    from ast_jax.train import make_adversarial_set, make_mesh
+    from conftest import TinyNet, tiny_split
+
+    split = tiny_split(40, channels=3)  # 40 = 2.5 batches of 16: the last batch is padded
+    model, mean, std = TinyNet(), jnp.full((3,), 0.5), jnp.full((3,), 0.25)
+    variables = model.init(jax.random.PRNGKey(0), split.images[:1] / 255.0)
+    diffs = {}
+    for space, random_start in (("pixel", False), ("reference", False), ("pixel", True)):
+        results = []
+        for devices, loop in ((jax.devices()[:1], "scan"), (jax.devices(), "scan"), (jax.devices(), "host")):
+            attack = make_adversarial_set(model, make_mesh(devices), batch_size=16, mean=mean, std=std, eps=0.1,
+                                          step_size=0.02, steps=3, space=space, random_start=random_start,
+                                          loop=loop)
+            results.append(np.asarray(attack(variables, split.images, split.labels, jax.random.key(5))))
+        clean = normalize(split.images / 255.0, mean, std) if space == "pixel" else split.images / 255.0
+        name = f"{space}{'-random' if random_start else ''}"
+        diffs[name] = {"devices": float(np.max(np.abs(results[0] - results[1]))),
+                       "host_vs_scan": float(np.max(np.abs(results[1] - results[2]))),
+                       "moved": float(np.max(np.abs(results[0] - np.asarray(clean))))}
+        if not random_start:
+            apply_fn = ((lambda x: model.apply(variables, normalize(x, mean, std))) if space == "pixel"
+                        else (lambda z: model.apply(variables, z)))
+            direct = adversarial.pgd(apply_fn, split.images / 255.0, split.labels, eps=0.1, step_size=0.02, steps=3,
+                                     space=space, mean=mean, std=std)
+            direct = normalize(direct, mean, std) if space == "pixel" else direct
+            diffs[name]["vs_pgd"] = float(np.max(np.abs(results[0] - np.asarray(direct))))
+    return diffs
+
+
 def test_four_devices_match_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
                          cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stderr[-3000:]
-    diffs, zoo = json.loads(out.stdout.strip().splitlines()[-1])
+    diffs, zoo, attacks = json.loads(out.stdout.strip().splitlines()[-1])
     for name, diff in zoo.items():
         assert diff < 1e-5, (name, diff)
+    assert set(attacks) == {"pixel", "reference", "pixel-random"}
+    for name, diff in attacks.items():
+        assert diff["moved"] > 0.05, (name, diff)  # the attack changed the images
+        assert diff["devices"] < 1e-5 and diff["host_vs_scan"] < 1e-5, (name, diff)
+        assert diff.get("vs_pgd", 0.0) < 1e-5, (name, diff)
     for kind in KINDS:
         assert diffs[kind]["moved"] > 1e-3, (kind, diffs[kind])  # training did something
         assert diffs[kind]["max_abs_diff"] < 1e-5, (kind, diffs[kind])
@@ -94,4 +135,4 @@ def test_four_devices_match_one_device():
 
 
 if __name__ == "__main__":
-    print(json.dumps([_compare_device_counts(), _compare_zoo_batchnorm()]))
+    print(json.dumps([_compare_device_counts(), _compare_zoo_batchnorm(), _compare_adversarial_sets()]))
