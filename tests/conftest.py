@@ -1,7 +1,9 @@
 """Shared test fixtures: a tiny BatchNorm model and tiny image data (fast to compile on CPU)."""
 
+import functools
+
 import flax.linen as nn
-import jax.numpy as jnp
+import jax
 import numpy as np
 import pytest
 
@@ -55,3 +57,23 @@ def tiny_net():
 @pytest.fixture
 def make_split():
     return tiny_split
+
+
+# XLA's backend optimisations roughly double CPU compile time and do not matter for equivalence checks.
+jit_unoptimized = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def randomize_torch_batchnorm(model, seed: int = 0) -> None:
+    """Random affine parameters and running statistics for every BatchNorm of a PyTorch model
+    (its fresh ones, 1/0/0/1, would hide a mix-up of scale, bias, mean and variance)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5, generator=generator)
+                m.bias.uniform_(-0.5, 0.5, generator=generator)
+                m.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                m.running_var.uniform_(0.5, 2.0, generator=generator)
+                m.num_batches_tracked.fill_(7)

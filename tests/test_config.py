@@ -2,8 +2,6 @@
 
 import json
 import os
-import sys
-import types
 
 import ml_collections
 import pytest
@@ -15,25 +13,6 @@ CONFIGS = os.path.join(REPO, "configs")
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py") and not f.startswith("_"))
 EXPECTED_FILES = ["cifar100_resnet18.py", "cifar100_resnet50.py", "cifar10_resnet18.py", "digits.py",
                   "fashion_mnist.py", "tiny_imagenet_resnet50.py"]
-
-# Only used when ast_jax.data / ast_jax.models are not importable yet (written concurrently).
-_FALLBACK_DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet")
-_FALLBACK_MODELS = ("cnn", "preresnet20", "preresnet32", "resnet18", "resnet34", "resnet50", "shufflenetv2",
-                    "mobilenetv2")
-
-
-@pytest.fixture(autouse=True)
-def _name_lists(monkeypatch):
-    try:
-        import ast_jax.data  # noqa: F401
-        ast_jax.data.DATASETS  # noqa: B018
-    except (ImportError, AttributeError):
-        monkeypatch.setitem(sys.modules, "ast_jax.data", types.SimpleNamespace(DATASETS=_FALLBACK_DATASETS))
-    try:
-        from ast_jax.models import MODEL_NAMES  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "ast_jax.models", types.SimpleNamespace(MODEL_NAMES=_FALLBACK_MODELS))
-
 
 def path(name, variant=None):
     spec = os.path.join(CONFIGS, name + ".py")

@@ -23,26 +23,12 @@ from ast_jax import models  # noqa: E402
 from ast_jax.interop import (flax_to_torch_key, from_torch_state_dict, load_torch_checkpoint,  # noqa: E402
                              save_torch_checkpoint, to_torch_state_dict, torch_models)
 
-from conftest import PARAM_COUNTS  # noqa: E402
+from conftest import PARAM_COUNTS, jit_unoptimized, randomize_torch_batchnorm  # noqa: E402
+
 # The CNN's reference fc1 (2048 inputs) and the PreResNet's AvgPool2d(8) are made for 32x32.
 SIZES = {"cnn": 32, "preresnet20": 32, "preresnet32": 32}
 CLASSES = 10
 BATCH = 4
-# XLA's backend optimisations roughly double CPU compile time and do not matter for these checks.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-def _randomize(model: "torch.nn.Module", seed: int = 0) -> None:
-    """Random weights and random BatchNorm affine parameters and running statistics."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-                m.running_mean.uniform_(-0.5, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.num_batches_tracked.fill_(7)
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +37,7 @@ def _case(name: str):
     size = SIZES.get(name, 16)
     torch.manual_seed(0)
     model = torch_models.create(name, CLASSES, image_size=size)
-    _randomize(model)
+    randomize_torch_batchnorm(model)
     model.eval()
     x = np.random.default_rng(0).normal(size=(BATCH, 3, size, size)).astype(np.float32)
     return model, from_torch_state_dict(model.state_dict(), name, CLASSES), x
@@ -85,7 +71,7 @@ def test_inference_matches_pytorch(name):
     model, variables, x = _case(name)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    apply = _jit(lambda v, x: models.create(name, CLASSES).apply(v, x, train=False))
+    apply = jit_unoptimized(lambda v, x: models.create(name, CLASSES).apply(v, x, train=False))
     logits = np.asarray(apply(variables, _nhwc(x)))
     assert logits.shape == expected.shape == (BATCH, CLASSES)
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
@@ -105,7 +91,7 @@ def test_training_mode_matches_pytorch(name):
             m.register_forward_pre_hook(functools.partial(count, mod_name))
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    apply = _jit(lambda v, x: models.create(name, CLASSES).apply(v, x, train=True, mutable=["batch_stats"]))
+    apply = jit_unoptimized(lambda v, x: models.create(name, CLASSES).apply(v, x, train=True, mutable=["batch_stats"]))
     logits, updates = apply(variables, _nhwc(x))
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
 
