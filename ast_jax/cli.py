@@ -68,8 +68,10 @@ def run(args, overrides) -> None:
     study = pipeline.open_study(config, args.workdir)
     if args.command == "train":
         result = pipeline.train_teacher(study, args.stage)
-        print(f"{args.stage} teacher: test accuracy {result.final_accuracy:.4f} "
-              f"(best {result.best_accuracy:.4f}); checkpoints in {os.path.join(args.workdir, 'teachers', args.stage)}")
+        imported = args.stage == "base" and config.teacher.torch_checkpoint
+        where = (f"imported from {config.teacher.torch_checkpoint}" if imported
+                 else f"checkpoints in {os.path.join(args.workdir, 'teachers', args.stage)}")
+        print(f"{args.stage} teacher: test accuracy {result.final_accuracy:.4f} (best {result.best_accuracy:.4f}); {where}")
     elif args.command == "attack-set":
         adv = pipeline.adversarial_set(study)
         print(f"adversarial set: {adv.shape[0]} images in {os.path.join(args.workdir, 'adversarial')}")

@@ -108,7 +108,9 @@ def test_imported_pytorch_teacher_is_evaluated_attacked_and_distilled(tmp_path, 
     torch.save({"state_dict": to_torch_state_dict(variables, "cnn", 10)}, path)
     args = ["--config", "digits", "--workdir", str(tmp_path / "w"), *TINY, f"--config.teacher.torch_checkpoint={path}"]
     assert main(["train", *args]) == 0
-    reported = float(capsys.readouterr().out.split("test accuracy ")[1].split()[0])
+    out = capsys.readouterr().out
+    assert f"imported from {path}" in out
+    reported = float(out.split("test accuracy ")[1].split()[0])
     test = load_split("digits", "test")
     mean, std = 0.3054, 0.3760
     logits = models.create("cnn", 10).apply(variables, (test.images / 255.0 - mean) / std, train=False)
