@@ -11,7 +11,7 @@ compiles.
 Schema (every key always present; :data:`SCHEMA` lists them)::
 
     config.name: str                    config.seed: int           config.dtype: "float32"|"bfloat16"
-    config.data.name / .data_dir / .augment.{crop_padding, flip, rotation_degrees}
+    config.data.name / .data_dir / .train_examples / .augment.{crop_padding, flip, rotation_degrees}
     config.teacher.model                # base/AST/NT/STT teacher architecture
     config.teacher.torch_checkpoint     # "" or a PyTorch checkpoint imported as the base teacher
     config.train.{batch_size, eval_batch_size, epochs, optimizer, lr, momentum, weight_decay,
@@ -77,7 +77,7 @@ SPARSE_SECTIONS: tuple[str, ...] = ("ast", "stt", "stingy")
 SCHEMA: dict[str, tuple[str, ...]] = {
     "": ("name", "seed", "dtype", "data", "teacher", "train", "pgd", "ast", "nasty", "stt", "stingy",
          "kd", "students", "student_train"),
-    "data": ("name", "data_dir", "augment"),
+    "data": ("name", "data_dir", "train_examples", "augment"),
     "data.augment": ("crop_padding", "flip", "rotation_degrees"),
     "teacher": ("model", "torch_checkpoint"),
     "train": ("batch_size", "eval_batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay",
@@ -286,7 +286,9 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.name = ""
     c.seed = 0
     c.dtype = "float32"  # compute dtype; parameters stay float32 (SPEC: bfloat16 opt-in)
-    c.data = ml_collections.ConfigDict(dict(name="", data_dir="", augment=dict(
+    # train_examples: train on a class-balanced subset of that many training images (quick runs
+    # of a large data set on a CPU); 0 = the whole training split. The test split stays whole.
+    c.data = ml_collections.ConfigDict(dict(name="", data_dir="", train_examples=0, augment=dict(
         crop_padding=0, flip=False, rotation_degrees=0.0)))
     # torch_checkpoint: a PyTorch state_dict of `model` to import as the base teacher instead of
     # training it (ast_jax.interop); "" trains it.
@@ -653,6 +655,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         chk.choice("config.data.name", dataset, datasets)
         if not isinstance(get("data.data_dir"), str):
             chk.fail(f"config.data.data_dir must be a str ('' = default location), got {get('data.data_dir')!r}")
+        chk.integer("config.data.train_examples", get("data.train_examples"), minimum=0)
         chk.integer("config.data.augment.crop_padding", get("data.augment.crop_padding"), minimum=0)
         chk.boolean("config.data.augment.flip", get("data.augment.flip"))
         chk.non_negative("config.data.augment.rotation_degrees", get("data.augment.rotation_degrees"))

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import checkpoints, losses, models
 from .config import sparsity_k, to_json, train_config_for, validate
-from .data import ArraySplit, AugmentSpec, DatasetSpec, dataset_spec, load_split, to_unit_float
+from .data import ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, dataset_spec, load_split, to_unit_float
 from .train import RunResult, StepSpec, Teacher, evaluate, fit, make_adversarial_set, make_mesh, make_predict
 
 TRAINED_TEACHERS = ("base", "ast", "nasty", "stt")
@@ -57,12 +57,20 @@ class Study:
 
 
 def open_study(config, workdir: str, log: Callable[[str], None] = print) -> Study:
-    """Validate `config`, claim `workdir` for it (refusing another study's) and load the data."""
+    """Validate `config`, load the data, then claim `workdir` for it (refusing another study's).
+
+    Everything that can fail on bad input fails before the work directory is touched.
+    """
     validate(config)
-    checkpoints.claim(workdir, json.loads(to_json(config)), record_name=STUDY_RECORD)
     data_dir = config.data.data_dir or None
     spec = dataset_spec(config.data.name)
     train, test = load_split(config.data.name, "train", data_dir), load_split(config.data.name, "test", data_dir)
+    if config.data.train_examples:
+        if config.data.train_examples > len(train):
+            raise ValueError(f"config.data.train_examples={config.data.train_examples} exceeds the {len(train)} "
+                             f"training images of {config.data.name}; use at most {len(train)} (0 = all)")
+        train = class_balanced_subset(train, config.data.train_examples, config.seed)
+    checkpoints.claim(workdir, json.loads(to_json(config)), record_name=STUDY_RECORD)
     return Study(config, workdir, spec, train, test, make_mesh(), log)
 
 

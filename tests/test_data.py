@@ -27,6 +27,7 @@ from ast_jax.data import (
     DataNotFoundError,
     DatasetSpec,
     augment,
+    class_balanced_subset,
     dataset_spec,
     epoch_batches,
     load_split,
@@ -112,6 +113,30 @@ def test_digits_split():
     again = load_split("digits", "train")
     np.testing.assert_array_equal(again.images, train.images)
     np.testing.assert_array_equal(again.labels, train.labels)
+
+
+def test_class_balanced_subset():
+    # Unbalanced classes: 0 has 50 examples, 1 has 30, 2 has 5; images carry their row index.
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 5, np.int32)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(labels))
+    split = ArraySplit(np.arange(len(labels), dtype=np.uint8)[order].reshape(-1, 1, 1, 1), labels[order])
+    sub = class_balanced_subset(split, 30, seed=4)
+    rows = sub.images.ravel().astype(int)
+    assert len(sub) == 30 and len(set(rows)) == 30
+    assert sorted(np.bincount(sub.labels, minlength=3)) == [5, 12, 13]  # class 2 runs out at 5
+    np.testing.assert_array_equal(labels[rows], sub.labels)  # images stay with their labels
+    positions = [int(np.flatnonzero(split.images.ravel() == r)[0]) for r in rows]
+    assert positions == sorted(positions)  # the split's order is kept
+    balanced = class_balanced_subset(split, 9, seed=4)
+    assert list(np.bincount(balanced.labels, minlength=3)) == [3, 3, 3]
+    again = class_balanced_subset(split, 30, seed=4)
+    np.testing.assert_array_equal(again.images, sub.images)
+    other = class_balanced_subset(split, 30, seed=5)
+    assert not np.array_equal(other.images, sub.images)
+    for bad in (0, 86, 2.5, True):
+        with pytest.raises(ValueError, match=r"subset size must be an int in \[1, 85\]"):
+            class_balanced_subset(split, bad, seed=0)
 
 
 def test_digits_mean_std_constants():

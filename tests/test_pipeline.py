@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from ast_jax.cli import main
@@ -36,12 +37,23 @@ def test_help_of_every_command(command, capsys):
     ("--config.teacher.model=vgg11", "config.teacher.model"),
     ("--config.students=cnn,alexnet", "config.students"),
     ("--config.trian.epochs=3", "trian"),
+    ("--config.data.train_examples=-1", "config.data.train_examples"),
+    ("--config.data.train_examples=1438", "config.data.train_examples=1438 exceeds the 1437 training images"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, capsys, override, named):
     assert main(["pipeline", "--config", "digits", "--workdir", str(tmp_path / "w"), override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ast-jax: error:") and named in err
     assert not (tmp_path / "w").exists(), "nothing is written for an invalid config"
+
+
+def test_study_on_a_class_balanced_subset(tmp_path):
+    from ast_jax.config import load_config
+    from ast_jax.pipeline import open_study
+
+    study = open_study(load_config("digits", ["--config.data.train_examples=200"]), str(tmp_path / "w"))
+    assert len(study.train) == 200 and len(study.test) == 360  # the test split stays whole
+    assert sorted(set(np.bincount(study.train.labels, minlength=10))) == [20]
 
 
 def test_missing_data_names_the_fix(tmp_path, capsys):

@@ -16,7 +16,7 @@ Typical use by a training loop::
 
 from ast_jax.data.augment import augment, augment_one, epoch_batches, normalize, to_unit_float
 from ast_jax.data.errors import DataNotFoundError
-from ast_jax.data.sources import ArraySplit, load_split, preparation_instructions
+from ast_jax.data.sources import ArraySplit, class_balanced_subset, load_split, preparation_instructions
 from ast_jax.data.specs import DATASETS, AugmentSpec, DatasetSpec, dataset_spec
 
 
@@ -39,6 +39,7 @@ __all__ = [
     "DatasetSpec",
     "augment",
     "augment_one",
+    "class_balanced_subset",
     "dataset_spec",
     "epoch_batches",
     "load_split",

@@ -64,6 +64,26 @@ class ArraySplit:
         return int(self.labels.shape[0])
 
 
+def class_balanced_subset(split: ArraySplit, num: int, seed: int) -> ArraySplit:
+    """`num` examples of `split`, as many of each class as it allows, drawn by a seeded shuffle.
+
+    The examples are taken round-robin over the classes in the order of one
+    `np.random.default_rng(seed)` permutation (the first of each class, then the second, ...),
+    so each class gets floor or ceil of num / classes while it has enough examples; the subset
+    keeps the split's order. For quick runs on part of a large training set.
+    """
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or not 1 <= num <= len(split):
+        raise ValueError(f"subset size must be an int in [1, {len(split)}] (the split's size), got {num!r}")
+    order = np.random.default_rng(seed).permutation(len(split))
+    labels = split.labels[order]
+    rank_in_class = np.empty(len(order), np.int64)
+    for label in np.unique(labels):
+        members = labels == label
+        rank_in_class[members] = np.arange(np.count_nonzero(members))
+    chosen = np.sort(order[np.lexsort((np.arange(len(order)), rank_in_class))[:num]])
+    return ArraySplit(split.images[chosen], split.labels[chosen])
+
+
 def load_split(name: str, split: str, data_dir: str | None = None) -> ArraySplit:
     """Loads a whole split of `name` into host memory.
 
@@ -319,4 +339,4 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> ArraySplit:
     return ArraySplit(images, labels)
 
 
-__all__ = ["ArraySplit", "DataNotFoundError", "DATASETS", "load_split", "read_idx"]
+__all__ = ["ArraySplit", "DataNotFoundError", "DATASETS", "class_balanced_subset", "load_split", "read_idx"]
