@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import time
 from typing import Callable
 
 import jax
@@ -45,7 +46,7 @@ class Study:
     train: ArraySplit
     test: ArraySplit
     mesh: object
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = functools.partial(print, flush=True)  # progress reaches a log file as it happens
     runs: dict = dataclasses.field(default_factory=dict)  # stage directory -> RunResult, this session
 
     @property
@@ -56,7 +57,7 @@ class Study:
         return models.create(architecture, self.num_classes, jnp.dtype(self.config.dtype), axis_name="data")
 
 
-def open_study(config, workdir: str, log: Callable[[str], None] = print) -> Study:
+def open_study(config, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True)) -> Study:
     """Validate `config`, load the data, then claim `workdir` for it (refusing another study's).
 
     Everything that can fail on bad input fails before the work directory is touched.
@@ -153,16 +154,35 @@ def fingerprint(variables, settings: dict) -> str:
 
 
 def _pgd_settings(study: Study) -> dict:
-    return {"pgd": json.loads(to_json(study.config.pgd)), "data": study.config.data.name, "seed": study.config.seed}
+    """What the adversarial set depends on besides the base teacher: PGD settings, seed, training images."""
+    images = hashlib.sha256(study.train.images.tobytes() + study.train.labels.tobytes()).hexdigest()
+    return {"pgd": json.loads(to_json(study.config.pgd)), "data": study.config.data.name, "seed": study.config.seed,
+            "train_images": images}
 
 
-def make_attack(study: Study, architecture: str, batch_size: int | None = None):
+def _progress_log(log: Callable[[str], None], every_seconds: float = 30.0) -> Callable[[int, int], None]:
+    """`progress(done, total)` that logs images/s and the ETA at most every `every_seconds`, and at the end."""
+    start = last = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done < total and now - last < every_seconds:
+            return
+        last, rate = now, done / max(now - start, 1e-9)
+        log(f"{done}/{total} images, {rate:.1f} images/s, eta {(total - done) / rate:.0f}s")
+
+    return progress
+
+
+def make_attack(study: Study, architecture: str, batch_size: int | None = None,
+                progress: Callable[[int, int], None] | None = None):
     """`attack(variables, images_uint8, labels) -> adversarial images` with the study's PGD settings."""
     pgd = study.config.pgd
     attack = make_adversarial_set(study.model(architecture), study.mesh, batch_size=batch_size or pgd.batch_size,
                                   mean=study.dataset.mean, std=study.dataset.std, eps=pgd.eps,
                                   step_size=pgd.step_size, steps=pgd.steps, space=pgd.space,
-                                  random_start=pgd.random_start)
+                                  random_start=pgd.random_start, progress=progress)
     key = jax.random.fold_in(jax.random.PRNGKey(study.config.seed), 7)
     return lambda variables, images, labels: attack(variables, images, labels, key)
 
@@ -177,8 +197,8 @@ def adversarial_set(study: Study) -> np.ndarray:
         return np.load(path)
     log = _stage_log(study, "attack-set")
     log(f"PGD on {len(study.train.labels)} training images ({study.config.pgd.steps} steps)")
-    adv = np.asarray(make_attack(study, study.config.teacher.model)(base.variables, study.train.images,
-                                                                     study.train.labels))
+    attack = make_attack(study, study.config.teacher.model, progress=_progress_log(log))
+    adv = np.asarray(attack(base.variables, study.train.images, study.train.labels))
     os.makedirs(directory, exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         np.save(f, adv)

@@ -217,3 +217,31 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
     assert all(leaf.dtype == jnp.float32 for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating))
     assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
     assert any(float(jnp.max(jnp.abs(a - b))) > 0 for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)))
+
+
+# ---- PGD adversarial set ----
+
+def test_host_driven_attack_reports_progress_per_batch():
+    from ast_jax.train import make_adversarial_set, make_mesh
+
+    split = tiny_split(40)
+    model = TinyNet()
+    variables = model.init(jax.random.PRNGKey(0), split.images[:1] / 255.0)
+    calls = []
+    attack = make_adversarial_set(model, make_mesh(), batch_size=16, mean=(0.5,), std=(0.25,), eps=0.1,
+                                  step_size=0.05, steps=2, loop="host", progress=lambda *a: calls.append(a))
+    adv = attack(variables, split.images, split.labels, jax.random.key(0))
+    assert adv.shape == (40, 8, 8, 1) and adv.dtype == jnp.float32
+    assert calls == [(16, 40), (32, 40), (40, 40)]
+
+
+def test_progress_log_is_rate_limited_and_always_reports_the_end(monkeypatch):
+    from ast_jax import pipeline
+
+    clock = iter([0.0, 1.0, 40.0, 41.0, 42.0])  # start, then one reading per call
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))
+    lines = []
+    progress = pipeline._progress_log(lines.append, every_seconds=30.0)
+    for done in (10, 20, 30, 40):
+        progress(done, 40)
+    assert lines == ["20/40 images, 0.5 images/s, eta 40s", "40/40 images, 1.0 images/s, eta 0s"]

@@ -12,6 +12,7 @@ position in the global batch), so a run gives the same result on 1 or N devices.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -168,7 +169,8 @@ def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
 
 
 def make_adversarial_set(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float, step_size: float,
-                         steps: int, space: str = "pixel", random_start: bool = False, loop: str = "auto"):
+                         steps: int, space: str = "pixel", random_start: bool = False, loop: str = "auto",
+                         progress: Callable[[int, int], None] | None = None):
     """Build `attack(variables, images_uint8, labels, key) -> adversarial images, model-input space`.
 
     PGD (thesis eq. 4) against the model with `variables` in inference mode, batch by batch;
@@ -179,6 +181,8 @@ def make_adversarial_set(model, mesh: Mesh, *, batch_size: int, mean, std, eps: 
     ready for the AST step. `loop="scan"` is one jitted program (a scan over batches of a
     `fori_loop` over PGD steps); `loop="host"` drives batches and steps from Python, one jitted
     call per PGD step (faster on CPU, see `default_loop`); `"auto"` picks `default_loop()`.
+    With the host loop, `progress(images_done, images_total)` is called after each batch; the
+    scan is one program and reports nothing until it returns.
     """
     loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh, "pgd.batch_size")
@@ -220,6 +224,8 @@ def make_adversarial_set(model, mesh: Mesh, *, batch_size: int, mean, std, eps: 
             for _ in range(steps):
                 x = step_jit(variables, x, x0, batch_labels)
             out.append(finish_jit(x))
+            if progress is not None:
+                progress(min((index + 1) * batch_size, len(labels)), len(labels))
         return jnp.concatenate(out)[:len(labels)]
 
     return attack
