@@ -11,7 +11,7 @@ Why these values:
     (`--config.students=cnn,preresnet20`) adds about a minute.
   * schedule: batch 64 (22 steps per epoch), SGD lr 0.05 (a half-size batch, so half the
     thesis's 0.1), 10 epochs with lr x0.1 at 5 and 8: the longest that fits the five-minute
-    budget. Measured on this project's 2-core CPU machine (2026-11-22): the demo takes 3 min 34 s
+    budget. Measured on this project's 2-core CPU machine (2026-11-22): the demo takes 3-3.5 min
     from a fresh work directory and an empty compilation cache (about 9 s per epoch of all nine
     trainings, ~40 s of PGD, ~70 s of compilation), so 20 epochs would already reach ~5 min.
     At 10 epochs the AST effect is small and noisy (student -1.67 points against the base
