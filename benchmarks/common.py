@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ast_jax import models
-from ast_jax.data import AugmentSpec
+from ast_jax.data import AugmentSpec, normalize
 from ast_jax.data.specs import CIFAR_MEAN, CIFAR_STD
 from ast_jax.train import StepSpec
 
@@ -70,9 +70,9 @@ class Data:
         return Data(self.images[:num], self.labels[:num], self.adv_images[:num])
 
 
-def normalize(pixels01: np.ndarray) -> np.ndarray:
-    """(x - mean) / std per channel (NHWC), float32."""
-    return ((pixels01 - np.asarray(MEAN)) / np.asarray(STD)).astype(np.float32)
+def _normalized(pixels01: np.ndarray) -> np.ndarray:
+    """The library's per-channel (x - mean) / std, as host float32."""
+    return np.array(normalize(pixels01.astype(np.float32), MEAN, STD))  # a writable copy, for torch.from_numpy
 
 
 def synthetic_data(num: int, image_size: int, num_classes: int, seed: int = 0) -> Data:
@@ -80,13 +80,13 @@ def synthetic_data(num: int, image_size: int, num_classes: int, seed: int = 0) -
     rng = np.random.default_rng(seed)
     shape = (num, image_size, image_size, CHANNELS)
     images = rng.integers(0, 256, shape, dtype=np.uint8)
-    adv = normalize(rng.integers(0, 256, shape, dtype=np.uint8) / 255.0)
+    adv = _normalized(rng.integers(0, 256, shape, dtype=np.uint8) / 255.0)
     return Data(images, rng.integers(0, num_classes, num).astype(np.int32), adv)
 
 
 def fixed_batch(data: Data, batch_size: int) -> dict[str, np.ndarray]:
     """The first `batch_size` examples in model-input space (NHWC float32), for the step timings."""
-    return {"image": normalize(data.images[:batch_size] / 255.0), "label": data.labels[:batch_size],
+    return {"image": _normalized(data.images[:batch_size] / 255.0), "label": data.labels[:batch_size],
             "adv_image": data.adv_images[:batch_size]}
 
 

@@ -1,7 +1,7 @@
 """The ast_jax side, timed: the library's train step, training epoch and PGD adversarial set.
 
 Everything runs on a one-device mesh (the PyTorch side uses one device too). The step is the
-engine's: `ast_jax.train.train_step` under `jax.shard_map` over the mesh axis, jitted with the
+engine's: `ast_jax.train.make_train_step` (`train_step` under `jax.shard_map`), jitted with the
 state donated, compiled ahead of time so that its XLA cost analysis gives the FLOPs of the step.
 """
 
@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 
 from ast_jax import models
 from ast_jax.train import (Teacher, TrainState, default_loop, make_adversarial_set, make_mesh,
-                           make_optimizer, make_train_epoch, replicate, train_step)
+                           make_optimizer, make_train_epoch, make_train_step, replicate)
 from ast_jax.train.loop import AXIS
 
 from .common import (AUGMENT, LR, MEAN, MOMENTUM, PGD_EPS, PGD_STEP_SIZE, STD, WEIGHT_DECAY, Case, Data,
@@ -65,9 +65,7 @@ def peak_bytes():
 def measure_step(case: Case, weights: Weights, batch: dict[str, np.ndarray], *, iters: int, warmup: int) -> dict:
     """Median time of one jitted train step on a batch held on the device, its FLOPs and memory."""
     mesh, model, tx = _mesh(), _model(case.model, case.num_classes, case.precision), optimizer()
-    step = jax.jit(jax.shard_map(
-        functools.partial(train_step, model, tx, case.spec, _teacher(case, model), axis_name=AXIS), mesh=mesh,
-        in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False), donate_argnums=(0,))
+    step = jax.jit(make_train_step(model, tx, case.spec, mesh, _teacher(case, model)), donate_argnums=(0,))
     keys = ("image", "label", "adv_image") if case.spec.needs_adversarial else ("image", "label")
     batch = jax.device_put({k: batch[k] for k in keys}, NamedSharding(mesh, P(AXIS)))
     teacher_variables = replicate(mesh, weights.teacher) if case.spec.needs_teacher else None

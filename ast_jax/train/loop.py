@@ -69,6 +69,18 @@ def _resolve_loop(loop: str) -> str:
     return default_loop() if loop == "auto" else loop
 
 
+def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None):
+    """`step(state, batch, teacher_variables) -> (state, metrics)`: `train_step` data-parallel over `mesh`.
+
+    The per-device program runs under `jax.shard_map` with the batch split over the axis
+    `data` and the state and teacher replicated; gradients, metrics and BatchNorm statistics
+    are averaged with `lax.pmean` inside `train_step`. Not jitted: callers jit it (with the
+    state donated) or call it inside their own jitted program.
+    """
+    return jax.shard_map(functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS), mesh=mesh,
+                         in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False)
+
+
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto"):
     """Build `train_epoch(state, data, teacher_variables, key, epoch) -> (state, metrics)`.
@@ -87,9 +99,7 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh)
-    step = jax.shard_map(
-        functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS), mesh=mesh,
-        in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False)
+    step = make_train_step(model, tx, spec, mesh, teacher)
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def plan(data, key, epoch):
@@ -225,6 +235,7 @@ def make_adversarial_set(model, mesh: Mesh, *, batch_size: int, mean, std, eps: 
                 x = step_jit(variables, x, x0, batch_labels)
             out.append(finish_jit(x))
             if progress is not None:
+                jax.block_until_ready(out[-1])  # report finished work, not dispatched work
                 progress(min((index + 1) * batch_size, len(labels)), len(labels))
         return jnp.concatenate(out)[:len(labels)]
 
