@@ -17,7 +17,9 @@ from ml_collections import ConfigDict
 
 from ast_jax import checkpoints, losses
 from ast_jax.data import AugmentSpec
-from ast_jax.train import NonFiniteLossError, StepSpec, Teacher, fit, init_state, lr_schedule, make_optimizer, train_step
+from ast_jax.train import (NonFiniteLossError, StepSpec, Teacher, fit, fixed_teacher_logits, init_state, lr_schedule, make_mesh,
+                           make_optimizer, make_train_epoch, train_step)
+from ast_jax.train.steps import identity
 from conftest import TinyNet, tiny_split
 
 
@@ -113,6 +115,31 @@ def test_ast_target_uses_inference_mode_statistics(step_setup):
     b, _ = train_step(model, tx, spec, None, shifted, batch)
     diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
     assert diff > 1e-6
+
+
+@pytest.mark.parametrize("transform", ["identity", "stingy"])
+def test_precomputed_teacher_logits_give_the_per_step_teacher_epoch(transform):
+    """Without augmentation a kd epoch on `fixed_teacher_logits` equals the epoch that runs the teacher in
+    every step (Stingy transform included); with augmentation precomputed logits are refused."""
+    mesh, model, tx = make_mesh(), TinyNet(axis_name="data"), optax.sgd(0.1, momentum=0.9)
+    teacher = Teacher(TinyNet(), functools.partial(losses.sparse_topk, k=2) if transform == "stingy" else identity)
+    split = tiny_split(48, channels=1, seed=3)
+    teacher_vars = teacher.module.init(jax.random.PRNGKey(5), jnp.zeros((1, 8, 8, 1)))
+    state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
+    data = {"images": jnp.asarray(split.images), "labels": jnp.asarray(split.labels)}
+    kwargs = dict(batch_size=16, mean=(0.5,), std=(0.25,), teacher=teacher, loop="host")
+    epoch = make_train_epoch(model, tx, StepSpec("kd", 4.0, 0.9), mesh, augment_spec=AugmentSpec(), **kwargs)
+    table = fixed_teacher_logits(teacher, teacher_vars, data["images"], mesh, batch_size=16, mean=(0.5,), std=(0.25,))
+    fresh = functools.partial(jax.tree.map, jnp.copy, state)  # the epoch donates its state
+    per_step, _ = epoch(fresh(), data, teacher_vars, jax.random.PRNGKey(1), 0)
+    precomputed, _ = epoch(fresh(), {**data, "teacher_logits": table}, teacher_vars, jax.random.PRNGKey(1), 0)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(per_step.params), jax.tree.leaves(state.params)))
+    assert moved > 1e-3
+    for a, b in zip(jax.tree.leaves(precomputed.params), jax.tree.leaves(per_step.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    augmented = make_train_epoch(model, tx, StepSpec("kd", 4.0, 0.9), mesh, augment_spec=AugmentSpec(flip=True), **kwargs)
+    with pytest.raises(ValueError, match="only valid without augmentation"):
+        augmented(fresh(), {**data, "teacher_logits": table}, teacher_vars, jax.random.PRNGKey(1), 0)
 
 
 def test_step_spec_validation():

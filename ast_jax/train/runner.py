@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
-from .loop import make_mesh, make_predict, make_train_epoch, replicate
+from .loop import fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate
 from .optim import make_optimizer
 from .steps import StepSpec, Teacher, init_state
 
@@ -59,7 +59,8 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
 
     `record` is the run's configuration as JSON-able dict: a directory holding another record is
     refused (checkpoints.WorkdirConflictError). `adv_images` (model-input space, aligned with
-    `train`) is required by the `ast` step, `teacher`/`teacher_variables` by `kd` and `nasty`.
+    `train`) is required by the `ast` step, `teacher`/`teacher_variables` by `kd` and `nasty`;
+    without augmentation the teacher's outputs are computed once (`loop.fixed_teacher_logits`).
     `loop` picks how an epoch's steps are driven (see `loop.make_train_epoch`).
     """
     if spec.needs_adversarial and adv_images is None:
@@ -93,11 +94,15 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
             checkpoints.write_metrics(directory, history)
         if start < epochs:
             log(f"resuming {directory} after epoch {start}")
-    data = {"images": train.images, "labels": train.labels}
-    if spec.needs_adversarial:
-        data["adv_images"] = adv_images
-    data = replicate(mesh, data) if start < epochs else None
     teacher_variables = replicate(mesh, teacher_variables) if teacher_variables is not None else None
+    data = None
+    if start < epochs:
+        data = replicate(mesh, {"images": train.images, "labels": train.labels})
+        if spec.needs_adversarial:
+            data["adv_images"] = replicate(mesh, adv_images)
+        if spec.needs_teacher and augment_spec.is_identity:
+            data["teacher_logits"] = fixed_teacher_logits(teacher, teacher_variables, data["images"], mesh,
+                                                          batch_size=train_config.eval_batch_size, mean=mean, std=std)
     run_start = time.perf_counter()
     tensorboard = checkpoints.tensorboard_writer(directory) if start < epochs else None
     for epoch in range(start, epochs):

@@ -106,6 +106,8 @@ def _target_logits(spec: StepSpec, model, teacher, state: TrainState, batch, tea
     if spec.kind == "ce":
         return None
     if spec.needs_teacher:
+        if "teacher_logits" in batch:  # the frozen teacher's outputs on these exact images, computed once
+            return batch["teacher_logits"]
         return teacher.logits(teacher_variables, batch["image"])
     images = batch["adv_image"] if spec.kind == "ast" else batch["image"]
     own = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
@@ -124,7 +126,11 @@ def _objective(spec: StepSpec, logits, target, labels):
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
                state: TrainState, batch: dict, teacher_variables=None, *, axis_name: str | None = None):
-    """One optimizer update on `batch` ({'image', 'label'[, 'adv_image']}, model-input space).
+    """One optimizer update on `batch` ({'image', 'label'[, 'adv_image'][, 'teacher_logits']}).
+
+    Images are in model-input space. `teacher_logits`, when present, are the frozen teacher's
+    released logits on `image` (kd/nasty), precomputed because they cannot change: the step
+    then skips the teacher's forward pass (see `loop.make_train_epoch`).
 
     Returns the new state and {'loss', 'accuracy'} of the batch (training-mode logits).
     """
