@@ -44,8 +44,8 @@ Why these values:
     teacher within a point and moves the student beyond the noise, so SPEC §9's value stays.
   * NT tau 7 / omega 0.04 and STT ratio 0.2 / tau 7 / omega 0.04: not tuned on digits; the
     CIFAR-10 values with tau raised by the factor AST needed (6 -> 10, x5/3: 4 -> 6.7 ~ 7).
-    With them the NT / STT students change by -0.56 / +0.83 points at 10 epochs and -0.83 /
-    -0.28 at 40: these two defences barely slow the attack here.
+    With them the NT / STT students change by -1.67 / +0.28 points in the demo (seed 0; -0.83 /
+    -0.28 at 40 epochs): these two defences slow the attack little here.
     KD attack tau 4 / omega 0.9 and ST ratio 0.2: the thesis's 10-class (CIFAR-10) values.
   * `reference` variant: there are no authors' values for digits; AST/NT/STT stay as above and
     only the PGD space (normalised with the digits mean/std), the pairing and the ST
