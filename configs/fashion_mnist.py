@@ -17,10 +17,12 @@ Why these values:
     there. NT tau 7 / omega 0.04, STT ratio 0.2 / tau 7 / omega 0.04 (unmeasured: the CIFAR-10
     values with tau scaled as AST's, see `ast_jax.config.DATASET_DEFAULTS`); KD tau 4 /
     omega 0.9 and ST ratio 0.2 as in the thesis's CIFAR-10 study.
-  * measured (2026-11-22, 2-core CPU, no GPU available): only a reduced run, 2,000 training
-    images (`--config.data.train_examples=2000`), 20 epochs, batch 64, lr 0.05, CNN student,
-    34 min: base teacher 82.74%, AST teacher 82.04%; students from base / ST / AST / NT / STT
-    84.85 / 81.22 / 83.71 / 84.25 / 82.98%. No AST effect at that size; the full study is untried.
+  * measured (2-core CPU, no GPU available): only reduced runs, 2,000 training images
+    (`--config.data.train_examples=2000`), batch 64, lr 0.05, CNN student. With the digits
+    demo's schedule (teachers 30 epochs, lr x0.1 at 20 and 25, student 20; 2026-11-23, 26 min):
+    base teacher 83.47%, AST 83.10%; students from base / ST / AST / NT / STT 86.22 / 84.68 /
+    82.35 / 83.46 / 85.24%, so AST costs its student 3.87 points. With 20 epochs (x0.1 at 10,
+    16; 2026-11-22, 34 min): AST student -1.14 points, no effect. The full study is untried.
   * `reference` variant: no authors' values exist; only the PGD space, the pairing and the ST
     distillation (T 20, alpha 0.9) change.
 """
