@@ -17,8 +17,8 @@ from ml_collections import ConfigDict
 
 from ast_jax import checkpoints, losses
 from ast_jax.data import AugmentSpec
-from ast_jax.train import (NonFiniteLossError, StepSpec, Teacher, fit, fixed_teacher_logits, init_state, lr_schedule, make_mesh,
-                           make_optimizer, make_train_epoch, train_step)
+from ast_jax.train import (NonFiniteLossError, StepSpec, Teacher, fit, fixed_teacher_logits, init_state, lr_schedule,
+                           make_mesh, make_optimizer, make_train_epoch, train_step)
 from ast_jax.train.steps import identity
 from conftest import TinyNet, tiny_split
 

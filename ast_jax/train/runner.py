@@ -97,9 +97,10 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
     teacher_variables = replicate(mesh, teacher_variables) if teacher_variables is not None else None
     data = None
     if start < epochs:
-        data = replicate(mesh, {"images": train.images, "labels": train.labels})
+        data = {"images": train.images, "labels": train.labels}
         if spec.needs_adversarial:
-            data["adv_images"] = replicate(mesh, adv_images)
+            data["adv_images"] = adv_images
+        data = replicate(mesh, data)
         if spec.needs_teacher and augment_spec.is_identity:
             data["teacher_logits"] = fixed_teacher_logits(teacher, teacher_variables, data["images"], mesh,
                                                           batch_size=train_config.eval_batch_size, mean=mean, std=std)
