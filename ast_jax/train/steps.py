@@ -34,6 +34,9 @@ from .. import losses
 
 STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty")
 PAIRINGS = ("aligned", "random")
+#: BatchNorm statistics of the AST target: those from before the step, or those its clean train-mode
+#: forward just updated (the reference code's order).
+TARGET_STATISTICS = ("before_step", "after_train_forward")
 
 
 @flax.struct.dataclass
