@@ -4,9 +4,8 @@ A *study* is one experiment of the thesis (``papers/ast-thesis.md`` §5, SPEC §
 teacher with CE, generate the PGD training set from it, train the defensive teachers (AST, Nasty
 Teacher, Stingy Trained Teacher) and distil every student architecture from every teacher
 (including the Stingy Teacher's sparse outputs). Every file in ``configs/`` defines
-``get_config(variant="thesis")`` by calling :func:`study_config`; :func:`load_config` loads it by
-path, locks it, applies overrides and validates it (:func:`validate`) before anything
-compiles.
+``get_config(variant="thesis")`` by calling :func:`study_config`; :func:`load_config` loads it,
+locks it, applies overrides and validates it (:func:`validate`) before anything compiles.
 
 Schema (every key always present; :data:`SCHEMA` lists them)::
 
@@ -17,7 +16,7 @@ Schema (every key always present; :data:`SCHEMA` lists them)::
     config.train.{batch_size, eval_batch_size, epochs, optimizer, lr, momentum, weight_decay,
                   milestones, lr_decay, checkpoint_every, eval_every}
     config.pgd.{eps, step_size, steps, space, random_start, batch_size}
-    config.ast.{temperature, alpha, k, ratio, divergence, pairing}
+    config.ast.{temperature, alpha, k, ratio, divergence, pairing, target_statistics}
     config.nasty.{temperature, omega}
     config.stt.{temperature, alpha, k, ratio, divergence}
     config.stingy.{k, ratio, temperature, alpha}
@@ -27,75 +26,69 @@ Schema (every key always present; :data:`SCHEMA` lists them)::
 
 Variants: ``thesis`` (default) takes every value from the thesis text (SPEC §5 "thesis" column,
 sparsity as a ratio of the classes). ``reference`` switches to what the authors' PyTorch code
-runs (SPEC §4-5): the "authors' code (T, alpha, k)" AST values where that column has them
-(absolute ``k``), PGD in normalised space with the reference's clamp (``pgd.space="reference"``),
-randomly paired clean/adversarial batches (``ast.pairing="random"``) and Stingy-Teacher
-distillation at T 20, alpha 0.9. Where the reference column says "—" (Tiny-ImageNet AST, STT)
-the thesis values are kept.
+runs (docs/method.md §4-5, :data:`REFERENCE_VALUES`): the "authors' code (T, alpha, k)" AST
+values where that column has them (absolute ``k``), PGD in normalised space with the reference's
+clamp, randomly paired clean/adversarial batches, the AST target computed with the BatchNorm
+statistics that the clean train-mode forward has just updated (``ast.target_statistics``), and
+Stingy-Teacher distillation at T 20, alpha 0.9. Where the reference column says "—"
+(Tiny-ImageNet AST, STT) the thesis values are kept.
 
-Override syntax (command line): ``--config.train.epochs=3`` or ``config.train.epochs=3``; values
-are parsed with :func:`ast.literal_eval` (falling back to the raw string) and coerced to the
-field's type (int -> float allowed; tuples as ``(80,120)``, ``80,120``, ``80`` or ``()``;
-``k``/``ratio`` accept ``None``). Switching the sparsity form needs both, e.g.
-``--config.ast.k=3 --config.ast.ratio=None``. A short smoke run of a CIFAR study must also drop
-the milestones (``--config.train.epochs=3 --config.train.milestones=()``) and shorten the CNN
-student (``--config.student_train.cnn.epochs=3``).
+Loading: ``--config digits`` (a bare name) is always the repository's ``configs/digits.py``, never
+a file of the current directory; a path (with a ``/`` or ending in ``.py``) is used as given. A
+``:variant`` suffix is passed to ``get_config`` (``cifar10_resnet18:reference``).
+
+Overrides are ml_collections' ``config_flags`` (absl flags on the locked config):
+``--config.train.epochs=3`` or ``--config.train.epochs 3``; the field's type parses the value
+(int -> float allowed, bools as ``true``/``false``, tuples as ``(80,120)``, ``80,120``, ``80`` or
+``()``; a tuple of strings as ``"('cnn','resnet18')"`` or by repeating the flag:
+``--config.students=cnn --config.students=resnet18``). In ``ast``, ``stt`` and ``stingy``, giving
+one of ``k`` and ``ratio`` clears the other (``--config.ast.k=3`` switches to an absolute ``k``).
+A short smoke run of a CIFAR study must also drop the milestones
+(``--config.train.epochs=3 --config.train.milestones=()``) and shorten the CNN student
+(``--config.student_train.cnn.epochs=3``).
 """
 
 from __future__ import annotations
 
-import ast as _ast
 import copy
 import importlib.util
 import json
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import ml_collections
-from ml_collections import config_dict
+from absl import flags
+from ml_collections import config_dict, config_flags
+
+from .adversarial import SPACES as PGD_SPACES
+from .data import DATASETS, dataset_spec
+from .losses import DIVERGENCES, resolve_k
+from .models import MODEL_NAMES
+from .train.optim import OPTIMIZERS
+from .train.steps import PAIRINGS, TARGET_STATISTICS
 
 __all__ = [
-    "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DIVERGENCES", "DTYPES", "OPTIMIZERS", "PAIRINGS",
-    "PGD_SPACES", "SCHEMA", "VARIANTS", "apply_overrides", "check_variant", "load_config",
-    "sparsity_k", "study_config", "to_json", "train_config_for", "validate",
+    "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "REFERENCE_VALUES", "SCHEMA", "VARIANTS",
+    "apply_overrides", "check_variant", "configs_dir", "load_config", "resolve_config_path", "sparsity_k",
+    "study_config", "to_json", "train_config_for", "validate",
 ]
 
 VARIANTS: tuple[str, ...] = ("thesis", "reference")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-DIVERGENCES: tuple[str, ...] = ("epd", "kl")
-PAIRINGS: tuple[str, ...] = ("aligned", "random")
-PGD_SPACES: tuple[str, ...] = ("pixel", "reference")
 
 #: Sections that carry a sparsity given as exactly one of ``k`` (absolute) or ``ratio`` (of C).
 SPARSE_SECTIONS: tuple[str, ...] = ("ast", "stt", "stingy")
 
-#: Every key of a study config, section by section (``student_train`` is free-form: its keys are
-#: architectures, its sub-keys keys of ``train``).
-SCHEMA: dict[str, tuple[str, ...]] = {
-    "": ("name", "seed", "dtype", "data", "teacher", "train", "pgd", "ast", "nasty", "stt", "stingy",
-         "kd", "students", "student_train"),
-    "data": ("name", "data_dir", "train_examples", "augment"),
-    "data.augment": ("crop_padding", "flip", "rotation_degrees"),
-    "teacher": ("model", "torch_checkpoint"),
-    "train": ("batch_size", "eval_batch_size", "epochs", "optimizer", "lr", "momentum", "weight_decay",
-              "milestones", "lr_decay", "checkpoint_every", "eval_every"),
-    "pgd": ("eps", "step_size", "steps", "space", "random_start", "batch_size"),
-    "ast": ("temperature", "alpha", "k", "ratio", "divergence", "pairing"),
-    "nasty": ("temperature", "omega"),
-    "stt": ("temperature", "alpha", "k", "ratio", "divergence"),
-    "stingy": ("k", "ratio", "temperature", "alpha"),
-    "kd": ("temperature", "alpha"),
-}
-
 #: Training defaults (SPEC §5, thesis §5): SGD, momentum 0.9, weight decay 5e-4 (coupled L2,
-#: PyTorch style), lr 0.1, batch 128. The evaluation batch (500) only sets memory use; the test
-#: set is evaluated every epoch because the thesis reports the best epoch (SPEC §4) and the
-#: project reports both the final and the best epoch. Checkpoints every 10 epochs.
+#: PyTorch style), lr 0.1, batch 128. The test set is evaluated every epoch because the thesis
+#: reports the best epoch (SPEC §4) and the project reports both the final and the best epoch.
+#: Checkpoints every 10 epochs. The evaluation batch only sets memory use: 512 (not the round
+#: 500) because a batch must divide the device count, and 512 = 2^9 divides 1, 2, 4, 8, ... 512
+#: devices; the last, partial batch is padded, so the data-set size need not divide it.
 TRAIN_DEFAULTS: dict[str, Any] = dict(
-    batch_size=128, eval_batch_size=500, epochs=160, optimizer="sgd", lr=0.1, momentum=0.9,
+    batch_size=128, eval_batch_size=512, epochs=160, optimizer="sgd", lr=0.1, momentum=0.9,
     weight_decay=5e-4, milestones=(80, 120), lr_decay=0.1, checkpoint_every=10, eval_every=1)
 
 #: The thesis's CNN recipe (thesis §5, SPEC §5): "The CNN was trained for 100 epochs and learning
@@ -104,11 +97,20 @@ CNN_STUDENT_TRAIN: dict[str, Any] = dict(optimizer="adam", lr=1e-3, epochs=100, 
 
 #: PGD (thesis §5 and eq. 4, SPEC §2): eps 0.3, step 0.01, 40 iterations, no random start, in
 #: pixel space [0, 1] (project default; ``reference`` = normalised space + clamp, SPEC §4).
+#: The PGD batch (512, as the evaluation batch) only sets memory use and divides 2^n devices.
 PGD_DEFAULTS: dict[str, Any] = dict(eps=0.3, step_size=0.01, steps=40, space="pixel", random_start=False,
-                                    batch_size=500)
+                                    batch_size=512)
 
-#: What the authors' Stingy Teacher distillation runs (SPEC §5, "ST (distillation)" row).
-REFERENCE_STINGY: dict[str, Any] = dict(temperature=20.0, alpha=0.9)
+#: What the ``reference`` variant changes, section by section: what the authors' code runs
+#: (docs/method.md §4-5). PGD in normalised space with the reference's clamp; the clean loader
+#: reshuffled and zipped with the adversarial one; the clean batch run in train mode before the
+#: AST target, which then sees the updated BatchNorm statistics; Stingy-Teacher distillation at
+#: T 20, alpha 0.9 (the "ST (distillation)" row).
+REFERENCE_VALUES: dict[str, dict[str, Any]] = dict(
+    pgd=dict(space="reference"),
+    ast=dict(pairing="random", target_statistics="after_train_forward"),
+    stingy=dict(temperature=20.0, alpha=0.9),
+)
 
 #: Per-data-set values of SPEC §4-5 (the schedule and the NT, STT, ST and KD rows are per data
 #: set; the AST row is per study and lives in the config files; the small data sets' schedules
@@ -162,13 +164,6 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     ),
 }
 
-# Element types of the tuple-valued fields (by leaf name), for overrides of an empty tuple.
-_TUPLE_ELEMENT_TYPES: dict[str, type] = {"milestones": int, "students": str}
-# Fields that may be None: the sparsity pair of the sparse sections.
-_NULLABLE_LEAVES = ("k", "ratio")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
 
 # --------------------------------------------------------------------------------------------
 # Building
@@ -181,96 +176,41 @@ def check_variant(variant: str) -> str:
     return variant
 
 
-def _coerce(key: str, value: Any, field_type: type | None, *, nullable: bool = False,
-            raw: str | None = None, element_type: type | None = None) -> Any:
-    """`value` converted to `field_type` (int -> float allowed), or ValueError naming `key`."""
-    def bad(expected: str) -> ValueError:
-        shown = raw if raw is not None else repr(value)
-        return ValueError(f"{key} must be {expected}, got {shown} ({type(value).__name__})")
-
-    if value is None:
-        if nullable:
-            return None
-        raise bad(f"a {getattr(field_type, '__name__', 'value')} (None is only allowed for k/ratio)")
-    if field_type is None or field_type is type(None):
-        return value
-    if field_type is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad("a bool")
-    if field_type is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad("an int")
-    if field_type is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad("a float")
-    if field_type is str:
-        if isinstance(value, str):
-            return value
-        if raw is not None:  # e.g. config.name=123: keep the text as typed
-            return raw
-        raise bad("a str")
-    if field_type is tuple:
-        if isinstance(value, str):
-            text = value.strip()
-            if len(text) >= 2 and text[0] + text[-1] in ("()", "[]"):
-                text = text[1:-1]
-            items = [item.strip() for item in text.split(",") if item.strip()]
-            value = tuple(_parse_literal(item) for item in items)
-        elif isinstance(value, (list, tuple)):
-            value = tuple(value)
-        else:
-            value = (value,)
-        if element_type is not None:
-            value = tuple(_coerce(f"{key}[{i}]", v, element_type, raw=str(v) if element_type is str else None)
-                          for i, v in enumerate(value))
-        return value
-    if isinstance(value, field_type):
-        return value
-    raise bad(f"a {field_type.__name__}")
+def _cleared_sparsity(given: Collection[str]) -> str | None:
+    """The sparsity key that giving the keys `given` of a sparse section clears: `ratio` when only
+    `k` is given, `k` when only `ratio` is, else None (both or neither given)."""
+    if ("k" in given) == ("ratio" in given):
+        return None
+    return "ratio" if "k" in given else "k"
 
 
-def _parse_literal(text: str) -> Any:
-    """`ast.literal_eval(text)`, or `text` itself where it is not a Python literal."""
+def _assign(section: ml_collections.ConfigDict, name: str, value: Any, key: str) -> None:
+    """`section[name] = value` with the ConfigDict's type check (int -> float allowed), naming `key`."""
     try:
-        return _ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
+        section[name] = tuple(value) if isinstance(value, list) else value
+    except TypeError as error:
+        raise ValueError(f"{key}: {error}") from None
 
 
 def _set_values(section: ml_collections.ConfigDict, values: Mapping[str, Any], prefix: str) -> None:
-    """Sets `values` on `section` (existing keys only), coercing to each field's type.
+    """Sets `values` on the existing keys of `section` (recursing into sub-sections).
 
     In the sparse sections, giving one of ``k``/``ratio`` clears the other.
     """
     values = dict(values)
-    if prefix.split(".")[-1] in SPARSE_SECTIONS and ("k" in values) != ("ratio" in values):
-        values.setdefault("k", None)
-        values.setdefault("ratio", None)
+    cleared = _cleared_sparsity(values) if prefix.split(".")[-1] in SPARSE_SECTIONS else None
+    if cleared:
+        values[cleared] = None
     for name, value in values.items():
         key = f"{prefix}.{name}"
         if name not in section:
             raise ValueError(f"unknown config key {key}; valid keys under {prefix}: {', '.join(section.keys())}")
-        current = section[name]
-        if isinstance(current, ml_collections.ConfigDict):
-            _set_values(current, value, key)
-            continue
-        section[name] = _coerce(key, value, section.get_type(name), nullable=name in _NULLABLE_LEAVES,
-                                element_type=_element_type(name, current))
-
-
-def _element_type(name: str, current: Any) -> type | None:
-    if name in _TUPLE_ELEMENT_TYPES:
-        return _TUPLE_ELEMENT_TYPES[name]
-    if isinstance(current, tuple) and current:
-        return type(current[0])
-    return None
+        if isinstance(section[name], ml_collections.ConfigDict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{key} is a section; give a dict of its keys ({', '.join(section[name].keys())})")
+            _set_values(section[name], value, key)
+        else:
+            _assign(section, name, value, key)
 
 
 def _sparse_section(**values: Any) -> ml_collections.ConfigDict:
@@ -281,7 +221,7 @@ def _sparse_section(**values: Any) -> ml_collections.ConfigDict:
 
 
 def _skeleton() -> ml_collections.ConfigDict:
-    """Every key of :data:`SCHEMA` with its type; loss values are filled in by `study_config`."""
+    """Every key of a study config with its type; loss values are filled in by `study_config`."""
     c = ml_collections.ConfigDict()
     c.name = ""
     c.seed = 0
@@ -295,10 +235,12 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict(dict(model="", torch_checkpoint=""))
     c.train = ml_collections.ConfigDict(TRAIN_DEFAULTS)
     c.pgd = ml_collections.ConfigDict(PGD_DEFAULTS)
-    # AST (thesis eq. 5): EPD divergence, aligned clean/adversarial pairs (project default, SPEC §4).
+    # AST (thesis eq. 5): EPD divergence, aligned clean/adversarial pairs (project default, SPEC §4),
+    # target with the BatchNorm statistics from before the step (the thesis's reading, docs/method.md §4).
     c.ast = _sparse_section(temperature=1.0, alpha=0.0)
     c.ast.divergence = "epd"
     c.ast.pairing = "aligned"
+    c.ast.target_statistics = "before_step"
     c.nasty = ml_collections.ConfigDict(dict(temperature=1.0, omega=0.0))
     # STT: the thesis does not name its divergence; EPD as in AST (SPEC §2), KL selectable.
     c.stt = _sparse_section(temperature=1.0, alpha=0.0)
@@ -306,8 +248,22 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.stingy = _sparse_section(temperature=1.0, alpha=0.0)
     c.kd = ml_collections.ConfigDict(dict(temperature=1.0, alpha=0.9))  # omega 0.9 (SPEC §2)
     c.students = ("resnet18",)
-    c.student_train = ml_collections.ConfigDict()
+    c.student_train = ml_collections.ConfigDict()  # free-form: architecture -> keys of `train`
     return c
+
+
+def _sections(node: ml_collections.ConfigDict, path: str = "") -> dict[str, tuple[str, ...]]:
+    """Section path -> its keys, for `node` and every fixed sub-section (not `student_train`)."""
+    keys = {path: tuple(node.keys())}
+    for name in node.keys():
+        if isinstance(node[name], ml_collections.ConfigDict) and name != "student_train":
+            keys.update(_sections(node[name], f"{path}.{name}".lstrip(".")))
+    return keys
+
+
+#: Every key of a study config, section by section ("" is the top level; ``student_train`` is
+#: free-form: its keys are architectures, its sub-keys keys of ``train``).
+SCHEMA: dict[str, tuple[str, ...]] = _sections(_skeleton())
 
 
 def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[str], ast: Mapping[str, Any],
@@ -334,9 +290,6 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
     check_variant(variant)
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f"config.data.name: unknown data set {dataset!r}; valid: {', '.join(DATASET_DEFAULTS)}")
-    unknown = set(sections) - set(SCHEMA[""])
-    if unknown:
-        raise ValueError(f"unknown config sections {sorted(unknown)}; valid: {', '.join(SCHEMA[''])}")
     c = _skeleton()
     c.name = name
     c.data.name = dataset
@@ -348,98 +301,86 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
     for section in ("nasty", "stt", "stingy", "kd"):
         _set_values(c[section], defaults[section], f"config.{section}")
     _set_values(c.ast, ast, "config.ast")
-    for section, values in sections.items():
-        if isinstance(c[section], ml_collections.ConfigDict):
-            _set_values(c[section], values, f"config.{section}")
-        else:
-            _set_values(c, {section: values}, "config")
+    _set_values(c, sections, "config")
     # Thesis: the Stingy Teacher is distilled with the same KD settings as every other teacher
     # (unless the study sets them explicitly).
     given = sections.get("stingy", {})
     _set_values(c.stingy, {key: c.kd[key] for key in ("temperature", "alpha") if key not in given}, "config.stingy")
     for architecture, override in (student_train or {}).items():
-        c.student_train[architecture] = ml_collections.ConfigDict(
-            {key: (tuple(v) if isinstance(v, list) else v) for key, v in override.items()})
-        # Same types as `train` (e.g. lr 1 -> 1.0) so overrides coerce the same way.
-        for key, v in override.items():
-            if key in c.train:
-                c.student_train[architecture][key] = _coerce(
-                    f"config.student_train.{architecture}.{key}", v, c.train.get_type(key),
-                    element_type=_element_type(key, c.train[key]))
+        # Typed as `train` (e.g. lr 1 -> 1.0); keys `train` lacks are left for `validate` to name.
+        entry = ml_collections.ConfigDict({key: c.train[key] for key in override if key in c.train})
+        for key, value in override.items():
+            _assign(entry, key, value, f"config.student_train.{architecture}.{key}")
+        c.student_train[architecture] = entry
     if variant == "reference":
         if ast_reference is not None:
             _set_values(c.ast, ast_reference, "config.ast")
-        c.pgd.space = "reference"    # SPEC §4: normalised-space PGD with the reference's clamp
-        c.ast.pairing = "random"     # SPEC §4: reshuffled clean loader zipped with the adversarial one
-        _set_values(c.stingy, REFERENCE_STINGY, "config.stingy")  # SPEC §5: ST distillation T 20, alpha 0.9
+        _set_values(c, REFERENCE_VALUES, "config")
     return c
-
 
 # --------------------------------------------------------------------------------------------
 # Loading and overrides
 # --------------------------------------------------------------------------------------------
 
-def _configs_dir() -> str:
+def configs_dir() -> str:
+    """The repository's ``configs/``, next to the ``ast_jax`` package (a checkout or an editable install)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def _available_configs() -> list[str]:
-    folder = _configs_dir()
-    if not os.path.isdir(folder):
-        return []
-    return sorted(f for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+def resolve_config_path(name: str) -> str:
+    """The file of config `name`: a bare name (``digits``) is ``configs/digits.py`` of the
+    repository, whatever the current directory holds; a path (with a ``/`` or ending in ``.py``)
+    is taken as given. Raises FileNotFoundError listing the repository's configs."""
+    explicit = "/" in name or os.sep in name or name.endswith(".py")
+    path = name if explicit else os.path.join(configs_dir(), name + ".py")
+    if os.path.isfile(path):
+        return path
+    folder = configs_dir()
+    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
+    where = "no such file" if explicit else f"not in {folder}"
+    raise FileNotFoundError(f"config {name!r} not found ({where}); give one of {', '.join(names) or '(none)'} "
+                            f"or the path of a .py file defining get_config")
 
 
-def _split_spec(spec: str) -> tuple[str, str | None]:
-    """'path.py:variant' -> ('path.py', 'variant'); 'path.py' -> ('path.py', None)."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and tail and not any(ch in tail for ch in "/\\"):
-        return head, tail
-    return spec, None
-
-
-def _resolve_path(path: str) -> str:
-    candidates = [path]
-    if not path.endswith(".py"):
-        candidates.append(path + ".py")
-    if not os.path.isabs(path):  # also relative to the repository (e.g. run from elsewhere)
-        candidates += [os.path.join(_configs_dir(), os.path.basename(c)) for c in candidates
-                       if os.path.dirname(c) in ("", "configs")]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(
-        f"config file {path!r} not found; files in {_configs_dir()}: {', '.join(_available_configs()) or '(none)'}")
+def _config_from_file(path: str, variant: str | None) -> ml_collections.ConfigDict:
+    """Runs the config file `path` and returns its ``get_config(variant)``; any failure is a
+    ValueError naming the file (with the original exception as its cause)."""
+    module_name = "ast_jax_study_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ValueError("it defines no get_config(variant)")
+        config = get_config() if variant is None else get_config(variant)
+    except SyntaxError as error:
+        raise ValueError(f"config file {path}, line {error.lineno}: {error.msg}; fix its syntax") from error
+    except Exception as error:  # the file is the user's: whatever it raises is reported as its problem
+        detail = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"config file {path}: {detail}") from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path}: get_config returned {type(config).__name__}, expected a ConfigDict")
+    return config
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads `path[:variant]`, locks it, applies `overrides` and validates it.
+    """Loads ``name[:variant]``, locks it, applies `overrides` and validates it.
 
     Args:
-      spec: path of a config file (``configs/cifar10_resnet18.py``; ``cifar10_resnet18`` also
-        finds the repository's ``configs/`` file), optionally followed by ``:variant``
-        (``configs/cifar10_resnet18.py:reference``). No variant means ``get_config()``'s default.
-      overrides: ``--config.a.b=value`` / ``config.a.b=value`` strings (see
+      spec: a config name (``cifar10_resnet18``, from the repository's ``configs/``) or the path
+        of a config file, optionally followed by ``:variant`` (``cifar10_resnet18:reference``).
+        No variant means ``get_config()``'s default.
+      overrides: command-line arguments ``--config.a.b=value`` / ``--config.a.b value`` (see
         :func:`apply_overrides`).
 
     Raises:
-      FileNotFoundError: no such file (the message lists the files in ``configs/``).
-      ValueError: unknown variant, unknown key, badly typed or invalid value (naming the key).
+      FileNotFoundError: no such config (the message lists the repository's configs).
+      ValueError: the file fails to load, an unknown variant, key or badly typed or invalid value
+        (the message names the file or key).
     """
-    path, variant = _split_spec(spec)
-    path = _resolve_path(path)
-    module_name = "ast_jax_study_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"cannot load config file {path!r} (not a Python file?)")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ValueError(f"config file {path!r} defines no get_config(variant)")
-    config = get_config() if variant is None else get_config(variant)
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"{path}: get_config returned {type(config).__name__}, expected a ConfigDict")
+    name, _, variant = spec.partition(":")
+    config = _config_from_file(resolve_config_path(name), variant or None)
     config.lock()
     apply_overrides(config, overrides)
     validate(config)
@@ -447,52 +388,61 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """Applies ``--config.a.b=value`` strings in order, in place (see the module docstring).
+    """Applies command-line overrides to the locked `config` in place, with ``config_flags``.
 
-    Raises ValueError for a malformed override, an unknown key (listing the valid keys at that
-    level), a whole section as target, or a value that does not fit the field's type.
+    `overrides` are arguments as on the command line: ``--config.a.b=value`` or the two
+    arguments ``--config.a.b``, ``value``; a bool also as ``--config.a.b`` / ``--noconfig.a.b``.
+    Giving one of ``k``/``ratio`` of a sparse section clears the other.
+
+    Raises ValueError naming the key: an unknown key (listing the valid keys at that level), a
+    section as target, a value the field's type cannot parse, or an argument that is no override.
     """
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    for override in overrides:
-        text = override.strip()
-        if text.startswith("--"):
-            text = text[2:]
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key.startswith("config.") or len(key) <= len("config."):
-            raise ValueError(f"malformed override {override!r}; expected --config.<section>.<key>=<value>")
-        parts = key.split(".")[1:]
-        node, level = config, "config"
-        for part in parts[:-1]:
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise _unknown_key(f"{level}.{part}", level, node)
-            node, level = node[part], f"{level}.{part}"
-        leaf = parts[-1]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise _unknown_key(key, level, node)
-        current = node[leaf]
-        if isinstance(current, ml_collections.ConfigDict):
-            raise ValueError(f"{key} is a section, not a value; override its keys: "
-                             f"{', '.join(f'{key}.{k}' for k in current.keys())}")
-        raw = raw.strip()
-        field_type = node.get_type(leaf) if current is not None or leaf in _NULLABLE_LEAVES else None
-        value = _parse_literal(raw) if raw else ""
-        if isinstance(value, str) and value.lower() in ("none", "null") and leaf in _NULLABLE_LEAVES:
-            value = None
-        coerced = _coerce(key, value, field_type, nullable=leaf in _NULLABLE_LEAVES, raw=raw,
-                          element_type=_element_type(leaf, current))
-        try:
-            node[leaf] = coerced
-        except (TypeError, AttributeError, KeyError) as err:
-            raise ValueError(f"cannot set {key} to {raw!r}: {err}") from None
+    argv = ["ast-jax", *overrides]
+    for argument in overrides:
+        match = re.match(r"--?(?:no)?config\.([^=]+)", argument)
+        if match:
+            _check_key(config, match.group(1))
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    try:
+        unparsed = flag_values(argv)[1:]
+    except flags.Error as error:
+        raise ValueError(_flag_error_message(error, config)) from error
+    if unparsed:
+        raise ValueError(f"unexpected argument {unparsed[0]!r}; config overrides are --config.KEY=VALUE "
+                         f"or --config.KEY VALUE (a bool: --config.KEY=false)")
+    given = config_flags.get_override_values(flag_values["config"])
+    for section in SPARSE_SECTIONS:
+        cleared = _cleared_sparsity([key.split(".")[1] for key in given if key.split(".")[0] == section])
+        if cleared:
+            config[section][cleared] = None
     return config
 
 
-def _unknown_key(key: str, level: str, node: Any) -> ValueError:
-    valid = ", ".join(node.keys()) if isinstance(node, ml_collections.ConfigDict) else f"({level} is a value)"
-    return ValueError(f"unknown config key {key}; valid keys under {level}: {valid or '(none)'}")
+def _check_key(config: ml_collections.ConfigDict, path: str) -> None:
+    """ValueError unless ``config.<path>`` is a value of `config` (naming the valid keys)."""
+    node, level = config, "config"
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            valid = ", ".join(node.keys()) if isinstance(node, ml_collections.ConfigDict) else f"({level} is a value)"
+            raise ValueError(f"unknown config key {level}.{part}; valid keys under {level}: {valid or '(none)'}")
+        node, level = node[part], f"{level}.{part}"
+    if isinstance(node, ml_collections.ConfigDict):
+        raise ValueError(f"{level} is a section, not a value; override its keys: "
+                         f"{', '.join(f'{level}.{key}' for key in node.keys())}")
 
+
+def _flag_error_message(error: flags.Error, config: ml_collections.ConfigDict) -> str:
+    """absl's ``flag --config.a.b=v: reason`` as ``config.a.b: cannot parse 'v' as <type> (reason)``."""
+    match = re.match(r"flag --(config\.([^=]+))=(.*?): (.*)", str(error), re.DOTALL)
+    if not match:
+        return f"{error}; config overrides are --config.KEY=VALUE or --config.KEY VALUE"
+    key, path, value, reason = match.groups()
+    *sections, leaf = path.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    return f"{key}: cannot parse {value!r} as {node.get_type(leaf).__name__} ({reason})"
 
 # --------------------------------------------------------------------------------------------
 # Validation
@@ -616,7 +566,8 @@ def _check_sparse(chk: _Checker, section: str, num_classes: int | None) -> None:
     if (k is None) == (ratio is None):
         state = "both are set" if k is not None else "neither is set"
         chk.fail(f"{prefix}: exactly one of {prefix}.k and {prefix}.ratio must be set, {state} "
-                 f"(k={k!r}, ratio={ratio!r}); clear the other with e.g. --{prefix}.ratio=None")
+                 f"(k={k!r}, ratio={ratio!r}); give one of them alone on the command line "
+                 f"(e.g. --{prefix}.k=2: setting one clears the other)")
         return
     if k is not None:
         if chk.integer(f"{prefix}.k", k) is not None and num_classes is not None and k > num_classes:
@@ -635,10 +586,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Data-set and model names are checked against ``ast_jax.data.DATASETS`` and
     ``ast_jax.models.MODEL_NAMES``; ``k <= C`` against ``ast_jax.data.dataset_spec``.
     """
-    from ast_jax import data as data_lib
-    from ast_jax.models import MODEL_NAMES
-
-    datasets = tuple(data_lib.DATASETS)
     chk = _Checker(config)
     _check_keys(chk, config, "")
     if chk.errors:  # structural problems first: the value checks below assume the keys exist
@@ -652,17 +599,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         chk.choice("config.dtype", get("dtype"), DTYPES)
 
         dataset = get("data.name")
-        chk.choice("config.data.name", dataset, datasets)
+        chk.choice("config.data.name", dataset, DATASETS)
         if not isinstance(get("data.data_dir"), str):
             chk.fail(f"config.data.data_dir must be a str ('' = default location), got {get('data.data_dir')!r}")
         chk.integer("config.data.train_examples", get("data.train_examples"), minimum=0)
         chk.integer("config.data.augment.crop_padding", get("data.augment.crop_padding"), minimum=0)
         chk.boolean("config.data.augment.flip", get("data.augment.flip"))
         chk.non_negative("config.data.augment.rotation_degrees", get("data.augment.rotation_degrees"))
-        num_classes = None
-        dataset_spec = getattr(data_lib, "dataset_spec", None)
-        if dataset in datasets and dataset_spec is not None:
-            num_classes = dataset_spec(dataset).num_classes
+        num_classes = dataset_spec(dataset).num_classes if dataset in DATASETS else None
 
         chk.choice("config.teacher.model", get("teacher.model"), MODEL_NAMES)
         _check_train(chk, get("train"), "config.train")
@@ -683,13 +627,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         chk.choice("config.ast.divergence", get("ast.divergence"), DIVERGENCES)
         chk.choice("config.stt.divergence", get("stt.divergence"), DIVERGENCES)
         chk.choice("config.ast.pairing", get("ast.pairing"), PAIRINGS)
+        chk.choice("config.ast.target_statistics", get("ast.target_statistics"), TARGET_STATISTICS)
 
         students = get("students")
         if not isinstance(students, tuple) or not students:
             chk.fail(f"config.students must be a non-empty tuple of architectures, got {students!r}")
         else:
             for i, student in enumerate(students):
-                chk.choice(f"config.students[{i}]", student, MODEL_NAMES)
+                if isinstance(student, str) and "," in student:  # --config.students=a,b is one string
+                    chk.fail(f"config.students[{i}] is {student!r}, not an architecture; give several as "
+                             f"--config.students=\"{tuple(student.split(','))}\" or repeat --config.students=NAME")
+                else:
+                    chk.choice(f"config.students[{i}]", student, MODEL_NAMES)
             if len(set(students)) != len(students):
                 chk.fail(f"config.students lists an architecture twice: {students}")
 
@@ -739,9 +688,7 @@ def sparsity_k(section: Any, num_classes: int) -> int:
     `k` when set, else ``int(ratio * C)`` as in the Stingy Teacher code (SPEC §2); see
     `losses.resolve_k`.
     """
-    from . import losses
-
-    return losses.resolve_k(num_classes, k=section.k, ratio=section.ratio)
+    return resolve_k(num_classes, k=section.k, ratio=section.ratio)
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
