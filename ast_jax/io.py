@@ -37,7 +37,7 @@ def atomic_write(path: str, data: str | bytes) -> None:
     """Write `data` to `path` via `<path>.tmp.<pid>` in the same directory and `os.replace`.
 
     The directory is created if needed. On any failure (a full disk included) the temporary file
-    is removed and `path` keeps its previous content.
+    is removed and `path` keeps its previous content; an OSError always names a file.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -48,9 +48,11 @@ def atomic_write(path: str, data: str | bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.filename is None:  # a full disk in write(): name the file
+            raise OSError(error.errno, error.strerror, path) from error
         raise
 
 
