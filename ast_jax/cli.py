@@ -1,36 +1,52 @@
 """`ast-jax` command line: train, attack-set, distill, pipeline, report, demo.
 
-Every command takes `--config FILE[:variant]` (an ml-collections config, e.g.
-`configs/cifar10_resnet18.py:reference`) and `--workdir DIR`; any `--config.KEY=VALUE` argument
-overrides a config value (`--config.train.epochs=3`). Errors are one line on stderr, exit code 2.
+Every command takes `--config NAME[:variant]` (a config of the repository's `configs/`, e.g.
+`cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR`; any
+`--config.KEY=VALUE` or `--config.KEY VALUE` argument overrides a config value
+(`--config.train.epochs 3`, parsed by ml_collections' config_flags).
+
+A failure the user can cause (a bad config file, key or value, an unusable work directory, a
+full disk, a missing data set, `--distributed` outside a cluster, ...) prints one line on stderr,
+`ast-jax: error: ...`, naming the file or key and the fix, and exits with code 2. Its traceback
+goes to a log file named in that line: `<workdir>/ast-jax-error.log` once the run has claimed its
+work directory, a new temporary file before, with the tracebacks that libraries logged on the way
+(orbax logs a failed checkpoint write before raising it). An unexpected error (a bug) exits with
+code 1 and also names its log. `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import logging
 import os
 import sys
+import tempfile
+import traceback
 
 DEMO_CONFIG = "digits"
 DEMO_WORKDIR = "ast_jax_demo"
+ERROR_LOG = "ast-jax-error.log"
+OVERRIDE_HELP = "Override any config value with --config.KEY=VALUE or --config.KEY VALUE"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ast-jax", description="Train and attack defensive teachers (Adversarial Sparse Teacher and baselines).",
-        epilog="Override any config value with --config.KEY=VALUE, e.g. --config.train.epochs=3.")
+        epilog=f"{OVERRIDE_HELP}, e.g. --config.train.epochs=3.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, help_text, *, demo=False):
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  epilog="Override any config value with --config.KEY=VALUE.")
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=f"{OVERRIDE_HELP}.")
         sub.add_argument("--config", default=DEMO_CONFIG if demo else None, required=not demo,
-                         help="config file, optionally FILE:variant (thesis or reference)"
+                         help="config name (from the repository's configs/, e.g. cifar10_resnet18) or path of a "
+                              "config file, optionally NAME:variant (thesis or reference)"
                               + (f"; default {DEMO_CONFIG}" if demo else ""))
         sub.add_argument("--workdir", default=DEMO_WORKDIR if demo else None, required=not demo,
                          help="directory of the study's results" + (f"; default ./{DEMO_WORKDIR}" if demo else ""))
         sub.add_argument("--distributed", action="store_true",
                          help="call jax.distributed.initialize() first (multi-host GPU under SLURM, TPU pod slices)")
+        sub.add_argument("--debug", action="store_true", help="show the traceback of an error instead of logging it")
         return sub
 
     from .pipeline import TEACHERS, TRAINED_TEACHERS
@@ -48,11 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_overrides(argv):
-    overrides = [a for a in argv if a.startswith("--config.") or a.startswith("config.")]
-    return [a for a in argv if a not in overrides], overrides
-
-
 def _print_table(paths) -> None:
     report_md = next(p for p in paths if p.endswith(".md"))
     with open(report_md) as f:
@@ -60,12 +71,11 @@ def _print_table(paths) -> None:
     print("report: " + ", ".join(paths))
 
 
-def run(args, overrides) -> None:
+def run(args, study) -> None:
+    """Runs command `args.command` on the opened `study`."""
     from . import pipeline
-    from .config import load_config
 
-    config = load_config(args.config, overrides)
-    study = pipeline.open_study(config, args.workdir)
+    config = study.config
     if args.command == "train":
         result = pipeline.train_teacher(study, args.stage)
         imported = args.stage == "base" and config.teacher.torch_checkpoint
@@ -99,22 +109,138 @@ def enable_compilation_cache() -> str:
     return directory
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    plain, overrides = _split_overrides(argv)
-    args = _parser().parse_args(plain)
-    if args.distributed:
-        import jax
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize()`, the cluster taken from the environment; ValueError if none is found."""
+    import jax
 
-        jax.distributed.initialize()  # cluster detected from the SLURM / TPU environment
-    enable_compilation_cache()
+    try:
+        jax.distributed.initialize()
+    except Exception as error:
+        raise ValueError(
+            f"--distributed: jax.distributed.initialize() found no cluster ({type(error).__name__}: {error}); "
+            f"run it in a SLURM job (srun), on every host of a TPU pod slice, under Open MPI or set "
+            f"JAX_COORDINATOR_ADDRESS; drop --distributed on a single host") from error
+
+
+def check_workdir(path: str) -> None:
+    """ValueError unless `path` can become a work directory: an existing directory, or a new one
+    inside a directory, that this process can write to. Creates nothing."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        which = "is a file" if existing == os.path.abspath(path) else f"lies under the file {existing}"
+        raise ValueError(f"--workdir {path} {which}, not a directory; give a directory (existing or new)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"--workdir {path}: cannot write in {existing} ({error.strerror}); "
+                         f"give a directory you can write to") from None
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The failure the user can cause that `error` is or was raised from (a full disk inside a
+    checkpoint library's own exception, say), or None: then `error` is a bug."""
     from .checkpoints import WorkdirConflictError
     from .train import NonFiniteLossError
 
+    user_errors = (ValueError, OSError, ImportError, WorkdirConflictError, NonFiniteLossError)
+    while error is not None and not isinstance(error, user_errors):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line; an OSError as ``<reason>: <path>``; a full disk with the fix."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or error}: {error.filename}"
+    else:
+        text = str(error) or type(error).__name__
+    if "No space left on device" in text:  # also inside tensorstore's errors
+        text += "; free space there (or move the work directory) and run the same command again to resume"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class _HeldTracebacks(logging.Filter):
+    """Holds back the `absl` log records that carry a traceback (orbax logs a failed background
+    save so before the error reaches the command): they go to the error log, not to stderr."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            self.records.append(record)
+            return False
+        return True
+
+
+def _write_log(error: BaseException, argv: list[str], directory: str | None,
+               logged: list[logging.LogRecord]) -> str | None:
+    """Appends the traceback of `error` (after the `logged` records) to
+    `<directory>/ast-jax-error.log`, or (no directory, or it cannot be written) to a new temporary
+    file; returns the path, or None if neither could be written."""
+    text = (f"--- {datetime.datetime.now().isoformat(timespec='seconds')} pid {os.getpid()}: ast-jax "
+            f"{' '.join(argv)}\n" + "".join(logging.Formatter().format(record) + "\n" for record in logged)
+            + "".join(traceback.format_exception(error)))
+    if directory is not None:
+        path = os.path.join(directory, ERROR_LOG)
+        try:
+            with open(path, "a") as f:
+                f.write(text)
+            return path
+        except OSError:
+            pass
     try:
-        run(args, overrides)
-    except (ValueError, FileNotFoundError, ImportError, WorkdirConflictError, NonFiniteLossError) as error:
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"ast-jax: error: {message}", file=sys.stderr)
+        descriptor, path = tempfile.mkstemp(prefix="ast-jax-error-", suffix=".log")
+        with os.fdopen(descriptor, "w") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return None
+
+
+def _fail(error: BaseException, argv: list[str], log_directory: str | None,
+          logged: list[logging.LogRecord]) -> int:
+    """Prints the one-line error (user error: exit code 2; bug: 1) naming the traceback's log."""
+    log = _write_log(error, argv, log_directory, logged)
+    where = f"traceback in {log}" if log else "no traceback log could be written"
+    user_error = _user_error(error)
+    if user_error is not None:
+        print(f"ast-jax: error: {_one_line(user_error)} ({where}; --debug shows it)", file=sys.stderr)
         return 2
+    print(f"ast-jax: internal error (a bug; please report it): {type(error).__name__}: {_one_line(error)} "
+          f"({where}; --debug shows it)", file=sys.stderr)
+    return 1
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, overrides = _parser().parse_known_args(argv)
+    claimed = False  # error logs go to the work directory only once this run has claimed it
+    held, absl_logger = _HeldTracebacks(), logging.getLogger("absl")
+    if not args.debug:
+        absl_logger.addFilter(held)
+    try:
+        from . import pipeline
+        from .config import load_config
+
+        if args.distributed:
+            initialize_distributed()
+        config = load_config(args.config, overrides)
+        check_workdir(args.workdir)
+        enable_compilation_cache()
+        study = pipeline.open_study(config, args.workdir)
+        claimed = True
+        run(args, study)
+    except Exception as error:
+        if args.debug:
+            raise
+        return _fail(error, argv, args.workdir if claimed else None, held.records)
+    finally:
+        absl_logger.removeFilter(held)
+    for record in held.records:  # the command succeeded: show what was held back after all
+        absl_logger.handle(record)
     return 0
