@@ -2,7 +2,8 @@
 
 Teachers (base, AST, NT, STT): ResNet50. Students: ShuffleNetV2 and ResNet18, the pair the
 thesis reports for this teacher (SPEC §7); the thesis also mentions the teacher's own
-architecture as a student: add it with `--config.students=shufflenetv2,resnet18,resnet50`.
+architecture as a student: add it with
+`--config.students="('shufflenetv2', 'resnet18', 'resnet50')"`.
 SGD lr 0.1 for 200 epochs, x0.2 at epochs 60, 120 and 160.
 
 AST: thesis tau 20, omega 0.03, sparsity ratio 0.03 (k = 3 of 100); the authors' code runs
