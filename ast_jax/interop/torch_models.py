@@ -2,7 +2,7 @@
 
 Each class mirrors its Flax port (and the authors' reference model) layer for layer, with the same
 module names, so that ``model.state_dict()`` keys map onto the Flax variable paths by
-:func:`ast_jax.models.torch_key_to_flax` (``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/
+:func:`ast_jax.interop.convert.torch_key_to_flax` (``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/
 kernel``) and trainable parameter counts equal the SPEC table.  BatchNorm uses PyTorch's defaults
 ``momentum=0.1``, ``eps=1e-5``; weights use PyTorch's default initialisation (and the PreResNet's
 own conv re-initialisation, as in the reference).
