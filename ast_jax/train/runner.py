@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
+from ..losses import cross_entropy
 from .loop import fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate
 from .optim import make_optimizer
 from .steps import StepSpec, Teacher, init_state
@@ -41,9 +42,8 @@ def evaluate(predict, variables, split: ArraySplit) -> dict:
     """Accuracy and mean CE of `predict` on a whole split (host floats)."""
     logits = predict(variables, split.images)
     labels = jnp.asarray(split.labels)
-    log_probs = jax.nn.log_softmax(logits, -1)
     return {"test_accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
-            "test_loss": float(-jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], -1)))}
+            "test_loss": float(jnp.mean(cross_entropy(logits, labels)))}
 
 
 def _first_non_finite(losses: np.ndarray) -> int | None:
