@@ -70,9 +70,8 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
     checkpoints.claim(directory, record)
     mesh = mesh or make_mesh()
     batch_size, epochs = train_config.batch_size, train_config.epochs
-    steps_per_epoch = len(train.labels) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train.labels)} training examples")
+    num_examples = len(train.labels)
+    steps_per_epoch = -(-num_examples // batch_size)  # every example each epoch, the last batch padded
     tx = make_optimizer(train_config, steps_per_epoch)
     train_epoch = make_train_epoch(model, tx, spec, mesh, batch_size=batch_size, augment_spec=augment_spec,
                                    mean=mean, std=std, teacher=teacher, pairing=pairing, loop=loop)
@@ -120,7 +119,7 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
         eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
         row = {"epoch": epoch + 1, "train_loss": float(losses.mean()),
                "train_accuracy": float(np.mean(metrics["accuracy"])), "epoch_seconds": seconds,
-               "images_per_second": steps_per_epoch * batch_size / seconds}
+               "images_per_second": num_examples / seconds}
         last = epoch + 1 == epochs
         if last or (epoch + 1) % train_config.eval_every == 0:
             variables = {"params": state.params, "batch_stats": state.batch_stats}
