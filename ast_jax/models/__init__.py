@@ -47,8 +47,8 @@ PyTorch ``state_dict`` <-> Flax variables (mechanical; see :mod:`ast_jax.interop
   ``stage1``/``stage{s}_{i}``/``stage7``/``residual_{i}``/``conv1_{i}``/``conv2`` (mobilenetv2).
 
 Padding is explicit and symmetric like PyTorch's; BatchNorm is PyTorch's (``layers.BatchNorm``:
-momentum 0.1, ``epsilon=1e-5``, running variance updated with the unbiased batch variance); initialisation follows PyTorch's defaults (and the PreResNet's own conv
-re-initialisation).  The final average pools of the references cover the whole final map at
+momentum 0.1, ``epsilon=1e-5``, running variance updated with the unbiased batch variance);
+initialisation follows PyTorch's defaults (and the PreResNet's own conv re-initialisation).  The final average pools of the references cover the whole final map at
 their native input size; here they are a global mean for any input size.  The reference CNN's
 ``view(-1, 2048)`` only works at 32x32; here its ``fc1`` takes whatever the flattened final map
 is, so its size is fixed by the input used at ``init`` (2048 at 32x32).
