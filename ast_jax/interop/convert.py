@@ -1,12 +1,13 @@
 """PyTorch ``state_dict`` <-> Flax variables of ``ast_jax.models``, and ``.pt`` checkpoint files.
 
-The names map mechanically (:func:`torch_key_to_flax` and its inverse :func:`flax_to_torch_key`): module path
-``layer1.0.conv1`` <-> ``layer1_0/conv1``; conv ``weight`` (O, I/groups, kh, kw) <-> ``kernel``
-(kh, kw, I/groups, O); linear ``weight`` (O, I) <-> ``kernel`` (I, O); BatchNorm ``weight`` /
-``bias`` <-> ``scale`` / ``bias``; ``running_mean`` / ``running_var`` <-> ``batch_stats``
-``mean`` / ``var``; ``num_batches_tracked`` is dropped (written as 0 on the way back; PyTorch
-only reads it when ``momentum=None``).  The CNN flattens in PyTorch's (C, H, W) order in both
-frameworks, so its ``fc1`` needs no permutation.  Floating tensors become float32.
+The names map mechanically (:func:`torch_key_to_flax` and its inverse
+:func:`flax_to_torch_key`): module path ``layer1.0.conv1`` <-> ``layer1_0/conv1``; conv
+``weight`` (O, I/groups, kh, kw) <-> ``kernel`` (kh, kw, I/groups, O); linear ``weight`` (O, I)
+<-> ``kernel`` (I, O); BatchNorm ``weight`` / ``bias`` <-> ``scale`` / ``bias``;
+``running_mean`` / ``running_var`` <-> ``batch_stats`` ``mean`` / ``var``;
+``num_batches_tracked`` is dropped (written as 0 on the way back; PyTorch only reads it when
+``momentum=None``). The CNN flattens in PyTorch's (C, H, W) order in both frameworks, so its
+``fc1`` needs no permutation. Floating tensors become float32.
 
 Every conversion is checked against the Flax variable tree of ``ast_jax.models.create(name,
 num_classes)`` (shapes from ``jax.eval_shape`` of ``init``, nothing is computed): all missing,
