@@ -39,6 +39,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from .losses import cross_entropy
+
 __all__ = ["pgd", "pgd_start", "pgd_step", "fgsm", "denormalize"]
 
 SPACES = ("pixel", "reference")
@@ -55,8 +57,7 @@ def _check_eps(eps) -> None:
 
 
 def _ce_sum(x, apply_fn, labels):
-    logp = jax.nn.log_softmax(apply_fn(x), axis=-1)
-    return -jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+    return jnp.sum(cross_entropy(apply_fn(x), labels))
 
 
 def pgd_step(apply_fn, x, x0, labels, *, step_size, eps) -> jax.Array:

@@ -3,7 +3,8 @@
 Every function is pure and jittable. Per-example quantities (`entropy`, `kl_divergence`, `epd`,
 `cross_entropy`) return one value per row; the training objectives (`kd_loss`, `ast_loss`,
 `nasty_loss`) return a scalar averaged over the batch ("batchmean": summed over classes,
-averaged over examples). Logits of any float dtype are promoted to at least float32 first, so a
+averaged over examples); their optional `where` (bool, one per example, as in optax) limits the
+average to the valid examples of a padded batch (`batch_mean`). Logits of any float dtype are promoted to at least float32 first, so a
 bfloat16 model still gets a float32 loss.
 
 Equation numbers refer to the AST thesis (papers/ast-thesis.md). Notation: sigma_T(z) =
@@ -19,6 +20,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import optax
 
 DIVERGENCES = ("epd", "kl")
 
@@ -96,9 +98,20 @@ def epd(target_probs: jax.Array, probs: jax.Array) -> jax.Array:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Softmax cross-entropy per example on untempered logits: CE = -log sigma(z)_y."""
-    log_probs = jax.nn.log_softmax(_float(logits), axis=-1)
-    return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    """Softmax cross-entropy per example on untempered logits: CE = -log sigma(z)_y (optax's
+    integer-label cross-entropy; the one CE of training, evaluation and PGD)."""
+    return optax.softmax_cross_entropy_with_integer_labels(_float(logits), jnp.asarray(labels).astype(jnp.int32))
+
+
+def batch_mean(values: jax.Array, where: jax.Array | None = None) -> jax.Array:
+    """Mean of per-example `values` over the examples where `where` is True (all if None).
+
+    sum_b where_b * values_b / max(1, sum_b where_b): a batch (or a device's shard of one) without
+    a valid example gives 0, not NaN. Padded examples enter neither the sum nor the count.
+    """
+    if where is None:
+        return jnp.mean(values)
+    return jnp.sum(jnp.where(where, values, 0.0)) / jnp.maximum(jnp.sum(where), 1)
 
 
 def resolve_k(num_classes: int, *, k: int | None = None, ratio: float | None = None) -> int:
@@ -131,7 +144,7 @@ def sparse_topk(logits: jax.Array, k: int) -> jax.Array:
     return jnp.where(keep, logits, -jnp.inf)
 
 
-def kd_loss(student_logits, teacher_logits, labels, temperature, alpha) -> jax.Array:
+def kd_loss(student_logits, teacher_logits, labels, temperature, alpha, where=None) -> jax.Array:
     """Knowledge-distillation loss, thesis eq. 1 (Hinton et al.).
 
     L_KD = alpha * T^2 * mean_b KL(sigma_T(t) || sigma_T(s)) + (1 - alpha) * mean_b CE(s, y).
@@ -143,10 +156,10 @@ def kd_loss(student_logits, teacher_logits, labels, temperature, alpha) -> jax.A
     log_p_teacher = jax.lax.stop_gradient(log_softmax_t(teacher_logits, temperature))
     kl = _kl_from_log(log_p_teacher, log_softmax_t(student_logits, temperature))
     ce = cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * jnp.mean(kl) + (1 - alpha) * jnp.mean(ce)
+    return alpha * temperature**2 * batch_mean(kl, where) + (1 - alpha) * batch_mean(ce, where)
 
 
-def ast_loss(logits, adv_logits, labels, temperature, alpha, k, divergence: str = "epd") -> jax.Array:
+def ast_loss(logits, adv_logits, labels, temperature, alpha, k, divergence: str = "epd", where=None) -> jax.Array:
     """Adversarial Sparse Teacher loss, thesis eq. 5.
 
     L_AST = alpha * T^2 * mean_b D(sigma_T(S(f(x_adv), k)) -> sigma_T(f(x)))
@@ -166,10 +179,10 @@ def ast_loss(logits, adv_logits, labels, temperature, alpha, k, divergence: str 
     else:
         div = _kl_from_log(log_softmax_t(sparse_target, temperature), log_softmax_t(logits, temperature))
     ce = cross_entropy(logits, labels)
-    return alpha * temperature**2 * jnp.mean(div) + (1 - alpha) * jnp.mean(ce)
+    return alpha * temperature**2 * batch_mean(div, where) + (1 - alpha) * batch_mean(ce, where)
 
 
-def nasty_loss(logits, base_logits, labels, temperature, omega) -> jax.Array:
+def nasty_loss(logits, base_logits, labels, temperature, omega, where=None) -> jax.Array:
     """Nasty Teacher loss (Ma et al., ICLR 2021), as stated in SPEC §2.
 
     L_NT = mean_b CE(f(x), y) - omega * T^2 * mean_b KL(sigma_T(f(x)) || sigma_T(f_base(x))).
@@ -181,4 +194,4 @@ def nasty_loss(logits, base_logits, labels, temperature, omega) -> jax.Array:
     _check("omega", omega, 0.0, 1.0)
     log_p_base = jax.lax.stop_gradient(log_softmax_t(base_logits, temperature))
     kl = _kl_from_log(log_softmax_t(logits, temperature), log_p_base)
-    return jnp.mean(cross_entropy(logits, labels)) - omega * temperature**2 * jnp.mean(kl)
+    return batch_mean(cross_entropy(logits, labels), where) - omega * temperature**2 * batch_mean(kl, where)

@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+from ast_jax.models.layers import BatchNorm
+
 # SPEC §6: trainable parameters of the PyTorch references for a 3x32x32 input.
 PARAM_COUNTS = {
     ("cnn", 10): 357_514,
@@ -25,15 +27,16 @@ PARAM_COUNTS = {
 
 
 class TinyNet(nn.Module):
-    """conv -> BatchNorm -> ReLU -> global mean -> linear: the engine's calling convention."""
+    """conv -> BatchNorm -> ReLU -> global mean -> linear: the engine's calling convention
+    (the zoo's PyTorch BatchNorm, with the per-example mask of a padded batch)."""
 
     num_classes: int = 4
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, mask=None):
         x = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)))(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=self.axis_name)(x)
+        x = BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x, mask)
         x = nn.relu(x).mean(axis=(1, 2))
         return nn.Dense(self.num_classes)(x)
 

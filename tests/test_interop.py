@@ -1,8 +1,8 @@
 """Tests for ast_jax.interop: PyTorch twins of the zoo, state_dict <-> Flax conversion, .pt files.
 
-Training-mode BatchNorm: both frameworks normalise with the biased batch variance, but PyTorch
-updates ``running_var`` with the unbiased one (factor n/(n-1), n = N*H*W) and Flax with the
-biased one, so the running variances are compared after undoing that factor per layer.
+Training-mode BatchNorm: both frameworks normalise with the biased batch variance and update
+``running_var`` with the unbiased one (factor n/(n-1), n = N*H*W), so the running statistics
+are compared directly.
 """
 
 import copy
@@ -21,7 +21,8 @@ torch = pytest.importorskip("torch")
 
 from ast_jax import models  # noqa: E402
 from ast_jax.interop import (flax_to_torch_key, from_torch_state_dict, load_torch_checkpoint,  # noqa: E402
-                             save_torch_checkpoint, to_torch_state_dict, torch_models)
+                             save_torch_checkpoint, to_torch_state_dict, torch_key_to_flax, torch_models)
+from ast_jax.models.layers import BatchNorm  # noqa: E402
 
 from conftest import PARAM_COUNTS, jit_unoptimized, randomize_torch_batchnorm  # noqa: E402
 
@@ -81,14 +82,8 @@ def test_inference_matches_pytorch(name):
 def test_training_mode_matches_pytorch(name):
     base, variables, x = _case(name)
     model = copy.deepcopy(base).train()
-    counts = {}  # BN module name -> number of values per channel (N*H*W)
-
-    def count(mod_name, _module, args):
-        counts[mod_name] = args[0].numel() // args[0].shape[1]
-
-    for mod_name, m in model.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.register_forward_pre_hook(functools.partial(count, mod_name))
+    batchnorms = [mod_name for mod_name, m in model.named_modules()
+                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     apply = jit_unoptimized(lambda v, x: models.create(name, CLASSES).apply(v, x, train=True, mutable=["batch_stats"]))
@@ -96,19 +91,36 @@ def test_training_mode_matches_pytorch(name):
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
 
     state = model.state_dict()
-    assert counts
-    for mod_name, n in counts.items():
-        _, path = models.torch_key_to_flax(f"{mod_name}.running_mean")
-        old = variables["batch_stats"]
+    assert batchnorms
+    for mod_name in batchnorms:
+        _, path = torch_key_to_flax(f"{mod_name}.running_mean")
         new = updates["batch_stats"]
         for comp in path[:-1]:
-            old, new = old[comp], new[comp]
-        np.testing.assert_allclose(np.asarray(new["mean"]), state[f"{mod_name}.running_mean"].numpy(),
-                                   rtol=1e-4, atol=1e-5, err_msg=mod_name)
-        # running_var = 0.9 old + 0.1 batch_var; PyTorch's batch_var is Flax's times n/(n-1).
-        flax_batch_var = (np.asarray(new["var"]) - 0.9 * np.asarray(old["var"])) * n / (n - 1)
-        torch_batch_var = state[f"{mod_name}.running_var"].numpy() - 0.9 * np.asarray(old["var"])
-        np.testing.assert_allclose(flax_batch_var, torch_batch_var, rtol=1e-4, atol=1e-5, err_msg=mod_name)
+            new = new[comp]
+        for leaf, key in (("mean", "running_mean"), ("var", "running_var")):
+            np.testing.assert_allclose(np.asarray(new[leaf]), state[f"{mod_name}.{key}"].numpy(),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{mod_name}.{key}")
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 5, 3), (8, 6), (2, 6)], ids=["2d", "1d", "1d-batch2"])
+def test_batchnorm_training_update_equals_pytorch(shape):
+    """One training-mode forward of the zoo's BatchNorm and of torch.nn.BatchNorm2d/1d on the same
+    input: same outputs, same running mean and (unbiased-updated) running variance."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.7, 1.9, size=shape).astype(np.float32)
+    channels = shape[-1]
+    twin = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(channels).train()
+    randomize_torch_batchnorm(twin, seed=1)
+    variables = {"params": {"scale": jnp.asarray(twin.weight.detach().numpy()),
+                            "bias": jnp.asarray(twin.bias.detach().numpy())},
+                 "batch_stats": {"mean": jnp.asarray(twin.running_mean.numpy()),
+                                 "var": jnp.asarray(twin.running_var.numpy())}}
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(np.moveaxis(x, -1, 1).copy())).numpy()
+    y, updates = BatchNorm(use_running_average=False).apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.moveaxis(np.asarray(y), -1, 1), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], twin.running_mean.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], twin.running_var.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
@@ -134,7 +146,7 @@ def test_round_trips_are_exact(name):
     # every torch key has an inverse
     for key in reference:
         if not key.endswith("num_batches_tracked"):
-            collection, path = models.torch_key_to_flax(key)
+            collection, path = torch_key_to_flax(key)
             assert flax_to_torch_key(collection, path) == key
 
 
@@ -294,3 +306,40 @@ def test_import_without_torch_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(ImportError, match=r'pip install "ast_jax\[torch\]"'):
         importlib.import_module("ast_jax.interop")
+
+
+# (model, torch state_dict key, torch shape) from the reference PyTorch models (10 classes,
+# mobilenetv2 100) (shapes from ``jax.eval_shape`` of ``init``, nothing is computed).
+TORCH_KEYS = [
+    ("cnn", "conv2.weight", (64, 32, 3, 3)),
+    ("cnn", "fc1.weight", (128, 2048)),
+    ("cnn", "fcbn1.running_var", (128,)),
+    ("preresnet20", "layer2.0.downsample.0.weight", (32, 16, 1, 1)),
+    ("preresnet20", "layer3.2.bn2.running_mean", (64,)),
+    ("preresnet20", "fc.bias", (10,)),
+    ("resnet18", "layer2.0.shortcut.0.weight", (128, 64, 1, 1)),
+    ("resnet18", "layer4.1.conv2.weight", (512, 512, 3, 3)),
+    ("resnet18", "linear.weight", (10, 512)),
+    ("resnet50", "layer1.0.shortcut.1.running_var", (256,)),
+    ("shufflenetv2", "pre.0.bias", (24,)),
+    ("shufflenetv2", "stage2.0.shortcut.0.weight", (24, 1, 3, 3)),
+    ("shufflenetv2", "stage3.5.residual.3.weight", (116, 1, 3, 3)),
+    ("shufflenetv2", "conv5.1.running_mean", (1024,)),
+    ("mobilenetv2", "pre.0.weight", (32, 3, 1, 1)),
+    ("mobilenetv2", "stage1.residual.3.weight", (32, 1, 3, 3)),
+    ("mobilenetv2", "stage4.3.residual.6.weight", (64, 384, 1, 1)),
+    ("mobilenetv2", "conv2.weight", (100, 1280, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("name,key,torch_shape", TORCH_KEYS)
+def test_torch_key_maps_onto_flax_path(name, key, torch_shape):
+    model = models.create(name, 100 if name == "mobilenetv2" else 10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    collection, path = torch_key_to_flax(key)
+    leaf = variables[collection]
+    for part in path:
+        leaf = leaf[part]
+    # conv OIHW -> HWIO, linear (O, I) -> (I, O), 1-D unchanged
+    expected = torch_shape[2:] + torch_shape[1::-1] if len(torch_shape) == 4 else torch_shape[::-1]
+    assert leaf.shape == expected

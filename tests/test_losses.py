@@ -214,6 +214,28 @@ def test_nasty_loss_value_and_gradient(batch, t, omega):
     assert np.all(np.asarray(grad_base) == 0), "the base model is frozen"
 
 
+@pytest.mark.parametrize("name", ["kd", "ast", "nasty"])
+def test_where_averages_over_the_valid_examples_only(batch, name):
+    """`where` gives the objective of the valid rows alone; padded rows get no gradient, even when
+    their logits are huge."""
+    z, z_other, y = batch
+    where = np.array([True, False, True, True, False, True])
+    padded = np.where(where[:, None], z, 1e4).astype(np.float32)
+    fn = {"kd": lambda a, b, y, **kw: losses.kd_loss(a, b, y, 4.0, 0.9, **kw),
+          "ast": lambda a, b, y, **kw: losses.ast_loss(a, b, y, 6.0, 0.05, 2, **kw),
+          "nasty": lambda a, b, y, **kw: losses.nasty_loss(a, b, y, 4.0, 0.04, **kw)}[name]
+    value, grad = jax.value_and_grad(fn)(padded, z_other, y, where=where)
+    valid_value, valid_grad = jax.value_and_grad(fn)(z[where], z_other[where], y[where])
+    close(value, float(valid_value))
+    close(np.asarray(grad)[where], np.asarray(valid_grad))
+    assert np.all(np.asarray(grad)[~where] == 0)
+
+
+def test_batch_mean_without_valid_examples_is_zero():
+    assert float(losses.batch_mean(jnp.array([3.0, 5.0]), jnp.array([False, False]))) == 0.0
+    close(losses.batch_mean(jnp.array([3.0, 5.0, 7.0]), jnp.array([True, False, True])), 5.0)
+
+
 # ---- numerical robustness ----
 @pytest.mark.parametrize("scale,t", [(1e4, 1.0), (1e4, 100.0), (1.0, 100.0), (1e-3, 1.0)])
 @pytest.mark.parametrize("k", [1, C])

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ast_jax.models import MODEL_NAMES, create, torch_key_to_flax
-from ast_jax.models.layers import channel_shuffle
+from ast_jax.models import MODEL_NAMES, create
+from ast_jax.models.layers import BatchNorm, channel_shuffle
 
 from conftest import PARAM_COUNTS  # noqa: E402
 
@@ -153,37 +153,35 @@ def test_channel_shuffle_matches_pytorch_nchw_order():
     np.testing.assert_array_equal(np.asarray(out).transpose(0, 3, 1, 2), ref)
 
 
-# (model, torch state_dict key, torch shape) from the reference PyTorch models (10 classes,
-# mobilenetv2 100) -- the variables are cached from the parameter-count test.
-TORCH_KEYS = [
-    ("cnn", "conv2.weight", (64, 32, 3, 3)),
-    ("cnn", "fc1.weight", (128, 2048)),
-    ("cnn", "fcbn1.running_var", (128,)),
-    ("preresnet20", "layer2.0.downsample.0.weight", (32, 16, 1, 1)),
-    ("preresnet20", "layer3.2.bn2.running_mean", (64,)),
-    ("preresnet20", "fc.bias", (10,)),
-    ("resnet18", "layer2.0.shortcut.0.weight", (128, 64, 1, 1)),
-    ("resnet18", "layer4.1.conv2.weight", (512, 512, 3, 3)),
-    ("resnet18", "linear.weight", (10, 512)),
-    ("resnet50", "layer1.0.shortcut.1.running_var", (256,)),
-    ("shufflenetv2", "pre.0.bias", (24,)),
-    ("shufflenetv2", "stage2.0.shortcut.0.weight", (24, 1, 3, 3)),
-    ("shufflenetv2", "stage3.5.residual.3.weight", (116, 1, 3, 3)),
-    ("shufflenetv2", "conv5.1.running_mean", (1024,)),
-    ("mobilenetv2", "pre.0.weight", (32, 3, 1, 1)),
-    ("mobilenetv2", "stage1.residual.3.weight", (32, 1, 3, 3)),
-    ("mobilenetv2", "stage4.3.residual.6.weight", (64, 384, 1, 1)),
-    ("mobilenetv2", "conv2.weight", (100, 1280, 1, 1)),
-]
+@pytest.mark.parametrize("shape", [(6, 3, 3, 4), (6, 4)], ids=["2d", "1d"])
+def test_batchnorm_mask_keeps_padding_out_of_the_statistics(shape):
+    """A masked training-mode BatchNorm gives the valid examples the outputs and the running
+    statistics of the same layer on the valid examples alone; float64 NumPy formulas
+    (PyTorch's update: unbiased batch variance, momentum 0.1)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=shape).astype(np.float32)
+    mask = np.array([True, False, True, True, False, True])
+    layer = BatchNorm(use_running_average=False)
+    variables = {"params": {"scale": jnp.full(shape[-1], 1.5), "bias": jnp.full(shape[-1], 0.25)},
+                 "batch_stats": {"mean": jnp.full(shape[-1], 0.5), "var": jnp.full(shape[-1], 2.0)}}
+    y, updates = layer.apply(variables, x, mask, mutable=["batch_stats"])
+    valid = x[mask].astype(np.float64).reshape(-1, shape[-1])
+    n, mu, var = valid.shape[0], valid.mean(0), valid.var(0)
+    expected = (x[mask] - mu) / np.sqrt(var + 1e-5) * 1.5 + 0.25
+    np.testing.assert_allclose(np.asarray(y)[mask], expected, rtol=1e-5, atol=1e-5)
+    stats = updates["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], 0.9 * 0.5 + 0.1 * mu, rtol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 * 2.0 + 0.1 * var * n / (n - 1), rtol=1e-6)
+    y_valid, updates_valid = layer.apply(variables, x[mask], mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y)[mask], y_valid, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(updates_valid)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name,key,torch_shape", TORCH_KEYS)
-def test_torch_key_maps_onto_flax_path(name, key, torch_shape):
-    variables = _abstract_init(name, 100 if name == "mobilenetv2" else 10)
-    collection, path = torch_key_to_flax(key)
-    leaf = variables[collection]
-    for part in path:
-        leaf = leaf[part]
-    # conv OIHW -> HWIO, linear (O, I) -> (I, O), 1-D unchanged
-    expected = torch_shape[2:] + torch_shape[1::-1] if len(torch_shape) == 4 else torch_shape[::-1]
-    assert leaf.shape == expected
+def test_batchnorm_single_value_per_channel_keeps_a_finite_variance():
+    """n = 1 (one valid example into a BatchNorm1d): the unbiased factor n/(n-1) is guarded."""
+    layer = BatchNorm(use_running_average=False)
+    variables = layer.init(jax.random.key(0), jnp.zeros((2, 3)))
+    _, updates = layer.apply(variables, jnp.ones((2, 3)), jnp.array([True, False]), mutable=["batch_stats"])
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9, rtol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1, rtol=1e-6)

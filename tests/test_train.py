@@ -17,8 +17,9 @@ from ml_collections import ConfigDict
 
 from ast_jax import checkpoints, losses
 from ast_jax.data import AugmentSpec
-from ast_jax.train import (NonFiniteLossError, StepSpec, Teacher, fit, fixed_teacher_logits, init_state, lr_schedule,
-                           make_mesh, make_optimizer, make_train_epoch, train_step)
+from ast_jax.train import (TARGET_STATISTICS, NonFiniteLossError, StepSpec, Teacher, epoch_plan, fit,
+                           fixed_teacher_logits, init_state, lr_schedule, make_mesh, make_optimizer, make_train_epoch,
+                           train_step)
 from ast_jax.train.steps import identity
 from conftest import TinyNet, tiny_split
 
@@ -117,6 +118,139 @@ def test_ast_target_uses_inference_mode_statistics(step_setup):
     assert diff > 1e-6
 
 
+def _np_tiny_net(variables, x, mean=None, var=None):
+    """TinyNet in float64 NumPy: logits and the conv output's batch mean and biased variance;
+    normalised with (mean, var) when given (inference mode), else with the batch's own."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    kernel = p["Conv_0"]["kernel"]
+    padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = x.shape[1:3]
+    conv = sum(padded[:, i:i + h, j:j + w, :] @ kernel[i, j] for i in range(3) for j in range(3))
+    conv = conv + p["Conv_0"]["bias"]
+    batch_mean, batch_var = conv.mean((0, 1, 2)), conv.var((0, 1, 2))
+    mean, var = (batch_mean, batch_var) if mean is None else (mean, var)
+    bn = (conv - mean) / np.sqrt(var + 1e-5) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"]
+    features = np.maximum(bn, 0).mean((1, 2))
+    return features @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], batch_mean, batch_var
+
+
+def _np_ast_loss(logits, target_logits, labels, t, alpha, k):
+    """Thesis eq. 5 with EPD (eq. 6), float64."""
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    kept = np.argsort(-target_logits, -1)[:, :k]
+    sparse = np.full_like(target_logits, -np.inf)
+    np.put_along_axis(sparse, kept, np.take_along_axis(target_logits, kept, -1), -1)
+    p, q = softmax(sparse / t), softmax(logits / t)
+    epd = np.sum(np.exp(p) * (p - q), -1)
+    ce = -np.log(softmax(logits)[np.arange(len(labels)), labels])
+    return alpha * t**2 * epd.mean() + (1 - alpha) * ce.mean()
+
+
+def test_ast_target_statistics_orderings_against_a_float64_hand_computation(step_setup):
+    """`before_step` scores against the target made with the running statistics from before the step;
+    `after_train_forward` (the authors' train_epoch) with those the clean batch's training-mode forward
+    has just updated (PyTorch update: momentum 0.1, unbiased batch variance)."""
+    model, tx, state, batch, _, _ = step_setup
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    stats = jax.tree.map(lambda a: np.asarray(a, np.float64), state.batch_stats)["BatchNorm_0"]
+    images, adv, labels = (np.asarray(batch[k]) for k in ("image", "adv_image", "label"))
+    logits, mu, var = _np_tiny_net(variables, images)
+    n = images.shape[0] * images.shape[1] * images.shape[2]
+    after = (0.9 * stats["mean"] + 0.1 * mu, 0.9 * stats["var"] + 0.1 * var * n / (n - 1))
+    running = {"before_step": (stats["mean"], stats["var"]), "after_train_forward": after}
+    expected = {}
+    for ordering in TARGET_STATISTICS:
+        target, _, _ = _np_tiny_net(variables, adv, *running[ordering])
+        expected[ordering] = _np_ast_loss(logits, target, labels, 4.0, 0.5, 2)
+        _, metrics = train_step(model, tx, StepSpec("ast", 4.0, 0.5, k=2, target_statistics=ordering), None,
+                                state, batch)
+        np.testing.assert_allclose(float(metrics["loss"]), expected[ordering], rtol=1e-5)
+    # the orderings differ by far more than the tolerance each one is matched to
+    assert abs(expected["before_step"] - expected["after_train_forward"]) > 1e-4 * abs(expected["before_step"])
+
+
+def _masked_batch(batch, valid):
+    """`batch` with the rows where `valid` is False turned into padding: other images and labels, masked."""
+    filler = {k: v[::-1] for k, v in batch.items()}
+    padded = {k: jnp.where(valid.reshape(-1, *[1] * (v.ndim - 1)), v, filler[k]) for k, v in batch.items()}
+    return {**padded, "mask": jnp.asarray(valid)}
+
+
+@pytest.mark.parametrize("spec", [StepSpec("ce"), StepSpec("kd", 4.0, 0.9), StepSpec("nasty", 4.0, 0.04),
+                                  StepSpec("ast", 4.0, 0.5, k=2, target_statistics="after_train_forward"),
+                                  StepSpec("stt", 4.0, 0.5, k=2)], ids=lambda s: s.kind)
+def test_padded_masked_step_equals_the_step_on_the_valid_examples(step_setup, spec):
+    """The epoch's last partial batch, padded to the full size with a mask, gives the update (parameters,
+    BatchNorm statistics, optimizer state) and the metrics of the unpadded partial batch."""
+    model, _, state, batch, teacher, teacher_vars = step_setup
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
+    valid = np.array([True, False, True, True, False, True, True, False])
+    padded, alone = _masked_batch(batch, valid), {k: v[valid] for k, v in batch.items()}
+    got = train_step(model, tx, spec, teacher, state, padded, teacher_vars)
+    want = train_step(model, tx, spec, teacher, state, alone, teacher_vars)
+    unmasked = train_step(model, tx, spec, teacher, state, {k: v for k, v in padded.items() if k != "mask"},
+                          teacher_vars)
+    for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(unmasked)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(b, c, rtol=1e-3) for b, c in zip(jax.tree.leaves(want), jax.tree.leaves(unmasked)))
+
+
+@pytest.mark.parametrize("pairing", ["aligned", "random"])
+def test_epoch_plan_uses_every_example_and_pairs_every_adversarial_image(pairing):
+    """50 examples in batches of 16: 4 steps, the last with 2 valid examples; every clean and every
+    adversarial image at exactly one valid position, in both pairings, in two epochs."""
+    for epoch in (0, 1):
+        _, rows, adv_rows, mask = (np.asarray(a) for a in epoch_plan(jax.random.PRNGKey(3), epoch, 50, 16, pairing))
+        assert rows.shape == adv_rows.shape == mask.shape == (4, 16)
+        assert mask.sum() == 50 and mask[:3].all() and mask[3].sum() == 2
+        np.testing.assert_array_equal(np.sort(rows[mask]), np.arange(50))
+        np.testing.assert_array_equal(np.sort(adv_rows[mask]), np.arange(50))
+        assert (rows == adv_rows).all() == (pairing == "aligned")
+
+
+UNEVEN_DEVICES_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np, optax
+sys.path.insert(0, {tests!r})
+from ast_jax.train import StepSpec, init_state, make_mesh, make_train_step, replicate, train_step
+from conftest import TinyNet, tiny_split
+
+model, tx = TinyNet(axis_name="data"), optax.sgd(0.1, momentum=0.9)
+spec = StepSpec("ast", 4.0, 0.5, k=2, target_statistics="after_train_forward")
+state = jax.tree.map(np.asarray, init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3)))
+split = tiny_split(16, channels=3)
+valid = np.zeros(16, bool)
+valid[[0, 1, 2, 5, 6]] = True  # 4 devices of 4 examples hold 3, 2, 0 and 0 valid ones
+batch = {{"image": split.images / 255.0, "label": split.labels, "mask": valid,
+          "adv_image": np.random.default_rng(1).normal(size=split.images.shape)}}
+batch = jax.tree.map(lambda a: np.asarray(a, np.float32) if a.dtype == np.float64 else a, batch)
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+    mesh = make_mesh(devices)
+    new, metrics = jax.jit(make_train_step(model, tx, spec, mesh))(replicate(mesh, state), batch, None)
+    results.append(jax.tree.map(np.asarray, (new.params, new.batch_stats, metrics)))
+alone = {{k: v[valid] for k, v in batch.items() if k != "mask"}}
+new, metrics = train_step(TinyNet(), tx, spec, None, state, alone)
+results.append(jax.tree.map(np.asarray, (new.params, new.batch_stats, metrics)))
+diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+print(json.dumps({{"devices": diff(results[0], results[1]), "vs_valid_alone": diff(results[1], results[2]),
+                  "moved": diff(results[0][0], state.params)}}))
+"""
+
+
+def test_masked_step_on_four_devices_with_uneven_valid_examples_equals_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    code = UNEVEN_DEVICES_SCRIPT.format(tests=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert diffs["moved"] > 1e-3, diffs
+    assert diffs["devices"] < 1e-5 and diffs["vs_valid_alone"] < 1e-5, diffs
+
+
 @pytest.mark.parametrize("transform", ["identity", "stingy"])
 def test_precomputed_teacher_logits_give_the_per_step_teacher_epoch(transform):
     """Without augmentation a kd epoch on `fixed_teacher_logits` equals the epoch that runs the teacher in
@@ -147,6 +281,8 @@ def test_step_spec_validation():
         StepSpec("adversarial")
     with pytest.raises(ValueError, match="needs k"):
         StepSpec("ast", 6.0, 0.05)
+    with pytest.raises(ValueError, match="target_statistics must be one of"):
+        StepSpec("ast", 6.0, 0.05, k=2, target_statistics="after_step")
 
 
 # ---- a checkpointed run ----

@@ -4,6 +4,7 @@ Needs the optional PyTorch dependency (``pip install "ast_jax[torch]"``).
 
 * :mod:`ast_jax.interop.torch_models` -- ``create(name, num_classes)``: PyTorch (NCHW) twins of
   ``ast_jax.models``, same parameter counts and ``state_dict`` names as the reference code.
+* :func:`torch_key_to_flax` / :func:`flax_to_torch_key` -- the name mapping, both directions.
 * :func:`from_torch_state_dict` / :func:`to_torch_state_dict` -- ``state_dict`` <-> Flax
   ``{'params', 'batch_stats'}``, checked against the Flax variable tree (every missing,
   unexpected and mis-shaped tensor listed in one ``ValueError``).
@@ -28,8 +29,8 @@ except ImportError as e:  # pragma: no cover - exercised with torch hidden
 from . import torch_models
 from .convert import (STATE_DICT_KEYS, extract_state_dict, flax_to_torch_key,
                       from_torch_state_dict, load_torch_checkpoint, save_torch_checkpoint,
-                      to_torch_state_dict)
+                      to_torch_state_dict, torch_key_to_flax)
 
 __all__ = ["torch_models", "from_torch_state_dict", "to_torch_state_dict",
            "load_torch_checkpoint", "save_torch_checkpoint", "extract_state_dict",
-           "flax_to_torch_key", "STATE_DICT_KEYS"]
+           "flax_to_torch_key", "torch_key_to_flax", "STATE_DICT_KEYS"]

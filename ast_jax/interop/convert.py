@@ -1,12 +1,13 @@
 """PyTorch ``state_dict`` <-> Flax variables of ``ast_jax.models``, and ``.pt`` checkpoint files.
 
-The mapping is the zoo's (see :func:`ast_jax.models.torch_key_to_flax`): module path
-``layer1.0.conv1`` <-> ``layer1_0/conv1``; conv ``weight`` (O, I/groups, kh, kw) <-> ``kernel``
-(kh, kw, I/groups, O); linear ``weight`` (O, I) <-> ``kernel`` (I, O); BatchNorm ``weight`` /
-``bias`` <-> ``scale`` / ``bias``; ``running_mean`` / ``running_var`` <-> ``batch_stats``
-``mean`` / ``var``; ``num_batches_tracked`` is dropped (written as 0 on the way back; PyTorch
-only reads it when ``momentum=None``).  The CNN flattens in PyTorch's (C, H, W) order in both
-frameworks, so its ``fc1`` needs no permutation.  Floating tensors become float32.
+The names map mechanically (:func:`torch_key_to_flax` and its inverse
+:func:`flax_to_torch_key`): module path ``layer1.0.conv1`` <-> ``layer1_0/conv1``; conv
+``weight`` (O, I/groups, kh, kw) <-> ``kernel`` (kh, kw, I/groups, O); linear ``weight`` (O, I)
+<-> ``kernel`` (I, O); BatchNorm ``weight`` / ``bias`` <-> ``scale`` / ``bias``;
+``running_mean`` / ``running_var`` <-> ``batch_stats`` ``mean`` / ``var``;
+``num_batches_tracked`` is dropped (written as 0 on the way back; PyTorch only reads it when
+``momentum=None``). The CNN flattens in PyTorch's (C, H, W) order in both frameworks, so its
+``fc1`` needs no permutation. Floating tensors become float32.
 
 Every conversion is checked against the Flax variable tree of ``ast_jax.models.create(name,
 num_classes)`` (shapes from ``jax.eval_shape`` of ``init``, nothing is computed): all missing,
@@ -34,12 +35,12 @@ import torch
 from flax import traverse_util
 
 from ast_jax import models
-from ast_jax.models import torch_key_to_flax
 
 from . import torch_models
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "load_torch_checkpoint",
-           "save_torch_checkpoint", "extract_state_dict", "flax_to_torch_key", "STATE_DICT_KEYS"]
+           "save_torch_checkpoint", "extract_state_dict", "flax_to_torch_key", "torch_key_to_flax",
+           "STATE_DICT_KEYS"]
 
 #: Keys under which :func:`extract_state_dict` looks for the model weights of a checkpoint dict,
 #: in this order (``state_dict``: the Nasty Teacher code's ``{'epoch', 'state_dict',
@@ -57,6 +58,36 @@ Entry = tuple[str, Path]  # (collection, path)
 
 
 # --------------------------------------------------------------------------- names and layouts
+
+def torch_key_to_flax(key: str) -> tuple[str, Path | None]:
+    """Map a PyTorch ``state_dict`` key onto ``(collection, path)`` of the Flax variables.
+
+    Numeric components (``nn.Sequential`` indices) are glued to the preceding component with
+    ``'_'``, the rest become separate path entries; the leaf is renamed (``weight`` ->
+    ``kernel`` for conv/linear, ``scale`` for BatchNorm, ``running_mean``/``running_var`` ->
+    ``mean``/``var`` in ``batch_stats``).  Which ``weight`` is a BatchNorm one cannot be told from
+    the key alone, so ``weight`` maps to ``'kernel'`` and the caller renames it to ``'scale'`` for
+    1-D BatchNorm weights.  ``num_batches_tracked`` has no Flax counterpart (returns ``None``).
+    Example: ``layer2.0.shortcut.1.running_var`` -> ``('batch_stats',
+    ('layer2_0', 'shortcut_1', 'var'))``.
+    """
+    *mods, leaf = key.split(".")
+    path: list[str] = []
+    for m in mods:
+        if m.isdigit() and path:
+            path[-1] = f"{path[-1]}_{m}"
+        else:
+            path.append(m)
+    if leaf == "num_batches_tracked":
+        return "batch_stats", None
+    collection, leaf = {
+        "weight": ("params", "kernel"),
+        "bias": ("params", "bias"),
+        "running_mean": ("batch_stats", "mean"),
+        "running_var": ("batch_stats", "var"),
+    }[leaf]
+    return collection, (*path, leaf)
+
 
 def flax_to_torch_key(collection: str, path: Path) -> str:
     """Inverse of :func:`torch_key_to_flax` for the zoo's names (``('params', ('layer1_0',

@@ -1,11 +1,11 @@
 """PyTorch implementations of the SPEC §6 CIFAR architectures (NCHW), twins of ``ast_jax.models``.
 
-Each class mirrors its Flax port (and the authors' reference model) layer for layer, with the same
-module names, so that ``model.state_dict()`` keys map onto the Flax variable paths by
-:func:`ast_jax.models.torch_key_to_flax` (``layer1.0.conv1.weight`` -> ``params/layer1_0/conv1/
-kernel``) and trainable parameter counts equal the SPEC table.  BatchNorm uses PyTorch's defaults
-``momentum=0.1``, ``eps=1e-5``; weights use PyTorch's default initialisation (and the PreResNet's
-own conv re-initialisation, as in the reference).
+Each class mirrors its Flax port (and the authors' reference model) layer for layer, with the
+same module names, so that ``model.state_dict()`` keys map onto the Flax variable paths by
+:func:`ast_jax.interop.convert.torch_key_to_flax` (``layer1.0.conv1.weight`` ->
+``params/layer1_0/conv1/kernel``) and trainable parameter counts equal the SPEC table. BatchNorm
+uses PyTorch's defaults ``momentum=0.1``, ``eps=1e-5``; weights use PyTorch's default
+initialisation (and the PreResNet's own conv re-initialisation, as in the reference).
 
 Deviations from the references, all invisible at their native 3x32x32 input:
 
@@ -45,7 +45,7 @@ def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
 
 
 def bn(channels: int) -> nn.BatchNorm2d:
-    """``nn.BatchNorm2d`` with momentum 0.1 and eps 1e-5 (the Flax ports' momentum 0.9)."""
+    """``nn.BatchNorm2d`` with momentum 0.1 and eps 1e-5 (as ``ast_jax.models.layers.BatchNorm``)."""
     return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)
 
 

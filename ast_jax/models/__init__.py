@@ -19,14 +19,15 @@ mobilenetv2   ``mobilenetv2.py`` ``MobileNetV2``                  2,369,380 (100
 Calling convention: ``variables = model.init(key, x, train=False)`` with NHWC input ``x`` (any
 square size >= 8, 1 or 3 channels); ``model.apply(variables, x, train=False)`` for inference and
 ``model.apply(variables, x, train=True, mutable=['batch_stats'])`` for training (returns
-``(logits, {'batch_stats': ...})``).  Variables are ``{'params', 'batch_stats'}``; logits are
+``(logits, {'batch_stats': ...})``); ``mask=`` (bool ``(N,)``) marks the valid examples of a
+padded training batch, the others are left out of the BatchNorm statistics.  Variables are ``{'params', 'batch_stats'}``; logits are
 ``(N, num_classes)`` float32.
 
 Compute dtype: with ``dtype=jnp.bfloat16`` convs/linears/BatchNorm outputs are computed in bf16
 while all parameters stay float32 (``param_dtype``) and BatchNorm batch statistics are computed
 in float32; the logits are always cast to float32.
 
-PyTorch ``state_dict`` <-> Flax variables (mechanical; see :func:`layers.torch_key_to_flax`):
+PyTorch ``state_dict`` <-> Flax variables (mechanical; see :mod:`ast_jax.interop.convert`):
 
 * split the torch key on ``'.'``; every module name becomes one level of the Flax path (joined
   with ``'/'``), except that a numeric ``nn.Sequential`` index is glued to the name before it
@@ -45,9 +46,9 @@ PyTorch ``state_dict`` <-> Flax variables (mechanical; see :func:`layers.torch_k
   ``residual_{i}``/``shortcut_{i}``/``conv5_{i}``/``fc`` (shufflenetv2), ``pre_{i}``/
   ``stage1``/``stage{s}_{i}``/``stage7``/``residual_{i}``/``conv1_{i}``/``conv2`` (mobilenetv2).
 
-Padding is explicit and symmetric like PyTorch's; BatchNorm uses ``momentum=0.9`` (PyTorch 0.1)
-and ``epsilon=1e-5``; initialisation follows PyTorch's defaults (and the PreResNet's own conv
-re-initialisation).  The final average pools of the references cover the whole final map at
+Padding is explicit and symmetric like PyTorch's; BatchNorm is PyTorch's (``layers.BatchNorm``:
+momentum 0.1, ``epsilon=1e-5``, running variance updated with the unbiased batch variance);
+initialisation follows PyTorch's defaults (and the PreResNet's own conv re-initialisation).  The final average pools of the references cover the whole final map at
 their native input size; here they are a global mean for any input size.  The reference CNN's
 ``view(-1, 2048)`` only works at 32x32; here its ``fc1`` takes whatever the flattened final map
 is, so its size is fixed by the input used at ``init`` (2048 at 32x32).
@@ -65,7 +66,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from .cnn import CNN
-from .layers import torch_key_to_flax
 from .mobilenetv2 import LinearBottleNeck, MobileNetV2
 from .preresnet import PreActBlock, PreResNet
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -108,7 +108,7 @@ def create(name: str, num_classes: int, dtype: Any = jnp.float32, axis_name: str
 
 
 __all__ = [
-    "MODEL_NAMES", "create", "torch_key_to_flax",
+    "MODEL_NAMES", "create",
     "CNN", "PreResNet", "PreActBlock", "ResNet", "BasicBlock", "Bottleneck",
     "ShuffleNetV2", "ShuffleUnit", "MobileNetV2", "LinearBottleNeck",
 ]

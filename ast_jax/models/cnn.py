@@ -26,8 +26,8 @@ class CNN(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         for i in range(3):
             x = ops.conv(self.num_channels * 2**i, 3, padding=1, bias=True)(x, f"conv{i + 1}")
             x = ops.bn()(x, f"bn{i + 1}")

@@ -5,14 +5,18 @@ conventions live in one place:
 
 * explicit symmetric padding ``((p, p), (p, p))`` (never ``'SAME'``), depthwise/grouped convs
   through ``feature_group_count``;
-* BatchNorm with ``momentum=0.9`` (= PyTorch ``momentum=0.1``) and ``epsilon=1e-5``; batch
-  statistics are computed in float32 by Flax whatever the compute dtype.  (PyTorch updates
-  ``running_var`` with the unbiased batch variance, Flax with the biased one; this only affects
-  the running statistics during training, never a forward pass with given variables.)
+* :class:`BatchNorm`, ``torch.nn.BatchNorm1d/2d`` exactly: ``momentum=0.1`` and ``eps=1e-5``,
+  batch statistics in float32 whatever the compute dtype, normalisation with the biased batch
+  variance and the running variance updated with the unbiased one (``n / (n - 1)``), as
+  PyTorch does (Flax's own ``nn.BatchNorm`` puts the biased one in the running average); an
+  optional per-example mask leaves padding examples out of the statistics;
 * PyTorch's default initialisation (``kaiming_uniform_(a=sqrt(5))`` for weights and
   ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for biases), so training from scratch starts from the
   same distribution as the reference code;
 * parameters are always float32 (``param_dtype``); ``dtype`` is only the compute dtype.
+
+Every model's ``__call__(x, train=False, mask=None)`` takes the same per-example ``mask``
+(bool ``(N,)``, ``None`` = all valid) and hands it to every BatchNorm through :class:`Ops`.
 
 A *layer* here is a function ``layer(x, name) -> y``; :func:`sequential` applies a list of them
 and names the ``i``-th one ``f"{prefix}_{i}"``, exactly like the ``i``-th entry of a PyTorch
@@ -48,13 +52,79 @@ def torch_default_bias_init(fan_in: int):
     return init
 
 
+def masked_moments(x: jax.Array, mask: jax.Array | None, axis_name: str | None):
+    """Per-channel mean, biased variance and count of the valid entries of ``x`` (..., C), float32.
+
+    ``mask`` (bool, ``(N,)``) marks the valid examples; their every position counts.  With
+    ``axis_name`` the sums and the count run over all devices of that mesh axis (``lax.psum``),
+    so the moments are those of the global batch however the valid examples are spread:
+    ``mean = sum(x) / n`` and ``var = sum((x - mean)^2) / n`` (two passes, no cancellation).
+    """
+    x = x.astype(jnp.float32)
+    valid = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    weight = jnp.broadcast_to(valid.reshape(-1, *[1] * (x.ndim - 1)), (*x.shape[:-1], 1))
+    axes = tuple(range(x.ndim - 1))
+
+    def total(v):
+        v = jnp.sum(v, axis=axes)
+        return v if axis_name is None else jax.lax.psum(v, axis_name)
+
+    count = total(weight)
+    safe_count = jnp.maximum(count, 1.0)
+    mean = total(weight * x) / safe_count
+    var = total(weight * jnp.square(x - mean)) / safe_count
+    return mean, var, count
+
+
+class BatchNorm(nn.Module):
+    """``torch.nn.BatchNorm1d/2d`` over the last axis (variables ``params`` ``scale``/``bias``,
+    ``batch_stats`` ``mean``/``var``, the names of Flax's ``nn.BatchNorm``).
+
+    Training mode normalises with the batch's mean and biased variance (of the valid examples,
+    over the mesh axis ``axis_name``) and updates the running statistics as PyTorch does:
+    ``mean <- (1 - momentum) mean + momentum mu`` and
+    ``var <- (1 - momentum) var + momentum sigma^2 n / (n - 1)`` with ``n`` the number of values
+    per channel (the factor is 1 when ``n = 1``).  Inference mode uses the running statistics.
+    ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, computed in float32 and returned in
+    ``dtype``.
+    """
+
+    use_running_average: bool = True
+    momentum: float = 0.1  # PyTorch's convention: the weight of the new batch
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, features, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, features, self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            initializing = self.is_initializing()
+            mean, var, count = masked_moments(x, mask, None if initializing else self.axis_name)
+            if not initializing:
+                unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+        y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.astype(self.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class Ops:
-    """Factory of PyTorch-like layers for one compute ``dtype`` and one ``train`` flag."""
+    """Factory of PyTorch-like layers for one compute ``dtype``, one ``train`` flag and one
+    per-example ``mask`` (the valid examples of the batch, handed to every BatchNorm)."""
 
     dtype: Any = jnp.float32
     train: bool = False
-    axis_name: str | None = None  # mesh axis over which BatchNorm averages batch statistics
+    axis_name: str | None = None  # mesh axis over which BatchNorm sums batch statistics
+    mask: jax.Array | None = None
 
     def conv(self, features: int, kernel_size: int, stride: int = 1, padding: int = 0,
              groups: int = 1, bias: bool = False,
@@ -76,9 +146,8 @@ class Ops:
         """``nn.BatchNorm1d/2d`` (normalises the last axis); running stats updated iff train."""
 
         def layer(x, name):
-            return nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
-                                axis_name=self.axis_name if self.train else None,
-                                dtype=self.dtype, param_dtype=jnp.float32, name=name)(x)
+            return BatchNorm(use_running_average=not self.train, axis_name=self.axis_name,
+                             dtype=self.dtype, name=name)(x, self.mask)
 
         return layer
 
@@ -123,33 +192,3 @@ def channel_shuffle(x, groups: int):
     *lead, c = x.shape
     x = x.reshape(*lead, groups, c // groups)
     return jnp.swapaxes(x, -1, -2).reshape(*lead, c)
-
-
-def torch_key_to_flax(key: str) -> tuple[str, tuple[str, ...] | None]:
-    """Map a PyTorch ``state_dict`` key onto ``(collection, path)`` of the Flax variables.
-
-    Numeric components (``nn.Sequential`` indices) are glued to the preceding component with
-    ``'_'``, the rest become separate path entries; the leaf is renamed (``weight`` ->
-    ``kernel`` for conv/linear, ``scale`` for BatchNorm, ``running_mean``/``running_var`` ->
-    ``mean``/``var`` in ``batch_stats``).  Which ``weight`` is a BatchNorm one cannot be told from
-    the key alone, so ``weight`` maps to ``'kernel'`` and the caller renames it to ``'scale'`` for
-    1-D BatchNorm weights.  ``num_batches_tracked`` has no Flax counterpart (returns ``None``).
-    Example: ``layer2.0.shortcut.1.running_var`` -> ``('batch_stats',
-    ('layer2_0', 'shortcut_1', 'var'))``.
-    """
-    *mods, leaf = key.split(".")
-    path: list[str] = []
-    for m in mods:
-        if m.isdigit() and path:
-            path[-1] = f"{path[-1]}_{m}"
-        else:
-            path.append(m)
-    if leaf == "num_batches_tracked":
-        return "batch_stats", None
-    collection, leaf = {
-        "weight": ("params", "kernel"),
-        "bias": ("params", "bias"),
-        "running_mean": ("batch_stats", "mean"),
-        "running_var": ("batch_stats", "var"),
-    }[leaf]
-    return collection, (*path, leaf)

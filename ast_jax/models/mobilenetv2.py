@@ -27,8 +27,8 @@ class LinearBottleNeck(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         conv = functools.partial(ops.conv, bias=True)
         c = x.shape[-1] * self.t
         out = sequential(x, "residual", [
@@ -51,16 +51,16 @@ class MobileNetV2(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         conv = functools.partial(ops.conv, bias=True)
         block = functools.partial(LinearBottleNeck, dtype=self.dtype, axis_name=self.axis_name)
         x = sequential(x, "pre", [conv(32, 1, 1, 1), ops.bn(), relu6])
-        x = block(16, 1, 1, name="stage1")(x, train)
+        x = block(16, 1, 1, name="stage1")(x, train, mask)
         for stage, (units, out, stride) in enumerate(_STAGES, 2):
             for i in range(units):
-                x = block(out, stride if i == 0 else 1, name=f"stage{stage}_{i}")(x, train)
-        x = block(320, 1, 6, name="stage7")(x, train)
+                x = block(out, stride if i == 0 else 1, name=f"stage{stage}_{i}")(x, train, mask)
+        x = block(320, 1, 6, name="stage7")(x, train, mask)
         x = sequential(x, "conv1", [conv(1280, 1), ops.bn(), relu6])
         x = conv(self.num_classes, 1)(global_avg_pool(x)[:, None, None, :], "conv2")
         return x.reshape(x.shape[0], -1).astype(jnp.float32)

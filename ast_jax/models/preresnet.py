@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from .layers import Ops, global_avg_pool, kaiming_fan_out_normal
 
 
-def _ops(dtype, train, axis_name):
-    ops = Ops(dtype, train, axis_name)
+def _ops(dtype, train, axis_name, mask):
+    ops = Ops(dtype, train, axis_name, mask)
     # The reference re-initialises every conv with normal(0, sqrt(2 / (k*k*out)));
     # its convs are bias-free.
     return ops, functools.partial(ops.conv, kernel_init=kaiming_fan_out_normal)
@@ -30,8 +30,8 @@ class PreActBlock(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops, conv = _ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops, conv = _ops(self.dtype, train, self.axis_name, mask)
         out = nn.relu(ops.bn()(x, "bn1"))
         out = conv(self.planes, 3, self.stride, 1)(out, "conv1")
         out = nn.relu(ops.bn()(out, "bn2"))
@@ -54,14 +54,14 @@ class PreResNet(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, mask=None):
         if (self.depth - 2) % 6 or not 8 <= self.depth < 44:
             raise ValueError(f"PreResNet depth must be 6n+2 in [8, 44), got {self.depth}")
-        ops, conv = _ops(self.dtype, train, self.axis_name)
+        ops, conv = _ops(self.dtype, train, self.axis_name, mask)
         x = conv(16, 3, 1, 1)(x, "conv1")
         for stage, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
             for i in range((self.depth - 2) // 6):
                 x = PreActBlock(planes, stride if i == 0 else 1, self.dtype, self.axis_name,
-                                name=f"layer{stage}_{i}")(x, train)
+                                name=f"layer{stage}_{i}")(x, train, mask)
         x = global_avg_pool(nn.relu(ops.bn()(x, "bn")))
         return ops.dense(self.num_classes)(x, "fc").astype(jnp.float32)

@@ -27,8 +27,8 @@ class BasicBlock(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         out = nn.relu(ops.bn()(ops.conv(self.planes, 3, self.stride, 1)(x, "conv1"), "bn1"))
         out = ops.bn()(ops.conv(self.planes, 3, 1, 1)(out, "conv2"), "bn2")
         return nn.relu(out + _shortcut(ops, x, self.planes, self.stride))
@@ -45,8 +45,8 @@ class Bottleneck(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         out = nn.relu(ops.bn()(ops.conv(self.planes, 1)(x, "conv1"), "bn1"))
         out = nn.relu(ops.bn()(ops.conv(self.planes, 3, self.stride, 1)(out, "conv2"), "bn2"))
         out = ops.bn()(ops.conv(4 * self.planes, 1)(out, "conv3"), "bn3")
@@ -66,11 +66,11 @@ class ResNet(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         x = nn.relu(ops.bn()(ops.conv(64, 3, 1, 1)(x, "conv1"), "bn1"))
         for stage, (n, planes) in enumerate(zip(self.stage_sizes, (64, 128, 256, 512)), 1):
             for i in range(n):
                 stride = 2 if stage > 1 and i == 0 else 1
-                x = self.block(planes, stride, self.dtype, self.axis_name, name=f"layer{stage}_{i}")(x, train)
+                x = self.block(planes, stride, self.dtype, self.axis_name, name=f"layer{stage}_{i}")(x, train, mask)
         return ops.dense(self.num_classes)(global_avg_pool(x), "linear").astype(jnp.float32)

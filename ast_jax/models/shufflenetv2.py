@@ -28,8 +28,8 @@ class ShuffleUnit(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         conv = functools.partial(ops.conv, bias=True)
         half = self.out_channels // 2
 
@@ -60,12 +60,12 @@ class ShuffleNetV2(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        ops = Ops(self.dtype, train, self.axis_name)
+    def __call__(self, x, train: bool = False, mask=None):
+        ops = Ops(self.dtype, train, self.axis_name, mask)
         x = sequential(x, "pre", [ops.conv(24, 3, 1, 1, bias=True), ops.bn()])
         for stage, (c, repeat) in enumerate(zip(self.stage_channels, self.stage_repeats), 2):
             for i in range(repeat + 1):
                 unit = ShuffleUnit(c, 2 if i == 0 else 1, self.dtype, self.axis_name, name=f"stage{stage}_{i}")
-                x = unit(x, train)
+                x = unit(x, train, mask)
         x = sequential(x, "conv5", [ops.conv(self.final_channels, 1, bias=True), ops.bn(), relu])
         return ops.dense(self.num_classes)(global_avg_pool(x), "fc").astype(jnp.float32)

@@ -2,7 +2,8 @@
 
 The data of a split lives on the devices as one uint8 array, replicated; on accelerators an
 epoch is one jitted call: a `lax.scan` over its steps that gathers each batch by a permutation
-drawn from (seed, epoch), augments and normalises it, and runs the train step under
+drawn from (seed, epoch) (`epoch_plan`: every example once, the last batch padded and
+masked), augments and normalises it, and runs the train step under
 `jax.shard_map` over the mesh axis `data` (gradients and BatchNorm statistics averaged with
 `lax.pmean`). The state is donated: no host round trip per step. (On CPU the same step body
 runs from a host loop; see `default_loop`.) Per-example randomness depends only on (seed, epoch, step,
@@ -20,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .. import adversarial
-from ..data import AugmentSpec, augment, epoch_batches, normalize, to_unit_float
+from ..data import AugmentSpec, augment, normalize, to_unit_float
 from .steps import PAIRINGS, StepSpec, Teacher, TrainState, train_step
 
 AXIS = "data"
@@ -69,6 +70,47 @@ def _resolve_loop(loop: str) -> str:
     return default_loop() if loop == "auto" else loop
 
 
+def _check_pairing(pairing: str) -> None:
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def epoch_rows(key, num_examples: int, batch_size: int):
+    """A random permutation of range(num_examples) in ceil(N / B) rows of B, and their mask.
+
+    Returns `(rows, mask)`, both (steps, batch_size): every example appears exactly once where
+    `mask` is True; the last row is filled up with repeats of the permutation's first entries
+    (real images, so every forward pass stays finite), marked False. The reference keeps each
+    epoch's last partial batch (50,000 = 390 x 128 + 80); the padding keeps the shapes static.
+    """
+    num_examples, batch_size = int(num_examples), int(batch_size)
+    if num_examples <= 0 or batch_size <= 0:
+        raise ValueError(f"need examples and a positive batch size, got {num_examples} examples, "
+                         f"batch_size={batch_size}")
+    steps = -(-num_examples // batch_size)
+    positions = jnp.arange(steps * batch_size)
+    rows = jax.random.permutation(key, num_examples)[positions % num_examples].astype(jnp.int32)
+    return rows.reshape(steps, batch_size), (positions < num_examples).reshape(steps, batch_size)
+
+
+def epoch_plan(key, epoch, num_examples: int, batch_size: int, pairing: str):
+    """An epoch's augmentation key and (steps, batch) rows of clean and adversarial images, and
+    the mask of the valid positions (`epoch_rows`).
+
+    `aligned` pairs clean image i with adversarial image i, both in the epoch's order; `random`
+    (the reference) walks one fixed permutation of the adversarial images, the same every epoch,
+    beside the reshuffled clean order: either way every adversarial image is paired once per
+    epoch, at a valid position.
+    """
+    _check_pairing(pairing)
+    order_key, augment_key = jax.random.split(jax.random.fold_in(key, epoch))
+    rows, mask = epoch_rows(order_key, num_examples, batch_size)
+    if pairing == "aligned":
+        return augment_key, rows, rows, mask
+    adv_rows, _ = epoch_rows(jax.random.fold_in(key, 0xFFFFFFFF), num_examples, batch_size)
+    return augment_key, rows, adv_rows, mask
+
+
 def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None):
     """`step(state, batch, teacher_variables) -> (state, metrics)`: `train_step` data-parallel over `mesh`.
 
@@ -87,7 +129,8 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
 
     `data` = {'images': uint8 (N,H,W,C), 'labels': int32 (N,)[, 'adv_images': float (N,H,W,C)
     in model-input space][, 'teacher_logits': float (N, classes)]}; `key` the run's PRNG key;
-    `metrics` holds per-step arrays (steps,). `teacher_logits` (kd/nasty without augmentation,
+    `metrics` holds per-step arrays (steps,), steps = ceil(N / batch_size): every example is used
+    once, the last batch padded and masked out (`epoch_plan`). `teacher_logits` (kd/nasty without augmentation,
     see `fixed_teacher_logits`) replace the frozen teacher's forward pass in every step.
     Pairing of clean and adversarial images (SPEC §4): `aligned` gathers both with the epoch's
     permutation; `random` reproduces the reference, whose adversarial loader walks one fixed
@@ -97,25 +140,18 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
     trip per step); `loop="host"` runs the same step body as one jitted call per step;
     `"auto"` picks `default_loop()`.
     """
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    _check_pairing(pairing)
     loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh)
     step = make_train_step(model, tx, spec, mesh, teacher)
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def plan(data, key, epoch):
-        """The epoch's augmentation key and (steps, batch) rows of clean and adversarial images."""
-        order_key, augment_key = jax.random.split(jax.random.fold_in(key, epoch))
-        num_examples = data["labels"].shape[0]
-        order = epoch_batches(order_key, num_examples, batch_size)
-        if pairing == "aligned":
-            return augment_key, order, order
-        return augment_key, order, epoch_batches(jax.random.fold_in(key, 0xFFFFFFFF), num_examples, batch_size)
+        return epoch_plan(key, epoch, data["labels"].shape[0], batch_size, pairing)
 
-    def body(state, data, teacher_variables, augment_key, index, rows, adv_rows):
+    def body(state, data, teacher_variables, augment_key, index, rows, adv_rows, mask):
         images = augment(jax.random.fold_in(augment_key, index), data["images"][rows], augment_spec)
-        batch = {"image": normalize(images, mean, std), "label": data["labels"][rows]}
+        batch = {"image": normalize(images, mean, std), "label": data["labels"][rows], "mask": mask}
         if "teacher_logits" in data:
             if not augment_spec.is_identity:
                 raise ValueError("precomputed teacher_logits are only valid without augmentation: "
@@ -128,20 +164,20 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
     if loop == "scan":
         @functools.partial(jax.jit, donate_argnums=(0,))
         def train_epoch(state: TrainState, data, teacher_variables, key, epoch):
-            augment_key, order, adv_order = plan(data, key, epoch)
+            augment_key, order, adv_order, mask = plan(data, key, epoch)
             return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, augment_key, *xs), state,
-                                (jnp.arange(order.shape[0]), order, adv_order))
+                                (jnp.arange(order.shape[0]), order, adv_order, mask))
 
         return train_epoch
 
     plan_jit, body_jit = jax.jit(plan), jax.jit(body, donate_argnums=(0,))
 
     def train_epoch(state: TrainState, data, teacher_variables, key, epoch):
-        augment_key, order, adv_order = plan_jit(data, key, epoch)
+        augment_key, order, adv_order, mask = plan_jit(data, key, epoch)
         metrics = []
         for index in range(order.shape[0]):
             state, step_metrics = body_jit(state, data, teacher_variables, augment_key, index, order[index],
-                                           adv_order[index])
+                                           adv_order[index], mask[index])
             metrics.append(step_metrics)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 

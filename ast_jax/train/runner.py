@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
+from ..losses import cross_entropy
 from .loop import fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate
 from .optim import make_optimizer
 from .steps import StepSpec, Teacher, init_state
@@ -41,9 +42,8 @@ def evaluate(predict, variables, split: ArraySplit) -> dict:
     """Accuracy and mean CE of `predict` on a whole split (host floats)."""
     logits = predict(variables, split.images)
     labels = jnp.asarray(split.labels)
-    log_probs = jax.nn.log_softmax(logits, -1)
     return {"test_accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
-            "test_loss": float(-jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], -1)))}
+            "test_loss": float(jnp.mean(cross_entropy(logits, labels)))}
 
 
 def _first_non_finite(losses: np.ndarray) -> int | None:
@@ -70,9 +70,8 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
     checkpoints.claim(directory, record)
     mesh = mesh or make_mesh()
     batch_size, epochs = train_config.batch_size, train_config.epochs
-    steps_per_epoch = len(train.labels) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train.labels)} training examples")
+    num_examples = len(train.labels)
+    steps_per_epoch = -(-num_examples // batch_size)  # every example each epoch, the last batch padded
     tx = make_optimizer(train_config, steps_per_epoch)
     train_epoch = make_train_epoch(model, tx, spec, mesh, batch_size=batch_size, augment_spec=augment_spec,
                                    mean=mean, std=std, teacher=teacher, pairing=pairing, loop=loop)
@@ -120,7 +119,7 @@ def fit(*, directory: str, record: dict, model, train_config, spec: StepSpec, se
         eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
         row = {"epoch": epoch + 1, "train_loss": float(losses.mean()),
                "train_accuracy": float(np.mean(metrics["accuracy"])), "epoch_seconds": seconds,
-               "images_per_second": steps_per_epoch * batch_size / seconds}
+               "images_per_second": num_examples / seconds}
         last = epoch + 1 == epochs
         if last or (epoch + 1) % train_config.eval_every == 0:
             variables = {"params": state.params, "batch_stats": state.batch_stats}

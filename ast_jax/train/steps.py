@@ -13,10 +13,18 @@ logits on the clean batch against it.
 | `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         |
 
 "Inference mode" means BatchNorm running statistics, no statistics update, and the *current*
-(pre-update) variables (SPEC §2, AST loss). The step runs on one device's shard of the batch;
-with `axis_name` set it averages the gradients and metrics over that mesh axis, and the model's
-BatchNorm layers (built with the same `axis_name`) average their batch statistics, so the update
-equals the single-device update on the whole batch.
+(pre-update) parameters. Which running statistics the model's own target (ast, stt) uses is
+`StepSpec.target_statistics` (`TARGET_STATISTICS`): `before_step` takes those from before the
+step (the thesis's reading); `after_train_forward` takes those the step's training-mode forward
+on the clean batch has just updated, as the authors' `train_epoch` does (it runs the clean batch
+in train mode first, then the adversarial batch in eval mode; docs/method.md §4).
+
+A batch may carry a per-example `mask` (bool; the padding of an epoch's last partial batch is
+False): padded examples enter neither the loss, the metrics nor the BatchNorm statistics. The
+step runs on one device's shard of the batch; with `axis_name` set it averages the gradients and
+metrics over that mesh axis, each device's mean weighted by its share of the valid examples, and
+the model's BatchNorm layers (built with the same `axis_name`) sum their batch statistics over
+it, so the update equals the single-device update on the whole batch's valid examples.
 """
 
 from __future__ import annotations
@@ -34,8 +42,7 @@ from .. import losses
 
 STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty")
 PAIRINGS = ("aligned", "random")
-#: BatchNorm statistics of the AST target: those from before the step, or those its clean train-mode
-#: forward just updated (the reference code's order).
+#: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
 
 
@@ -54,7 +61,8 @@ class StepSpec:
     """Static description of a step kind and its loss hyperparameters.
 
     `weight` is omega of the loss (`alpha` of kd/ast/stt, `omega` of nasty); `k` the number of
-    classes the sparse target keeps (ast/stt).
+    classes the sparse target keeps (ast/stt); `target_statistics` (one of `TARGET_STATISTICS`)
+    the running statistics of the ast/stt target.
     """
 
     kind: str
@@ -62,10 +70,14 @@ class StepSpec:
     weight: float = 0.0
     k: int | None = None
     divergence: str = "epd"
+    target_statistics: str = "before_step"
 
     def __post_init__(self):
         if self.kind not in STEP_KINDS:
             raise ValueError(f"step kind must be one of {STEP_KINDS}, got {self.kind!r}")
+        if self.target_statistics not in TARGET_STATISTICS:
+            raise ValueError(f"target_statistics must be one of {TARGET_STATISTICS}, "
+                             f"got {self.target_statistics!r}")
         if self.kind in ("ast", "stt") and self.k is None:
             raise ValueError(f"step kind {self.kind!r} needs k, the number of classes the sparse target keeps")
 
@@ -105,7 +117,9 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
     return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), tx.init(params))
 
 
-def _target_logits(spec: StepSpec, model, teacher, state: TrainState, batch, teacher_variables):
+def _target_logits(spec: StepSpec, model, teacher, params, batch_stats, batch, teacher_variables):
+    """The constant the objective scores against (gradients stopped); `batch_stats` are the
+    running statistics the model's own target (ast, stt) is computed with."""
     if spec.kind == "ce":
         return None
     if spec.needs_teacher:
@@ -113,39 +127,62 @@ def _target_logits(spec: StepSpec, model, teacher, state: TrainState, batch, tea
             return batch["teacher_logits"]
         return teacher.logits(teacher_variables, batch["image"])
     images = batch["adv_image"] if spec.kind == "ast" else batch["image"]
-    own = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+    own = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
     return jax.lax.stop_gradient(own)
 
 
-def _objective(spec: StepSpec, logits, target, labels):
+def _objective(spec: StepSpec, logits, target, labels, where):
     if spec.kind == "ce":
-        return jnp.mean(losses.cross_entropy(logits, labels))
+        return losses.batch_mean(losses.cross_entropy(logits, labels), where)
     if spec.kind == "kd":
-        return losses.kd_loss(logits, target, labels, spec.temperature, spec.weight)
+        return losses.kd_loss(logits, target, labels, spec.temperature, spec.weight, where)
     if spec.kind == "nasty":
-        return losses.nasty_loss(logits, target, labels, spec.temperature, spec.weight)
-    return losses.ast_loss(logits, target, labels, spec.temperature, spec.weight, spec.k, spec.divergence)
+        return losses.nasty_loss(logits, target, labels, spec.temperature, spec.weight, where)
+    return losses.ast_loss(logits, target, labels, spec.temperature, spec.weight, spec.k, spec.divergence, where)
+
+
+def _share_of_valid_examples(mask, axis_name: str | None):
+    """This device's weight in the global mean: n_local * devices / n_global (1 on one device).
+
+    `lax.pmean` of (share * local mean over the valid examples) is then the mean over all valid
+    examples of the global batch, however unevenly they are spread over the devices.
+    """
+    if axis_name is None:
+        return 1.0
+    local = jnp.sum(mask.astype(jnp.float32))
+    return local * jax.lax.psum(1.0, axis_name) / jnp.maximum(jax.lax.psum(local, axis_name), 1.0)
 
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
                state: TrainState, batch: dict, teacher_variables=None, *, axis_name: str | None = None):
-    """One optimizer update on `batch` ({'image', 'label'[, 'adv_image'][, 'teacher_logits']}).
+    """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']}).
 
-    Images are in model-input space. `teacher_logits`, when present, are the frozen teacher's
-    released logits on `image` (kd/nasty), precomputed because they cannot change: the step
-    then skips the teacher's forward pass (see `loop.make_train_epoch`).
+    Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
+    valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
+    statistics. `teacher_logits`, when present, are the frozen teacher's released logits on
+    `image` (kd/nasty), precomputed because they cannot change: the step then skips the teacher's
+    forward pass (see `loop.make_train_epoch`).
 
-    Returns the new state and {'loss', 'accuracy'} of the batch (training-mode logits).
+    Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
+    logits).
     """
-    target = _target_logits(spec, model, teacher, state, batch, teacher_variables)
+    mask = batch.get("mask")
+    if mask is None:
+        mask = jnp.ones(batch["label"].shape, bool)
+    share = _share_of_valid_examples(mask, axis_name)
 
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                      train=True, mutable=["batch_stats"])
-        return _objective(spec, logits, target, batch["label"]), (logits, updates["batch_stats"])
+                                      train=True, mask=mask, mutable=["batch_stats"])
+        target_stats = updates["batch_stats"] if spec.target_statistics == "after_train_forward" else state.batch_stats
+        target = _target_logits(spec, model, teacher, jax.lax.stop_gradient(params), target_stats, batch,
+                                teacher_variables)
+        loss = _objective(spec, logits, target, batch["label"], mask)
+        return share * loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    metrics = {"loss": loss, "accuracy": share * losses.batch_mean(correct, mask)}
     if axis_name is not None:
         grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
