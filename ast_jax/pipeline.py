@@ -102,11 +102,14 @@ def teacher_spec(study: Study, name: str) -> StepSpec:
     if name == "base":
         return StepSpec("ce")
     if name == "ast":
-        return StepSpec("ast", c.ast.temperature, c.ast.alpha, sparsity_k(c.ast, study.num_classes), c.ast.divergence)
+        return StepSpec("ast", c.ast.temperature, c.ast.alpha, sparsity_k(c.ast, study.num_classes), c.ast.divergence,
+                        target_statistics=c.ast.target_statistics)
     if name == "nasty":
         return StepSpec("nasty", c.nasty.temperature, c.nasty.omega)
     if name == "stt":
-        return StepSpec("stt", c.stt.temperature, c.stt.alpha, sparsity_k(c.stt, study.num_classes), c.stt.divergence)
+        # STT is the AST step with a clean input (thesis §5): it follows the AST step's statistics ordering.
+        return StepSpec("stt", c.stt.temperature, c.stt.alpha, sparsity_k(c.stt, study.num_classes), c.stt.divergence,
+                        target_statistics=c.ast.target_statistics)
     raise ValueError(f"unknown trained teacher {name!r}; valid: {', '.join(TRAINED_TEACHERS)}")
 
 

@@ -131,3 +131,13 @@ def test_imported_pytorch_teacher_is_evaluated_attacked_and_distilled(tmp_path, 
     assert main(["distill", *args, "--teacher", "base", "--student", "cnn"]) == 0
     assert "base -> cnn: student test accuracy" in capsys.readouterr().out
     assert not (tmp_path / "w" / "teachers" / "base").exists(), "an imported teacher is not trained"
+
+
+@pytest.mark.parametrize("variant,statistics", [("thesis", "before_step"), ("reference", "after_train_forward")])
+def test_the_variant_picks_the_ast_and_stt_target_statistics(tmp_path, variant, statistics):
+    from ast_jax.config import load_config
+    from ast_jax.pipeline import open_study, teacher_spec
+
+    study = open_study(load_config(f"digits:{variant}"), str(tmp_path / "w"))
+    assert teacher_spec(study, "ast").target_statistics == statistics
+    assert teacher_spec(study, "stt").target_statistics == statistics
