@@ -137,6 +137,7 @@ def test_tuned_path_falls_back_to_eager_when_compile_fails(twins, monkeypatch):
     assert result["median_s"] > 0
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_results(tmp_path):
     command = [sys.executable, "-m", "benchmarks.run", "--smoke", "--device-name", "smoke", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

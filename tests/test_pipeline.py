@@ -64,6 +64,7 @@ def test_missing_data_names_the_fix(tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_path):
     workdir, cache = tmp_path / "study", tmp_path / "cache"
     args = ["pipeline", "--config", "digits", "--workdir", str(workdir), *TINY]
@@ -96,6 +97,7 @@ def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_
     assert sorted(str(p) for p in workdir.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_digits_three_epoch_base_teacher_exceeds_90_percent(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
     args = ["train", "--config", "digits", "--workdir", str(tmp_path / "w"), "--config.train.epochs=3",
@@ -106,6 +108,7 @@ def test_digits_three_epoch_base_teacher_exceeds_90_percent(tmp_path, capsys, mo
     assert accuracy > 0.90, out
 
 
+@pytest.mark.slow
 def test_imported_pytorch_teacher_is_evaluated_attacked_and_distilled(tmp_path, capsys, monkeypatch):
     torch = pytest.importorskip("torch")
     import jax
