@@ -168,7 +168,9 @@ def fit(run: TrainingRun, *, mesh=None, loop: str = "auto", log: Callable[[str],
     `loop` picks how an epoch's steps are driven (see `loop.make_train_epoch`). Holds the run
     directory's lock (`checkpoints.workdir_lock`) throughout. Raises RunInterrupted after
     checkpointing when SIGINT/SIGTERM arrives, TrainingDivergedError on an exploding or
-    non-finite loss (nothing of the diverged state is saved).
+    non-finite loss (nothing of the diverged state is saved). `metrics.jsonl` gets one row per
+    completed epoch; the row of an epoch resumed from inside averages the steps run after the
+    resume. Epoch 1's row holds `reference_loss`, the first step's loss that `check_losses` uses.
     """
     spec, data = run.spec, run.data
     if spec.needs_adversarial and data.adv_images is None:
