@@ -119,7 +119,7 @@ sys.path.insert(0, {tests!r})
 from ast_jax.train import RunInterrupted, fit
 from test_runner import tiny_run
 try:
-    result = fit(tiny_run({directory!r}, epochs=60), log=lambda line: print(line, flush=True))
+    result = fit(tiny_run({directory!r}, epochs=20), log=lambda line: print(line, flush=True))
 except RunInterrupted as stopped:  # what the command line does
     print(stopped, file=sys.stderr)
     sys.exit(stopped.exit_code)
@@ -127,6 +127,7 @@ np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
 """
 
 
+@pytest.mark.slow
 def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path):
     def run(interrupt: bool):
         code = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), directory=str(tmp_path / "run"),
@@ -145,10 +146,10 @@ def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path):
     message = err.strip().splitlines()[-1]
     assert message.startswith("stopped by SIGINT: checkpoint saved in") and "run the same command again" in message
     saved = max(int(name) for name in os.listdir(tmp_path / "run" / "checkpoints"))
-    assert saved < 60 * STEPS_PER_EPOCH, "the run was not interrupted"
+    assert saved < 20 * STEPS_PER_EPOCH, "the run was not interrupted"
     returncode, err = run(interrupt=False)
     assert returncode == 0, err[-3000:]
-    expected = leaves(fit(tiny_run(tmp_path / "whole", epochs=60), log=lambda _: None))
+    expected = leaves(fit(tiny_run(tmp_path / "whole", epochs=20), log=lambda _: None))
     resumed = np.load(tmp_path / "resumed.npz")
     assert_same_parameters([resumed[name] for name in resumed.files], expected)
 
