@@ -29,7 +29,8 @@ import numpy as np
 from . import checkpoints, losses, models
 from .config import sparsity_k, to_json, train_config_for, validate
 from .data import ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, dataset_spec, load_split, to_unit_float
-from .train import RunResult, StepSpec, Teacher, evaluate, fit, make_adversarial_set, make_mesh, make_predict
+from .train import (RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_adversarial_set, make_mesh,
+                    make_predict, to_host)
 
 TRAINED_TEACHERS = ("base", "ast", "nasty", "stt")
 TEACHERS = ("base", "stingy", "ast", "nasty", "stt")
@@ -84,15 +85,17 @@ def _stage_log(study: Study, stage: str):
     return lambda message: study.log(f"[{stage}] {message}")
 
 
-def _fit(study: Study, stage: str, directory: str, architecture: str, spec: StepSpec, **kwargs) -> RunResult:
+def _fit(study: Study, stage: str, directory: str, architecture: str, spec: StepSpec, *, adv_images=None,
+         pairing: str = "aligned", teacher: Teacher | None = None, teacher_variables=None) -> RunResult:
     if directory in study.runs:
         return study.runs[directory]
     config = study.config
-    record = {"stage": stage, "study": json.loads(to_json(config))}
-    study.runs[directory] = fit(directory=directory, record=record, model=study.model(architecture),
-               train_config=train_config_for(config, architecture), spec=spec, seed=config.seed,
-               train=study.train, test=study.test, mean=study.dataset.mean, std=study.dataset.std,
-               augment_spec=_augment_spec(config), mesh=study.mesh, log=_stage_log(study, stage), **kwargs)
+    data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
+                   adv_images=adv_images, pairing=pairing)
+    run = TrainingRun(directory=directory, record={"stage": stage, "study": json.loads(to_json(config))},
+                      model=study.model(architecture), train_config=train_config_for(config, architecture),
+                      spec=spec, seed=config.seed, data=data, teacher=teacher, teacher_variables=teacher_variables)
+    study.runs[directory] = fit(run, mesh=study.mesh, log=_stage_log(study, stage))
     return study.runs[directory]
 
 
@@ -201,7 +204,7 @@ def adversarial_set(study: Study) -> np.ndarray:
     log = _stage_log(study, "attack-set")
     log(f"PGD on {len(study.train.labels)} training images ({study.config.pgd.steps} steps)")
     attack = make_attack(study, study.config.teacher.model, progress=_progress_log(log))
-    adv = np.asarray(attack(base.variables, study.train.images, study.train.labels))
+    adv = to_host(attack(base.variables, study.train.images, study.train.labels))
     os.makedirs(directory, exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         np.save(f, adv)
@@ -257,7 +260,7 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
     teacher_accuracy, stats, figure = {}, {}, {}
     for name in TEACHERS:
         released, variables = released_teacher(study, name)
-        logits = np.asarray(released.transform(predict(variables, test.images)))
+        logits = to_host(released.transform(predict(variables, test.images)))
         teacher_accuracy[name] = float(np.mean(np.argmax(logits, -1) == test.labels))
         stats[name] = report.output_statistics(logits, test.labels, temperature, seed=config.seed)
         figure[name] = np.asarray(losses.softmax_t(logits[:num_figure_images], temperature))
@@ -269,7 +272,7 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
     figure_batch = -(-num_figure_images // study.mesh.size) * study.mesh.size
     adv = make_attack(study, config.teacher.model, figure_batch)(base, images, labels)
     adv_logits = study.model(config.teacher.model).apply(base, adv, train=False)  # adv is model input
-    figure["base (adversarial)"] = np.asarray(losses.softmax_t(adv_logits, temperature))
+    figure["base (adversarial)"] = to_host(losses.softmax_t(adv_logits, temperature))
     order = ["base", "base (adversarial)", "stingy", "nasty", "stt", "ast"]
     report.plot_outputs(os.path.join(study.workdir, "outputs.png"), np.asarray(to_unit_float(images)),
                         {name: figure[name] for name in order}, labels)

@@ -1,6 +1,11 @@
-"""Data parallelism: a few steps of every kind on 4 (fake CPU) devices match the 1-device run,
-with the epoch as one scan and as a host loop (which must agree with each other too); so does
-the PGD adversarial set, which also equals `adversarial.pgd` on the whole set."""
+"""Data parallelism: one step and two epochs of every kind on 4 (fake CPU) devices match the
+1-device run, with the epoch as one scan and as a host loop (which must agree with each other
+too); so does the PGD adversarial set, which also equals `adversarial.pgd` on the whole set.
+
+What "the same on 1 or N devices" means: one step agrees to float32 rounding (the gradient
+sums are ordered differently); the rounding is carried into later steps and grows, so the
+bound is stated per step and per epoch of a short run. A long run can end a test image apart.
+All comparisons are measured once (module fixture); each case is its own test."""
 
 import json
 import os
@@ -8,8 +13,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 KINDS = ("ce", "kd", "ast", "stt", "nasty")
+STEP_TOLERANCE = 2e-7  # one step: float32 rounding of differently ordered sums (measured <= 6e-8)
+EPOCH_TOLERANCES = (5e-7, 2e-6)  # after epochs 1 and 2 of 3 steps (measured <= 1.8e-7 and 6.6e-7): it grows
+LOSS_TOLERANCE = 1e-6  # per-step losses of epoch 2 (measured <= 2.1e-7)
 
 
 def _compare_device_counts() -> dict:
@@ -31,27 +40,39 @@ def _compare_device_counts() -> dict:
     data = {"images": split.images, "labels": split.labels, "adv_images": adv}
     specs = {"ce": StepSpec("ce"), "kd": StepSpec("kd", 4.0, 0.9), "ast": StepSpec("ast", 6.0, 0.05, k=2),
              "stt": StepSpec("stt", 4.0, 0.04, k=2), "nasty": StepSpec("nasty", 4.0, 0.04)}
+    def max_diff(a, b):
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    def host(tree):
+        return jax.tree.map(np.asarray, tree)
+
     diffs = {}
     for kind in KINDS:
-        results = []
+        runs, first_steps = [], []
         for devices, loop in ((jax.devices()[:1], "scan"), (jax.devices(), "scan"), (jax.devices(), "host")):
             mesh = make_mesh(devices)
             epoch = make_train_epoch(model, tx, specs[kind], mesh, batch_size=16,
                                      augment_spec=AugmentSpec(crop_padding=2, flip=True), mean=(0.5,) * 3,
                                      std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random", loop=loop)
-            state = replicate(mesh, state0)
+            inputs = (replicate(mesh, data), replicate(mesh, teacher_variables), jax.random.PRNGKey(3))
+            if loop == "scan":  # one step, driven from the host on this mesh
+                one_step = make_train_epoch(model, tx, specs[kind], mesh, batch_size=16,
+                                            augment_spec=AugmentSpec(crop_padding=2, flip=True), mean=(0.5,) * 3,
+                                            std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random",
+                                            loop="host")
+                first_steps.append(host(one_step(replicate(mesh, state0), *inputs, 0, stop=lambda: True)[0].params))
+            state, per_epoch = replicate(mesh, state0), []
             for e in range(2):
-                state, metrics = epoch(state, replicate(mesh, data), replicate(mesh, teacher_variables),
-                                       jax.random.PRNGKey(3), e)
-            results.append((jax.tree.map(np.asarray, (state.params, state.batch_stats)), np.asarray(metrics["loss"])))
-        (one, loss1), (four, loss4), (host, loss_host) = results
-        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(state0.params)))
-        diffs[kind] = {"max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in
-                                           zip(jax.tree.leaves(one), jax.tree.leaves(four))),
-                       "loss_diff": float(np.max(np.abs(loss1 - loss4))), "moved": moved,
-                       "host_vs_scan": max(float(np.max(np.abs(a - b))) for a, b in
-                                           zip(jax.tree.leaves(host), jax.tree.leaves(four))),
-                       "host_loss_diff": float(np.max(np.abs(loss_host - loss4)))}
+                state, metrics = epoch(state, *inputs, e)
+                per_epoch.append((host((state.params, state.batch_stats)), np.asarray(metrics["loss"])))
+            runs.append(per_epoch)
+        one, four, host_loop = runs
+        diffs[kind] = {"moved": max_diff(one[-1][0][0], state0.params),
+                       "step": max_diff(first_steps[0], first_steps[1]),
+                       "epochs": [max_diff(a[0], b[0]) for a, b in zip(one, four)],
+                       "loss": float(np.max(np.abs(one[-1][1] - four[-1][1]))),
+                       "host_vs_scan": max_diff(host_loop[-1][0], four[-1][0]),
+                       "host_loss": float(np.max(np.abs(host_loop[-1][1] - four[-1][1])))}
     return diffs
 
 
@@ -113,25 +134,49 @@ def _compare_adversarial_sets() -> dict:
     return diffs
 
 
-def test_four_devices_match_one_device():
+@pytest.fixture(scope="module")
+def measured() -> dict:
+    """Every comparison, measured once in a subprocess with 4 forced CPU devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
                          cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stderr[-3000:]
-    diffs, zoo, attacks = json.loads(out.stdout.strip().splitlines()[-1])
-    for name, diff in zoo.items():
-        assert diff < 1e-5, (name, diff)
-    assert set(attacks) == {"pixel", "reference", "pixel-random"}
-    for name, diff in attacks.items():
-        assert diff["moved"] > 0.05, (name, diff)  # the attack changed the images
-        assert diff["devices"] < 1e-5 and diff["host_vs_scan"] < 1e-5, (name, diff)
-        assert diff.get("vs_pgd", 0.0) < 1e-5, (name, diff)
-    for kind in KINDS:
-        assert diffs[kind]["moved"] > 1e-3, (kind, diffs[kind])  # training did something
-        assert diffs[kind]["max_abs_diff"] < 1e-5, (kind, diffs[kind])
-        assert diffs[kind]["loss_diff"] < 1e-5, (kind, diffs[kind])
-        assert diffs[kind]["host_vs_scan"] < 1e-5, (kind, diffs[kind])
-        assert diffs[kind]["host_loss_diff"] < 1e-5, (kind, diffs[kind])
+    training, zoo, attacks = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"training": training, "zoo": zoo, "attacks": attacks}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_step_on_four_devices_matches_one_device(measured, kind):
+    """Per step only the order of the gradient sums differs: float32 rounding, nothing more."""
+    assert measured["training"][kind]["step"] < STEP_TOLERANCE, measured["training"][kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_epochs_on_four_devices_match_one_device(measured, kind):
+    """The rounding of each step is carried forward: the bound holds per epoch of this run, not forever."""
+    diff = measured["training"][kind]
+    assert diff["moved"] > 1e-3, diff  # training did something
+    assert all(d < bound for d, bound in zip(diff["epochs"], EPOCH_TOLERANCES, strict=True)), diff
+    assert diff["loss"] < LOSS_TOLERANCE, diff
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_host_loop_matches_scanned_epoch(measured, kind):
+    diff = measured["training"][kind]
+    assert diff["host_vs_scan"] < EPOCH_TOLERANCES[-1] and diff["host_loss"] < LOSS_TOLERANCE, diff
+
+
+@pytest.mark.parametrize("name", ["cnn", "preresnet20"])
+def test_zoo_batchnorm_uses_global_batch_statistics(measured, name):
+    assert measured["zoo"][name] < 1e-5, measured["zoo"][name]
+
+
+@pytest.mark.parametrize("name", ["pixel", "reference", "pixel-random"])
+def test_adversarial_set_matches_across_devices_and_loops(measured, name):
+    diff = measured["attacks"][name]
+    assert diff["moved"] > 0.05, diff  # the attack changed the images
+    assert diff["devices"] < 1e-5 and diff["host_vs_scan"] < 1e-5, diff
+    assert diff.get("vs_pgd", 0.0) < 1e-5, diff
 
 
 if __name__ == "__main__":

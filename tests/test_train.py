@@ -17,9 +17,9 @@ from ml_collections import ConfigDict
 
 from ast_jax import checkpoints, losses
 from ast_jax.data import AugmentSpec
-from ast_jax.train import (TARGET_STATISTICS, NonFiniteLossError, StepSpec, Teacher, epoch_plan, fit,
-                           fixed_teacher_logits, init_state, lr_schedule, make_mesh, make_optimizer, make_train_epoch,
-                           train_step)
+from ast_jax.train import (TARGET_STATISTICS, NonFiniteLossError, RunData, StepSpec, Teacher, TrainingRun, epoch_plan,
+                           fit, fixed_teacher_logits, init_state, lr_schedule, make_mesh, make_optimizer,
+                           make_train_epoch, train_step)
 from ast_jax.train.steps import identity
 from conftest import TinyNet, tiny_split
 
@@ -286,18 +286,21 @@ def test_step_spec_validation():
 
 
 # ---- a checkpointed run ----
-def _fit(directory, train_config, spec=StepSpec("ce"), record=None, log=lambda _: None, **kw):
+def _fit(directory, train_config, spec=StepSpec("ce"), record=None, log=lambda _: None, *, teacher=None,
+         teacher_variables=None, **data_fields):
     split, test = tiny_split(64, channels=1, seed=0), tiny_split(30, channels=1, seed=1)
-    return fit(directory=str(directory), record=record or {"run": "tiny"}, model=TinyNet(axis_name="data"),
-               train_config=train_config, spec=spec, seed=0, train=split, test=test, mean=(0.5,), std=(0.25,),
-               augment_spec=AugmentSpec(crop_padding=1, flip=True), log=log, **kw)
+    data = RunData(split, test, (0.5,), (0.25,), AugmentSpec(crop_padding=1, flip=True), **data_fields)
+    run = TrainingRun(directory=str(directory), record=record or {"run": "tiny"}, model=TinyNet(axis_name="data"),
+                      train_config=train_config, spec=spec, seed=0, data=data, teacher=teacher,
+                      teacher_variables=teacher_variables)
+    return fit(run, log=log)
 
 
 def test_fit_writes_metrics_and_checkpoints_and_learns(tmp_path):
     result = _fit(tmp_path, sgd_config(epochs=4, lr=0.2, checkpoint_every=2))
     rows = checkpoints.read_metrics(str(tmp_path))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16", "8"]  # after 2 and 4 epochs of 4 steps
     assert json.load(open(tmp_path / "run.json")) == {"run": "tiny"}
     assert result.final_accuracy == rows[-1]["test_accuracy"] and result.best_accuracy >= result.final_accuracy
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -318,7 +321,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     _fit(tmp_path, sgd_config(epochs=1), record={"run": "nan"})
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+.*last good checkpoint \(epoch 1\)"):
         _fit(tmp_path, sgd_config(epochs=2, lr=1e30, milestones=()), record={"run": "nan"})
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
 
 
 def test_missing_inputs_are_named(tmp_path):
@@ -355,8 +358,8 @@ def _run_training_subprocess(directory, out, kill_after_checkpoint=None):
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
     _run_training_subprocess(tmp_path / "whole", tmp_path / "whole.npz")
-    _run_training_subprocess(tmp_path / "killed", tmp_path / "killed.npz", kill_after_checkpoint=2)
-    assert not (tmp_path / "killed" / "checkpoints" / "6").exists(), "the run was not interrupted"
+    _run_training_subprocess(tmp_path / "killed", tmp_path / "killed.npz", kill_after_checkpoint=8)
+    assert not (tmp_path / "killed" / "checkpoints" / "24").exists(), "the run was not interrupted"
     _run_training_subprocess(tmp_path / "killed", tmp_path / "killed.npz")
     whole, resumed = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "killed.npz")
     assert len(whole.files) == len(resumed.files) > 0

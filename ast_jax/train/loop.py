@@ -7,7 +7,9 @@ masked), augments and normalises it, and runs the train step under
 `jax.shard_map` over the mesh axis `data` (gradients and BatchNorm statistics averaged with
 `lax.pmean`). The state is donated: no host round trip per step. (On CPU the same step body
 runs from a host loop; see `default_loop`.) Per-example randomness depends only on (seed, epoch, step,
-position in the global batch), so a run gives the same result on 1 or N devices.
+position in the global batch), so a step on N devices equals the 1-device step up to float32
+rounding of the differently ordered gradient sums (about 1e-7); that rounding is carried into
+later steps, so a long run agrees closely but not bit for bit (tests/test_parallel.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ def make_mesh(devices=None) -> Mesh:
 def replicate(mesh: Mesh, tree):
     """Place a pytree of host arrays on every device of `mesh`."""
     return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def to_host(array) -> np.ndarray:
+    """A (possibly data-sharded, multi-host) array as one host NumPy array on every process.
+
+    `np.asarray` fails on an array with shards on another host's devices; there the shards are
+    gathered with `multihost_utils.process_allgather` first.
+    """
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
@@ -125,7 +140,7 @@ def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | No
 
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto"):
-    """Build `train_epoch(state, data, teacher_variables, key, epoch) -> (state, metrics)`.
+    """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None) -> (state, metrics)`.
 
     `data` = {'images': uint8 (N,H,W,C), 'labels': int32 (N,)[, 'adv_images': float (N,H,W,C)
     in model-input space][, 'teacher_logits': float (N, classes)]}; `key` the run's PRNG key;
@@ -138,7 +153,10 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
 
     `loop="scan"` makes the epoch one jitted `lax.scan` with the state donated (no host round
     trip per step); `loop="host"` runs the same step body as one jitted call per step;
-    `"auto"` picks `default_loop()`.
+    `"auto"` picks `default_loop()`. The epoch runs steps `first_step, first_step + 1, ...` (a
+    resumed epoch continues where it stopped: its order depends only on (key, epoch)); the host
+    loop returns early after a step for which `stop()` is true, the scan only at the epoch's end
+    (`stop` is not consulted). `metrics` holds the steps that ran.
     """
     _check_pairing(pairing)
     loop = _resolve_loop(loop)
@@ -161,25 +179,32 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
             batch["adv_image"] = data["adv_images"][adv_rows]
         return step(state, _shard_batch(mesh, batch), teacher_variables)
 
-    if loop == "scan":
-        @functools.partial(jax.jit, donate_argnums=(0,))
-        def train_epoch(state: TrainState, data, teacher_variables, key, epoch):
-            augment_key, order, adv_order, mask = plan(data, key, epoch)
-            return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, augment_key, *xs), state,
-                                (jnp.arange(order.shape[0]), order, adv_order, mask))
-
-        return train_epoch
-
     plan_jit, body_jit = jax.jit(plan), jax.jit(body, donate_argnums=(0,))
 
-    def train_epoch(state: TrainState, data, teacher_variables, key, epoch):
+    def host_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None):
         augment_key, order, adv_order, mask = plan_jit(data, key, epoch)
         metrics = []
-        for index in range(order.shape[0]):
+        for index in range(first_step, order.shape[0]):
             state, step_metrics = body_jit(state, data, teacher_variables, augment_key, index, order[index],
                                            adv_order[index], mask[index])
             metrics.append(step_metrics)
+            if stop is not None and stop():
+                break
         return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+
+    if loop == "host":
+        return host_epoch
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def scan_epoch(state: TrainState, data, teacher_variables, key, epoch):
+        augment_key, order, adv_order, mask = plan(data, key, epoch)
+        return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, augment_key, *xs), state,
+                            (jnp.arange(order.shape[0]), order, adv_order, mask))
+
+    def train_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None):
+        if first_step:  # the rest of an epoch interrupted under the host loop
+            return host_epoch(state, data, teacher_variables, key, epoch, first_step)
+        return scan_epoch(state, data, teacher_variables, key, epoch)
 
     return train_epoch
 
