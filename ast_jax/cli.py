@@ -223,8 +223,11 @@ def main(argv=None) -> int:
     held, absl_logger = _HeldTracebacks(), logging.getLogger("absl")
     if not args.debug:
         absl_logger.addFilter(held)
+    from .train import RunInterrupted
+
     try:
         from . import pipeline
+        from .checkpoints import workdir_lock
         from .config import load_config
 
         if args.distributed:
@@ -234,7 +237,11 @@ def main(argv=None) -> int:
         enable_compilation_cache()
         study = pipeline.open_study(config, args.workdir)
         claimed = True
-        run(args, study)
+        with workdir_lock(args.workdir):  # one run per work directory at a time
+            run(args, study)
+    except RunInterrupted as stopped:  # SIGINT/SIGTERM: checkpoint saved, exit 130/143
+        print(f"ast-jax: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except Exception as error:
         if args.debug:
             raise

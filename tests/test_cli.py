@@ -176,3 +176,56 @@ def test_a_library_traceback_logged_before_the_error_goes_to_the_log_not_stderr(
     assert len(lines) == 1 and "No space left on device" in lines[0] and "run the same command again" in lines[0]
     log, text = _log_of(lines[0])
     assert "_SignalingThread.run() raised an exception" in text and text.count("Traceback") == 2
+
+
+def _start_cli(args, cache_dir):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, AST_JAX_CACHE=str(cache_dir), JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-m", "ast_jax", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(process, text, timeout=240):
+    """Reads the process's stdout until a line containing `text` (the training's epoch logs)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if text in line:
+            return line
+        assert time.monotonic() < deadline, f"no line with {text!r} in {timeout} s"
+    raise AssertionError(f"process ended without printing {text!r}: {process.wait()}, {process.stderr.read()}")
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_resumes_and_a_concurrent_run_is_refused(tmp_path, capsys):
+    import json
+    import signal
+
+    workdir = str(tmp_path / "w")
+    args = ["train", "--config", "digits", "--workdir", workdir, "--config.student_train.cnn.epochs=30",
+            "--config.train.milestones=()", "--config.teacher.model=cnn", "--config.train.batch_size=32",
+            "--config.train.eval_every=1", "--config.train.checkpoint_every=100"]
+    first = _start_cli(args, tmp_path / "cache")
+    _wait_for_line(first, "epoch 2/30")
+    # A second run on the same work directory while the first holds it: one line, nothing touched.
+    assert cli.main(args) == 2
+    line = _one_error_line(capsys)
+    assert "in use by process" in line and str(first.pid) in line
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("ast-jax: stopped by SIGINT: checkpoint saved in")
+    assert "run the same command again to resume" in err
+    saved = os.listdir(os.path.join(workdir, "teachers", "base", "checkpoints"))
+    assert saved, "a checkpoint was saved although checkpoint_every is beyond the run"
+    assert not os.path.exists(os.path.join(workdir, ".lock"))
+    resumed = _start_cli(args, tmp_path / "cache")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming" in out
+    with open(os.path.join(workdir, "teachers", "base", "metrics.jsonl")) as f:
+        epochs = [json.loads(row)["epoch"] for row in f]
+    assert epochs == list(range(1, 31))
