@@ -65,7 +65,7 @@ def run(args, overrides) -> None:
     from .config import load_config
 
     config = load_config(args.config, overrides)
-    study = pipeline.open_study(config, args.workdir)
+    study = pipeline.open_study(config, args.workdir, students=getattr(args, "student", None), teacher=getattr(args, "teacher", None))
     if args.command == "train":
         result = pipeline.train_teacher(study, args.stage)
         imported = args.stage == "base" and config.teacher.torch_checkpoint
