@@ -12,8 +12,8 @@ Pure computations (float64, no I/O):
   the base teacher, defensiveness D, degradation P and D/P (thesis Tables 6.1-6.3, SPEC §2).
 - `markdown_table`, `stats_table`: the two tables as GitHub markdown.
 
-Writers (the only functions here that touch the file system; every file is written atomically,
-to a temporary file in the same directory that then replaces the target):
+Writers (the only functions here that touch the file system; every file is written atomically
+with `ast_jax.io.atomic_write`, with the process's ordinary permissions):
 
 - `write_report`: `report.md`, `report.json` and `report.csv` in one directory.
 - `plot_outputs`: a PNG grid of images and output distributions with their entropies (thesis
@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import jax
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import losses
+from .io import atomic_write
 
 # Probability floor for q in KL(p || q) where q_i = 0 under p_i > 0 (see `kl_divergences`).
 KL_EPS = 1e-8
@@ -399,24 +399,6 @@ def stats_table(stats: Mapping[str, Mapping]) -> str:
 # --------------------------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _jsonable(x):
     """Plain JSON values: numpy scalars to Python, tuples to lists, non-finite floats to None."""
     if isinstance(x, Mapping):
@@ -493,11 +475,11 @@ def write_report(directory, *, title: str, rows: Sequence[Mapping], stats: Mappi
     if os.path.exists(os.path.join(directory, "outputs.png")):
         md += ["## Output distributions", "", "![Output distributions](outputs.png)", ""]
     paths = [os.path.join(directory, name) for name in ("report.md", "report.json", "report.csv")]
-    _atomic_write_bytes(paths[0], ("\n".join(md).rstrip("\n") + "\n").encode("utf-8"))
+    atomic_write(paths[0], ("\n".join(md).rstrip("\n") + "\n").encode("utf-8"))
     payload = _jsonable({"title": title, "rows": [dict(r) for r in rows], "stats": stats, "notes": notes})
-    _atomic_write_bytes(paths[1], (json.dumps(payload, sort_keys=True, indent=2, allow_nan=False,
+    atomic_write(paths[1], (json.dumps(payload, sort_keys=True, indent=2, allow_nan=False,
                                               ensure_ascii=False) + "\n").encode("utf-8"))
-    _atomic_write_bytes(paths[2], rows_to_csv(rows).encode("utf-8"))
+    atomic_write(paths[2], rows_to_csv(rows).encode("utf-8"))
     return paths
 
 
@@ -592,5 +574,5 @@ def plot_outputs(path, images, outputs: Mapping[str, np.ndarray], labels, class_
     fig.tight_layout(pad=0.4, h_pad=0.6, w_pad=0.6)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _atomic_write_bytes(os.fspath(path), buf.getvalue())
+    atomic_write(os.fspath(path), buf.getvalue())
     return os.fspath(path)
