@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_table(paths) -> None:
+    from .io import is_writer
+
+    if not is_writer():  # process 0 wrote (and prints) the report
+        return
     report_md = next(p for p in paths if p.endswith(".md"))
     with open(report_md) as f:
         print(f.read())
@@ -235,7 +239,8 @@ def main(argv=None) -> int:
         config = load_config(args.config, overrides)
         check_workdir(args.workdir)
         enable_compilation_cache()
-        study = pipeline.open_study(config, args.workdir)
+        study = pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),
+                                    teacher=getattr(args, "teacher", None))
         claimed = True
         with workdir_lock(args.workdir):  # one run per work directory at a time
             run(args, study)

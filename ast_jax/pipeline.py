@@ -7,9 +7,37 @@
     <workdir>/report.{md,json,csv}, outputs.png
 
 Every stage is skipped when its output is complete and resumes when interrupted (training runs
-resume from their last checkpoint). The adversarial set is named by a fingerprint of the base
-teacher's parameters and the PGD settings, so it is reused only when both match. The Stingy
-Teacher (`stingy`) needs no training: it is the base teacher releasing sparse outputs.
+resume from their last checkpoint). The Stingy Teacher (`stingy`) needs no training: it is the
+base teacher releasing sparse outputs.
+
+Validation first. `open_study` checks the config, the data, the device count (every batch size
+of every architecture the command trains), the batch sizes against the training set, the PyTorch
+checkpoint (a file whose finite float tensors fit the architecture on this data) and the
+requested teacher and students, all before `study.json` is written and before any compute.
+
+Provenance. Each stage's `run.json` records, besides the study's config, the fingerprints of
+what it was built from (`inputs`):
+
+    every stage          train_data: sha256 of the training images and labels
+    ast                  adversarial_set: the PGD set's name (itself a fingerprint, see below)
+    nasty                base_teacher: fingerprint of the base teacher's parameters
+    students/<t>-<arch>  teacher: fingerprint of teacher t's parameters (the base's for stingy)
+
+A teacher's fingerprint is a sha256 of its variables, so an imported PyTorch teacher is
+fingerprinted by the weights its file holds. A stage whose recorded inputs differ from the
+current ones is refused (`StaleStageError`, one line naming the stage, what changed and how to
+start fresh: delete that stage's directory or use another --workdir); nothing is deleted or
+retrained silently.
+
+The adversarial set is named by a fingerprint of the base teacher's parameters, the PGD
+settings, the seed and the training data; its `.json` records those settings and the sha256 of
+the array. Before use it is checked: one row per training image, the model's input shape, a
+float dtype, finite values, and the record matching both the settings and the content. A set
+that fails is refused (`UnreadableFileError` naming the file): delete it to regenerate it.
+
+`write_report` never trains and never runs PGD: it reports the stages that are finished, names
+each missing one with the command that makes it, and draws the figure's adversarial column from
+the cached set (left out when there is none).
 """
 
 from __future__ import annotations
@@ -20,21 +48,34 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoints, losses, models
+from .checkpoints import WorkdirConflictError
 from .config import sparsity_k, to_json, train_config_for, validate
-from .data import ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, dataset_spec, load_split, to_unit_float
+from .data import (ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, dataset_spec, load_split, normalize,
+                   to_unit_float)
+from .io import UnreadableFileError, atomic_write, is_writer, load_npy, read_json, save_npy
+from .rng import Stream
 from .train import (RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_adversarial_set, make_mesh,
                     make_predict, to_host)
+from .train.loop import AXIS, check_batch_size, steps_per_epoch
 
 TRAINED_TEACHERS = ("base", "ast", "nasty", "stt")
 TEACHERS = ("base", "stingy", "ast", "nasty", "stt")
 STUDY_RECORD = "study.json"
+
+
+class StaleStageError(WorkdirConflictError):
+    """A stage in the work directory was built from other inputs than the current ones (kept as is)."""
+
+
+class MissingStageError(RuntimeError):
+    """A stage `write_report` needs has not finished; the message names it and the command that runs it."""
 
 
 @dataclasses.dataclass
@@ -49,19 +90,29 @@ class Study:
     mesh: object
     log: Callable[[str], None] = functools.partial(print, flush=True)  # progress reaches a log file as it happens
     runs: dict = dataclasses.field(default_factory=dict)  # stage directory -> RunResult, this session
+    fingerprints: dict = dataclasses.field(default_factory=dict)  # teacher name -> parameter fingerprint
+    compute: bool = True  # False: load finished stages only (MissingStageError for the others)
 
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
+    @functools.cached_property
+    def train_data(self) -> str:
+        """sha256 of the training images and labels (every stage's input)."""
+        return hashlib.sha256(self.train.images.tobytes() + self.train.labels.tobytes()).hexdigest()
+
     def model(self, architecture: str):
-        return models.create(architecture, self.num_classes, jnp.dtype(self.config.dtype), axis_name="data")
+        return models.create(architecture, self.num_classes, jnp.dtype(self.config.dtype), axis_name=AXIS)
 
 
-def open_study(config, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True)) -> Study:
-    """Validate `config`, load the data, then claim `workdir` for it (refusing another study's).
+def open_study(config, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True), *,
+               students: Sequence[str] | None = None, teacher: str | None = None) -> Study:
+    """Validate `config`, load the data, check it all (`check_study`), then claim `workdir`.
 
-    Everything that can fail on bad input fails before the work directory is touched.
+    `students` / `teacher`: what the command will distil (default: the config's students). Another
+    study's work directory is refused. Everything that can fail on bad input fails before the work
+    directory is touched and before any compute.
     """
     validate(config)
     data_dir = config.data.data_dir or None
@@ -72,8 +123,63 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
             raise ValueError(f"config.data.train_examples={config.data.train_examples} exceeds the {len(train)} "
                              f"training images of {config.data.name}; use at most {len(train)} (0 = all)")
         train = class_balanced_subset(train, config.data.train_examples, config.seed)
+    mesh = make_mesh()
+    check_study(config, spec, train, mesh, students=tuple(students or config.students), teacher=teacher)
     checkpoints.claim(workdir, json.loads(to_json(config)), record_name=STUDY_RECORD)
-    return Study(config, workdir, spec, train, test, make_mesh(), log)
+    return Study(config, workdir, spec, train, test, mesh, log)
+
+
+def _train_key(config, architecture: str, field: str) -> str:
+    """The config key that sets `field` of `architecture`'s training (its override, else `train`)."""
+    override = config.student_train.get(architecture) if architecture in config.student_train else None
+    return f"config.student_train.{architecture}.{field}" if override is not None and field in override \
+        else f"config.train.{field}"
+
+
+def check_study(config, dataset: DatasetSpec, train: ArraySplit, mesh, *, students: Sequence[str],
+                teacher: str | None = None) -> None:
+    """Every check against the devices, the data and the files that needs no compute (ValueError, one line).
+
+    Batch sizes of the teacher and of each student architecture (train, eval) and of PGD must be
+    divisible by the device count, and each training batch must fit in the training set; the
+    students and the teacher must exist; the PyTorch teacher checkpoint must be a file whose
+    finite float tensors have the shapes of `config.teacher.model` on this data's images.
+    """
+    if teacher is not None and teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
+    for student in students:
+        if student not in models.MODEL_NAMES:
+            raise ValueError(f"unknown student architecture {student!r}; valid: {', '.join(models.MODEL_NAMES)}")
+    for architecture in dict.fromkeys((config.teacher.model, *students)):
+        train_config = train_config_for(config, architecture)
+        for field in ("batch_size", "eval_batch_size"):
+            check_batch_size(train_config[field], mesh, _train_key(config, architecture, field))
+        if train_config.batch_size > len(train):
+            raise ValueError(f"{_train_key(config, architecture, 'batch_size')}={train_config.batch_size} exceeds "
+                             f"the {len(train)} training images; use at most {len(train)}")
+    check_batch_size(config.pgd.batch_size, mesh, "config.pgd.batch_size")
+    if config.teacher.torch_checkpoint:
+        _check_torch_teacher(config, dataset, train.images.shape[1:])
+
+
+def _check_torch_teacher(config, dataset: DatasetSpec, image_shape: tuple) -> None:
+    """The PyTorch teacher file loads (interop's checks) and fits the model on `image_shape` inputs."""
+    from . import interop
+
+    path, architecture = config.teacher.torch_checkpoint, config.teacher.model
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.teacher.torch_checkpoint={path} does not exist; give the path of the "
+                                f"teacher's PyTorch checkpoint file")
+    variables = interop.load_torch_checkpoint(path, architecture, dataset.num_classes)
+    model = models.create(architecture, dataset.num_classes)
+    expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                              jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    shapes = {key: np.shape(leaf) for key, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+    for key, leaf in jax.tree_util.tree_leaves_with_path(expected):
+        if shapes.get(key) != leaf.shape:
+            raise ValueError(f"config.teacher.torch_checkpoint={path}: {jax.tree_util.keystr(key)} has shape "
+                             f"{shapes.get(key)}, but {architecture} on {dataset.name} images {image_shape} needs "
+                             f"{leaf.shape}; use a checkpoint trained on this data")
 
 
 def _augment_spec(config) -> AugmentSpec:
@@ -85,16 +191,53 @@ def _stage_log(study: Study, stage: str):
     return lambda message: study.log(f"[{stage}] {message}")
 
 
-def _fit(study: Study, stage: str, directory: str, architecture: str, spec: StepSpec, *, adv_images=None,
-         pairing: str = "aligned", teacher: Teacher | None = None, teacher_variables=None) -> RunResult:
+def _stage_inputs(study: Study, **inputs: str) -> dict:
+    """A stage's inputs as recorded in its run.json: the training data's hash and `inputs`."""
+    return {"train_data": study.train_data, **inputs}
+
+
+def require_finished(study: Study, directory: str, architecture: str, command: str) -> None:
+    """Without compute (`report`), a stage that has not finished is a MissingStageError naming `command`."""
+    if not study.compute and not _finished(directory, train_config_for(study.config, architecture), len(study.train)):
+        raise MissingStageError(f"{os.path.relpath(directory, study.workdir)} (run `ast-jax {command}`)")
+
+
+def check_stage(study: Study, stage: str, directory: str, inputs: dict) -> None:
+    """Refuse a stage whose run.json records other `inputs` (StaleStageError, one line).
+
+    Nothing is deleted: the message says to delete `directory` or use another --workdir.
+    """
+    record_path = os.path.join(directory, checkpoints.RUN_RECORD)
+    if os.path.exists(record_path):
+        recorded = read_json(record_path).get("inputs") or {}
+        changed = sorted(k for k in {*recorded, *inputs} if recorded.get(k) != inputs.get(k))
+        if changed:
+            raise StaleStageError(f"stage {stage} in {directory} was built from other inputs (changed: "
+                                  f"{', '.join(changed)}); it is kept as it was. To start it fresh delete {directory}, "
+                                  f"or use another --workdir")
+
+
+def _finished(directory: str, train_config, num_examples: int) -> bool:
+    """Whether the run in `directory` completed its epochs and saved that checkpoint (numbered by
+    optimizer steps: epochs x steps per epoch)."""
+    rows = checkpoints.read_metrics(directory)
+    last_step = train_config.epochs * steps_per_epoch(num_examples, train_config.batch_size)
+    return (bool(rows) and rows[-1]["epoch"] == train_config.epochs
+            and os.path.isdir(os.path.join(directory, "checkpoints", str(last_step))))
+
+
+def _fit(study: Study, stage: str, directory: str, architecture: str, spec: StepSpec, inputs: dict, *,
+         adv_images=None, pairing: str = "aligned", teacher: Teacher | None = None,
+         teacher_variables=None) -> RunResult:
     if directory in study.runs:
         return study.runs[directory]
     config = study.config
     data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
                    adv_images=adv_images, pairing=pairing)
-    run = TrainingRun(directory=directory, record={"stage": stage, "study": json.loads(to_json(config))},
-                      model=study.model(architecture), train_config=train_config_for(config, architecture),
-                      spec=spec, seed=config.seed, data=data, teacher=teacher, teacher_variables=teacher_variables)
+    record = {"stage": stage, "study": json.loads(to_json(config)), "inputs": inputs}
+    run = TrainingRun(directory=directory, record=record, model=study.model(architecture),
+                      train_config=train_config_for(config, architecture), spec=spec, seed=config.seed, data=data,
+                      teacher=teacher, teacher_variables=teacher_variables)
     study.runs[directory] = fit(run, mesh=study.mesh, log=_stage_log(study, stage))
     return study.runs[directory]
 
@@ -140,14 +283,29 @@ def train_teacher(study: Study, name: str) -> RunResult:
     if name == "base" and study.config.teacher.torch_checkpoint:
         return import_base_teacher(study)
     spec = teacher_spec(study, name)
+    architecture = study.config.teacher.model
+    directory = os.path.join(study.workdir, "teachers", name)
+    require_finished(study, directory, architecture, f"train --stage {name}")
+    inputs = _stage_inputs(study)
+    if name == "ast":
+        inputs = _stage_inputs(study, adversarial_set=adversarial_set_name(study))
+    elif name == "nasty":
+        inputs = _stage_inputs(study, base_teacher=teacher_fingerprint(study, "base"))
+    check_stage(study, name, directory, inputs)
     kwargs = {}
     if name == "ast":
         kwargs = dict(adv_images=adversarial_set(study), pairing=study.config.ast.pairing)
     elif name == "nasty":
-        base = train_teacher(study, "base")
-        kwargs = dict(teacher=Teacher(study.model(study.config.teacher.model)), teacher_variables=base.variables)
-    directory = os.path.join(study.workdir, "teachers", name)
-    return _fit(study, name, directory, study.config.teacher.model, spec, **kwargs)
+        kwargs = dict(teacher=Teacher(study.model(architecture)), teacher_variables=train_teacher(study, "base").variables)
+    return _fit(study, name, directory, architecture, spec, inputs, **kwargs)
+
+
+def teacher_fingerprint(study: Study, name: str) -> str:
+    """`fingerprint` of teacher `name`'s variables (the base's for `stingy`), once per session."""
+    name = "base" if name == "stingy" else name
+    if name not in study.fingerprints:
+        study.fingerprints[name] = fingerprint(train_teacher(study, name).variables, {})
+    return study.fingerprints[name]
 
 
 def fingerprint(variables, settings: dict) -> str:
@@ -161,9 +319,8 @@ def fingerprint(variables, settings: dict) -> str:
 
 def _pgd_settings(study: Study) -> dict:
     """What the adversarial set depends on besides the base teacher: PGD settings, seed, training images."""
-    images = hashlib.sha256(study.train.images.tobytes() + study.train.labels.tobytes()).hexdigest()
     return {"pgd": json.loads(to_json(study.config.pgd)), "data": study.config.data.name, "seed": study.config.seed,
-            "train_images": images}
+            "train_images": study.train_data}
 
 
 def _progress_log(log: Callable[[str], None], every_seconds: float = 30.0) -> Callable[[int, int], None]:
@@ -189,29 +346,68 @@ def make_attack(study: Study, architecture: str, batch_size: int | None = None,
                                   mean=study.dataset.mean, std=study.dataset.std, eps=pgd.eps,
                                   step_size=pgd.step_size, steps=pgd.steps, space=pgd.space,
                                   random_start=pgd.random_start, progress=progress)
-    key = jax.random.fold_in(jax.random.PRNGKey(study.config.seed), 7)
+    key = jax.random.fold_in(jax.random.PRNGKey(study.config.seed), Stream.PGD_START)
     return lambda variables, images, labels: attack(variables, images, labels, key)
 
 
+def adversarial_set_name(study: Study) -> str:
+    """The adversarial set's fingerprint: the base teacher's parameters and `_pgd_settings`."""
+    return fingerprint(train_teacher(study, "base").variables, _pgd_settings(study))
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def adversarial_set_problem(adv: np.ndarray, train: ArraySplit, record, settings: dict) -> str | None:
+    """What is wrong with a cached adversarial set for `train` and its `record` (None: nothing).
+
+    It needs one row per training image, the training images' (H, W, C), a float dtype, finite
+    values, and a record holding the current PGD `settings` and the array's sha256.
+    """
+    if adv.shape[:1] != (len(train),):
+        return f"it has {adv.shape[0] if adv.ndim else 0} rows for {len(train)} training images"
+    if adv.shape[1:] != train.images.shape[1:]:
+        return f"its images have shape {adv.shape[1:]}, the model's input is {train.images.shape[1:]}"
+    if not np.issubdtype(adv.dtype, np.floating):
+        return f"its dtype is {adv.dtype}, not floating point"
+    if not np.isfinite(adv).all():
+        return "it holds NaN or infinite values"
+    if record != {"settings": settings, "sha256": _array_sha256(adv)}:
+        return "its record (the .json beside it) is missing or names other PGD settings or other content"
+    return None
+
+
 def adversarial_set(study: Study) -> np.ndarray:
-    """The base teacher's PGD training set (model-input space), generated once and cached."""
+    """The base teacher's PGD training set (model-input space), generated once, cached and checked.
+
+    A cached set that fails `adversarial_set_problem` is refused (UnreadableFileError naming the
+    file): delete it to regenerate it. Without compute (`report`) a missing set is a
+    MissingStageError.
+    """
     base = train_teacher(study, "base")
-    name = fingerprint(base.variables, _pgd_settings(study))
+    name = adversarial_set_name(study)
     directory = os.path.join(study.workdir, "adversarial")
-    path = os.path.join(directory, f"{name}.npy")
+    path, record_path = os.path.join(directory, f"{name}.npy"), os.path.join(directory, f"{name}.json")
     if os.path.exists(path):
-        return np.load(path)
+        adv = load_npy(path)
+        record = read_json(record_path) if os.path.exists(record_path) else None
+        problem = adversarial_set_problem(adv, study.train, record, _pgd_settings(study))
+        if problem:
+            raise UnreadableFileError(f"adversarial set {path} does not fit this study: {problem}; delete it "
+                                      f"(and {record_path}) to regenerate it")
+        return adv
+    if not study.compute:
+        raise MissingStageError(f"adversarial/{name}.npy (run `ast-jax attack-set`)")
     log = _stage_log(study, "attack-set")
     log(f"PGD on {len(study.train.labels)} training images ({study.config.pgd.steps} steps)")
     attack = make_attack(study, study.config.teacher.model, progress=_progress_log(log))
     adv = to_host(attack(base.variables, study.train.images, study.train.labels))
-    os.makedirs(directory, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        np.save(f, adv)
-    with open(os.path.join(directory, f"{name}.json"), "w") as f:
-        json.dump(_pgd_settings(study), f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
-    log(f"wrote {path}")
+    if is_writer():  # the record first: a set on disk always has its record
+        atomic_write(record_path, json.dumps({"settings": _pgd_settings(study), "sha256": _array_sha256(adv)},
+                                             indent=1, sort_keys=True))
+        save_npy(path, adv)
+        log(f"wrote {path}")
     return adv
 
 
@@ -233,9 +429,12 @@ def distill_student(study: Study, teacher: str, architecture: str) -> RunResult:
     """The stealing attack: distil `architecture` from `teacher`'s released outputs (eq. 1)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
+    stage, directory = f"{teacher}->{architecture}", os.path.join(study.workdir, "students", f"{teacher}-{architecture}")
+    require_finished(study, directory, architecture, f"distill --teacher {teacher} --student {architecture}")
     released, variables = released_teacher(study, teacher)
-    directory = os.path.join(study.workdir, "students", f"{teacher}-{architecture}")
-    return _fit(study, f"{teacher}->{architecture}", directory, architecture, distill_spec(study, teacher),
+    inputs = _stage_inputs(study, teacher=teacher_fingerprint(study, teacher))
+    check_stage(study, stage, directory, inputs)
+    return _fit(study, stage, directory, architecture, distill_spec(study, teacher), inputs,
                 teacher=released, teacher_variables=variables)
 
 
@@ -249,35 +448,64 @@ def run(study: Study) -> list[str]:
     return write_report(study)
 
 
+def _finished_or_missing(missing: list[str], stage: Callable, *args):
+    """`stage(*args)`, or None after adding what is missing (MissingStageError's message) to `missing`."""
+    try:
+        return stage(*args)
+    except MissingStageError as error:
+        if str(error) not in missing:
+            missing.append(str(error))
+        return None
+
+
 def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
-    """report.md/json/csv and outputs.png from the completed stages (SPEC §2 metrics)."""
+    """report.md/json/csv and outputs.png from the finished stages (docs/method.md §2 metrics).
+
+    Trains nothing and runs no PGD: stages that have not finished are listed as missing with the
+    command that makes them. The figure shows the first `num_figure_images` training images,
+    whose adversarial versions (the "base (adversarial)" column) come from the cached PGD set;
+    without it that column is left out.
+    """
     from . import report
 
-    config, test = study.config, study.test
+    study = dataclasses.replace(study, compute=False)  # shares the session's runs and fingerprints
+    config, test, missing = study.config, study.test, []
     temperature = config.kd.temperature
     predict = make_predict(study.model(config.teacher.model), study.mesh, batch_size=config.train.eval_batch_size,
                            mean=study.dataset.mean, std=study.dataset.std)
+    images, labels = study.train.images[:num_figure_images], study.train.labels[:num_figure_images]
+    clean = normalize(to_unit_float(images), study.dataset.mean, study.dataset.std)
     teacher_accuracy, stats, figure = {}, {}, {}
     for name in TEACHERS:
-        released, variables = released_teacher(study, name)
+        teacher = _finished_or_missing(missing, released_teacher, study, name)
+        if teacher is None:
+            continue
+        released, variables = teacher
         logits = to_host(released.transform(predict(variables, test.images)))
         teacher_accuracy[name] = float(np.mean(np.argmax(logits, -1) == test.labels))
         stats[name] = report.output_statistics(logits, test.labels, temperature, seed=config.seed)
-        figure[name] = np.asarray(losses.softmax_t(logits[:num_figure_images], temperature))
-    student_accuracy = {(t, a): distill_student(study, t, a).final_accuracy
-                        for t in TEACHERS for a in config.students}
-    rows = report.result_rows(teacher_accuracy, student_accuracy)
-    base = train_teacher(study, "base").variables
-    images, labels = test.images[:num_figure_images], test.labels[:num_figure_images]
-    figure_batch = -(-num_figure_images // study.mesh.size) * study.mesh.size
-    adv = make_attack(study, config.teacher.model, figure_batch)(base, images, labels)
-    adv_logits = study.model(config.teacher.model).apply(base, adv, train=False)  # adv is model input
-    figure["base (adversarial)"] = to_host(losses.softmax_t(adv_logits, temperature))
-    order = ["base", "base (adversarial)", "stingy", "nasty", "stt", "ast"]
-    report.plot_outputs(os.path.join(study.workdir, "outputs.png"), np.asarray(to_unit_float(images)),
-                        {name: figure[name] for name in order}, labels)
+        figure[name] = np.asarray(losses.softmax_t(released.logits(variables, clean), temperature))
+    student_accuracy = {}
+    for teacher in TEACHERS:
+        for architecture in config.students:
+            student = _finished_or_missing(missing, distill_student, study, teacher, architecture)
+            if student is not None and teacher in teacher_accuracy:
+                student_accuracy[(teacher, architecture)] = student.final_accuracy
+    rows = report.result_rows(teacher_accuracy, student_accuracy) if "base" in teacher_accuracy else []
+    adv = _finished_or_missing(missing, adversarial_set, study) if "base" in teacher_accuracy else None
+    if adv is not None:
+        base = train_teacher(study, "base").variables
+        adv_logits = study.model(config.teacher.model).apply(base, adv[:num_figure_images], train=False)
+        figure["base (adversarial)"] = np.asarray(losses.softmax_t(adv_logits, temperature))
+    order = [name for name in ("base", "base (adversarial)", "stingy", "nasty", "stt", "ast") if name in figure]
+    if order and is_writer():
+        report.plot_outputs(os.path.join(study.workdir, "outputs.png"), np.asarray(to_unit_float(images)),
+                            {name: figure[name] for name in order}, labels)
     notes = [f"Accuracies on the {len(test.labels)}-image test split after the last epoch; "
-             f"output statistics of sigma_T at the attack's temperature T = {temperature:g}."]
+             f"output statistics of sigma_T at the attack's temperature T = {temperature:g}; "
+             f"outputs.png: the first {num_figure_images} training images."]
+    if missing:
+        study.log("[report] missing: " + "; ".join(missing))
+        notes.append("missing: " + "; ".join(missing))
     return report.write_report(study.workdir, title=f"ast_jax study: {config.name}", rows=rows, stats=stats,
                                notes=notes)
-

@@ -1,17 +1,19 @@
 """Result tables, output statistics and output plots of the AST study (thesis §6, SPEC §2-3).
 
-Pure computations (NumPy, float64, no I/O):
+Pure computations (float64, no I/O):
 
 - `probabilities`, `entropies`, `kl_divergences`: row-wise sigma_T, H and KL that stay finite
-  when outputs hold exact zeros (a Stingy Teacher's sparse outputs, logits equal to -inf).
+  when outputs hold exact zeros (a Stingy Teacher's sparse outputs, logits equal to -inf). They
+  evaluate `ast_jax.losses` (`log_softmax_t`, `entropy`) in float64, so the tables, the figure
+  and the training losses share one definition of each quantity.
 - `output_statistics`: entropy and within-class KL statistics of a test set's softened outputs
   (thesis Tables 6.4 and 6.5).
 - `result_rows`: teacher / student accuracies with the student's change against the student of
   the base teacher, defensiveness D, degradation P and D/P (thesis Tables 6.1-6.3, SPEC §2).
 - `markdown_table`, `stats_table`: the two tables as GitHub markdown.
 
-Writers (the only functions here that touch the file system; every file is written atomically,
-to a temporary file in the same directory that then replaces the target):
+Writers (the only functions here that touch the file system; every file is written atomically
+with `ast_jax.io.atomic_write`, with the process's ordinary permissions):
 
 - `write_report`: `report.md`, `report.json` and `report.csv` in one directory.
 - `plot_outputs`: a PNG grid of images and output distributions with their entropies (thesis
@@ -28,10 +30,14 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from . import losses
+from .io import atomic_write, is_writer
 
 # Probability floor for q in KL(p || q) where q_i = 0 under p_i > 0 (see `kl_divergences`).
 KL_EPS = 1e-8
@@ -97,11 +103,14 @@ def log_probabilities(logits, temperature: float) -> np.ndarray:
     finite = np.isfinite(z)
     if z.shape[0] and not finite.any(axis=1).all():
         raise ValueError("every row of logits needs at least one finite entry")
-    z = z / float(temperature)
-    top = np.max(np.where(finite, z, -np.inf), axis=1, keepdims=True) if z.shape[0] else z[:, :1]
-    shifted = np.where(finite, z - top, -np.inf)
-    log_norm = np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
-    return np.where(finite, shifted - log_norm, -np.inf)
+    with jax.enable_x64(True):
+        return np.asarray(losses.log_softmax_t(jnp.asarray(z), float(temperature)), dtype=np.float64)
+
+
+def _entropy64(probs: np.ndarray) -> np.ndarray:
+    """`losses.entropy` per row, evaluated in float64 (natural log)."""
+    with jax.enable_x64(True):
+        return np.asarray(losses.entropy(jnp.asarray(probs, jnp.float64)), dtype=np.float64)
 
 
 def probabilities(logits, temperature: float) -> np.ndarray:
@@ -111,24 +120,23 @@ def probabilities(logits, temperature: float) -> np.ndarray:
 
 def entropies(probs, log_base: float | None = None) -> np.ndarray:
     """Shannon entropy per row, H(p) = -sum_i p_i log p_i with 0 log 0 = 0 (natural log default)."""
-    p = np.asarray(probs, dtype=np.float64)
-    support = p > 0
-    logp = np.log(np.where(support, p, 1.0))
-    h = -np.sum(np.where(support, p * logp, 0.0), axis=-1)
-    return np.maximum(h, 0.0) / _log_base_factor(log_base)
+    return np.maximum(_entropy64(np.asarray(probs, dtype=np.float64)), 0.0) / _log_base_factor(log_base)
 
 
 def _kl_from_log(log_p: np.ndarray, log_q: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """KL(p || q) per row from float64 log-probabilities (-inf = probability 0); see below."""
+    """KL(p || q) per row from float64 log-probabilities (-inf = probability 0); see below.
+
+    KL(p || q) = -H(p) - sum_i p_i log q_i, with H = `losses.entropy` and log q taken as given
+    (exact where q underflows to 0 in probability space) except where it is -inf.
+    """
     if not (isinstance(eps, (int, float, np.floating)) and 0 < eps < 1):
         raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
     log_p, log_q = np.broadcast_arrays(log_p, log_q)
     support = log_p > -np.inf
     zero_q = log_q == -np.inf
-    safe_log_p = np.where(support, log_p, 0.0)
-    safe_log_q = np.where(zero_q, math.log(eps), log_q)
-    terms = np.exp(safe_log_p) * (safe_log_p - safe_log_q)
-    kl = np.sum(np.where(support, terms, 0.0), axis=-1)
+    p = np.exp(log_p)
+    cross = np.sum(np.where(support, p * np.where(zero_q, math.log(eps), log_q), 0.0), axis=-1)
+    kl = -_entropy64(p) - cross
     return np.maximum(kl, 0.0), (support & zero_q).any(axis=-1)
 
 
@@ -391,24 +399,6 @@ def stats_table(stats: Mapping[str, Mapping]) -> str:
 # --------------------------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _jsonable(x):
     """Plain JSON values: numpy scalars to Python, tuples to lists, non-finite floats to None."""
     if isinstance(x, Mapping):
@@ -461,7 +451,8 @@ def write_report(directory, *, title: str, rows: Sequence[Mapping], stats: Mappi
       become null, so the file is strict JSON.
     - report.csv: the result rows (`ROW_KEYS` columns; read back with `read_csv_rows`).
 
-    Each file is written atomically. Returns the three paths (md, json, csv).
+    Each file is written atomically, by process 0 alone in a multi-process run. Returns the three
+    paths (md, json, csv).
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -485,11 +476,13 @@ def write_report(directory, *, title: str, rows: Sequence[Mapping], stats: Mappi
     if os.path.exists(os.path.join(directory, "outputs.png")):
         md += ["## Output distributions", "", "![Output distributions](outputs.png)", ""]
     paths = [os.path.join(directory, name) for name in ("report.md", "report.json", "report.csv")]
-    _atomic_write_bytes(paths[0], ("\n".join(md).rstrip("\n") + "\n").encode("utf-8"))
+    if not is_writer():  # several processes: process 0 writes the files
+        return paths
+    atomic_write(paths[0], ("\n".join(md).rstrip("\n") + "\n").encode("utf-8"))
     payload = _jsonable({"title": title, "rows": [dict(r) for r in rows], "stats": stats, "notes": notes})
-    _atomic_write_bytes(paths[1], (json.dumps(payload, sort_keys=True, indent=2, allow_nan=False,
+    atomic_write(paths[1], (json.dumps(payload, sort_keys=True, indent=2, allow_nan=False,
                                               ensure_ascii=False) + "\n").encode("utf-8"))
-    _atomic_write_bytes(paths[2], rows_to_csv(rows).encode("utf-8"))
+    atomic_write(paths[2], rows_to_csv(rows).encode("utf-8"))
     return paths
 
 
@@ -584,5 +577,5 @@ def plot_outputs(path, images, outputs: Mapping[str, np.ndarray], labels, class_
     fig.tight_layout(pad=0.4, h_pad=0.6, w_pad=0.6)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _atomic_write_bytes(os.fspath(path), buf.getvalue())
+    atomic_write(os.fspath(path), buf.getvalue())
     return os.fspath(path)

@@ -196,6 +196,31 @@ def test_fashion_mnist_subfolder(tmp_path):
     assert load_split("fashion_mnist", "train", data_dir=str(tmp_path)).images.shape[0] == 12
 
 
+@pytest.mark.parametrize("damage", ["not gzip", "cut gzip", "truncated idx"])
+def test_bad_fashion_mnist_file_is_one_line_naming_it(tmp_path, damage):
+    _write_fashion(tmp_path / "fm", np.random.default_rng(2))
+    path = tmp_path / "fm" / "train-images-idx3-ubyte.gz"
+    payload = gzip.decompress(path.read_bytes())
+    if damage == "not gzip":
+        path.write_bytes(b"this is no gzip stream" * 10)
+    elif damage == "cut gzip":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(gzip.compress(payload[:-100]))
+    with pytest.raises(ValueError) as err:
+        load_split("fashion_mnist", "train", data_dir=str(tmp_path / "fm"))
+    message = str(err.value)
+    assert str(path) in message and "intact copy" in message and "\n" not in message
+
+
+def test_prepare_function_and_module_are_two_names():
+    import importlib
+    import inspect
+
+    importlib.import_module("ast_jax.data.prepare")  # the command line's module
+    assert inspect.ismodule(data.prepare) and callable(data.prepare_dataset)
+
+
 def test_fashion_mnist_missing(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_split("fashion_mnist", "train", data_dir=str(tmp_path / "nowhere"))
@@ -284,7 +309,7 @@ def cifar_data(tmp_path_factory):
     (folder / "fine_label_names.txt").write_text("\n".join(f"fine{i}" for i in range(100)))
     expected["cifar100"] = {"train": (tr_im, tr_lab[:, 1]), "test": (te_im, te_lab[:, 1])}
     for name in ("cifar10", "cifar100"):
-        path = data.prepare(name, str(manual), str(data_dir))
+        path = data.prepare_dataset(name, str(manual), str(data_dir))
         assert path == str(data_dir / name / "3.0.2")
     return str(data_dir), expected
 
@@ -346,7 +371,7 @@ def test_cifar_tfrecord_rejected(tmp_path):
 def test_cifar_prepare_without_archive(tmp_path):
     (tmp_path / "manual").mkdir()
     with pytest.raises(DataNotFoundError, match="cifar-10-binary.tar.gz"):
-        data.prepare("cifar10", str(tmp_path / "manual"), str(tmp_path / "tfds"))
+        data.prepare_dataset("cifar10", str(tmp_path / "manual"), str(tmp_path / "tfds"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -401,7 +426,7 @@ def tiny_imagenet_data(tmp_path_factory):
             lines.append(f"val_{i}.JPEG\t{_WNIDS[c]}\t0\t0\t63\t63")
         z.writestr("tiny-imagenet-200/val/val_annotations.txt", "\n".join(lines) + "\n")
         z.writestr("tiny-imagenet-200/test/images/test_0.JPEG", _jpeg(_COLOURS[0]))
-    path = data.prepare("tiny_imagenet", str(manual), str(data_dir))
+    path = data.prepare_dataset("tiny_imagenet", str(manual), str(data_dir))
     assert path == str(data_dir / "tiny_imagenet" / "1.0.0")
     return str(data_dir), val_class
 
@@ -442,7 +467,7 @@ def test_tiny_imagenet_missing(tmp_path):
     assert "python -m ast_jax.data.prepare tiny_imagenet --manual_dir=" in message
     (tmp_path / "manual").mkdir()
     with pytest.raises(DataNotFoundError, match="tiny-imagenet-200.zip"):
-        data.prepare("tiny_imagenet", str(tmp_path / "manual"), str(tmp_path / "tfds"))
+        data.prepare_dataset("tiny_imagenet", str(tmp_path / "manual"), str(tmp_path / "tfds"))
 
 
 def test_tiny_imagenet_builder_instructions():

@@ -220,6 +220,9 @@ def test_write_report(tmp_path):
                                 notes=["seeded", "toy numbers"])
     assert [os.path.basename(p) for p in paths] == ["report.md", "report.json", "report.csv"]
     assert sorted(os.listdir(tmp_path / "out")) == ["report.csv", "report.json", "report.md"]  # no tmp left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {os.stat(p).st_mode & 0o777 for p in paths} == {0o666 & ~umask}, "ordinary permissions, not 0600"
     md = open(paths[0]).read()
     assert md.startswith("# CIFAR-10 toy") and report.markdown_table(rows) in md
     assert report.stats_table(stats) in md and "- toy numbers" in md and "outputs.png" not in md

@@ -20,11 +20,12 @@ from ast_jax.data.sources import ArraySplit, class_balanced_subset, load_split, 
 from ast_jax.data.specs import DATASETS, AugmentSpec, DatasetSpec, dataset_spec
 
 
-def prepare(name: str, manual_dir: str, data_dir: str) -> str:
+def prepare_dataset(name: str, manual_dir: str, data_dir: str) -> str:
     """One-time, offline, TensorFlow-free preparation of cifar10/cifar100/tiny_imagenet.
 
     Reads the official archive from `manual_dir` and writes TFDS ArrayRecord data under
-    `data_dir/<name>/<version>/` (returned). See `ast_jax.data.tfds_builders`.
+    `data_dir/<name>/<version>/` (returned). See `ast_jax.data.tfds_builders`; the command line is
+    `python -m ast_jax.data.prepare`.
     """
     from ast_jax.data import tfds_builders  # Imports tensorflow_datasets: keep it lazy.
 
@@ -45,6 +46,6 @@ __all__ = [
     "load_split",
     "normalize",
     "preparation_instructions",
-    "prepare",
+    "prepare_dataset",
     "to_unit_float",
 ]

@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 
 import numpy as np
 
@@ -159,23 +160,32 @@ def _find_idx(directory: str, stem: str) -> str | None:
     return None
 
 
+IDX_FIX = "replace it with an intact copy (e.g. apt-get install --reinstall dataset-fashion-mnist)"
+
+
 def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (gzipped when its name ends in .gz) into a NumPy array."""
+    """Reads an IDX file (gzipped when its name ends in .gz) into a NumPy array.
+
+    Raises ValueError naming the file for a corrupt gzip stream, a bad header or a truncated body.
+    """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: not a readable gzip file ({error}); {IDX_FIX}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise ValueError(f"{path}: not an IDX file (bad magic number); {IDX_FIX}")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if data[2] not in dtypes:
-        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}; {IDX_FIX}")
     ndim = data[3]
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = np.dtype(dtypes[data[2]])
     count = int(np.prod(shape)) if shape else 1
     offset = 4 + 4 * ndim
     if len(data) < offset + count * dtype.itemsize:
-        raise ValueError(f"{path}: truncated IDX file (header says shape {shape})")
+        raise ValueError(f"{path}: truncated IDX file (header says shape {shape}); {IDX_FIX}")
     array = np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 

@@ -383,11 +383,15 @@ def load_torch_checkpoint(path: str | os.PathLike, model_name: str, num_classes:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is not a plain weights checkpoint (it pickles other objects, which
+      ValueError: the path is a directory; a weight is not a finite floating-point tensor (the
+        message names it); the file is not a plain weights checkpoint (it pickles other objects, which
         would run code when loaded, or is not a PyTorch file), holds no state dict, or its
         tensors do not match the model (every missing / unexpected / mis-shaped one listed).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a PyTorch checkpoint file; give the path of the "
+                         f".pt/.pth file saved with torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -400,7 +404,25 @@ def load_torch_checkpoint(path: str | os.PathLike, model_name: str, num_classes:
             f"`model.state_dict()` with torch.save. Details: {e}") from e
     except (RuntimeError, EOFError) as e:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-    return from_torch_state_dict(extract_state_dict(obj), model_name, num_classes)
+    state_dict = extract_state_dict(obj)
+    _check_finite_floats(path, state_dict)
+    return from_torch_state_dict(state_dict, model_name, num_classes)
+
+
+def _check_finite_floats(path: str, state_dict: Mapping[str, Any]) -> None:
+    """Refuse (ValueError naming the tensor) a weight or statistic that is not a finite float tensor.
+
+    ``num_batches_tracked`` counters are integers by design and are skipped.
+    """
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor) or str(key).endswith("num_batches_tracked"):
+            continue
+        if not value.is_floating_point():
+            raise ValueError(f"{path}: tensor {key} has dtype {value.dtype}, expected a floating-point "
+                             f"tensor; re-save the model's float weights")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path}: tensor {key} holds NaN or infinite values; the checkpoint cannot "
+                             f"be used as a teacher (use an earlier, finite checkpoint)")
 
 
 def save_torch_checkpoint(variables: Mapping[str, Any], path: str | os.PathLike, model_name: str,

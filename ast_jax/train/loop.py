@@ -90,6 +90,11 @@ def _check_pairing(pairing: str) -> None:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """ceil(N / B): an epoch uses every example, its last batch padded (see `epoch_rows`)."""
+    return -(-int(num_examples) // int(batch_size))
+
+
 def epoch_rows(key, num_examples: int, batch_size: int):
     """A random permutation of range(num_examples) in ceil(N / B) rows of B, and their mask.
 
@@ -102,7 +107,7 @@ def epoch_rows(key, num_examples: int, batch_size: int):
     if num_examples <= 0 or batch_size <= 0:
         raise ValueError(f"need examples and a positive batch size, got {num_examples} examples, "
                          f"batch_size={batch_size}")
-    steps = -(-num_examples // batch_size)
+    steps = steps_per_epoch(num_examples, batch_size)
     positions = jnp.arange(steps * batch_size)
     rows = jax.random.permutation(key, num_examples)[positions % num_examples].astype(jnp.int32)
     return rows.reshape(steps, batch_size), (positions < num_examples).reshape(steps, batch_size)

@@ -29,7 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
 from ..losses import cross_entropy
-from .loop import fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate, to_host
+from .loop import (fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate,
+                   steps_per_epoch as epoch_steps, to_host)
 from .optim import make_optimizer
 from .steps import StepSpec, Teacher, init_state
 
@@ -191,7 +192,7 @@ def _train(run: TrainingRun, mesh, loop: str, log, mngr, stop) -> RunResult:
     spec, data, config, directory = run.spec, run.data, run.train_config, run.directory
     batch_size, epochs = config.batch_size, config.epochs
     num_examples = len(data.train.labels)
-    steps_per_epoch = -(-num_examples // batch_size)  # every example each epoch, the last batch padded
+    steps_per_epoch = epoch_steps(num_examples, batch_size)
     tx = make_optimizer(config, steps_per_epoch)
     train_epoch = make_train_epoch(run.model, tx, spec, mesh, batch_size=batch_size, augment_spec=data.augment_spec,
                                    mean=data.mean, std=data.std, teacher=run.teacher, pairing=data.pairing, loop=loop)

@@ -1,0 +1,21 @@
+"""The named random streams of a run: every draw folds one of these into the seed's key.
+
+A training run folds the epoch number e into `PRNGKey(seed)` for epoch e's data order and
+augmentation (`train.loop`), so those folds take the values 0, 1, ..., epochs - 1. Every other
+stream folds a value at or above `FIRST_STREAM` = 2**20 into the same key, which no epoch
+reaches, and no two streams share a value.
+"""
+
+from __future__ import annotations
+
+import enum
+
+FIRST_STREAM = 1 << 20  # above any epoch count: a stream never collides with an epoch's fold
+
+
+class Stream(enum.IntEnum):
+    """What a key folded from the seed's key is used for (`jax.random.fold_in(key, Stream.X)`)."""
+
+    PARAMS_INIT = FIRST_STREAM        # the model's initial parameters (`train.runner.fit`)
+    PGD_START = FIRST_STREAM + 1      # PGD's random starts for the adversarial set and the figure
+    ADV_PAIRING = 0xFFFFFFFF          # the random clean/adversarial pairing of the AST step (`train.loop`)
