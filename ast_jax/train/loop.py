@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .. import adversarial
 from ..data import AugmentSpec, augment, normalize, to_unit_float
+from ..rng import Stream
 from .steps import PAIRINGS, StepSpec, Teacher, TrainState, train_step
 
 AXIS = "data"
@@ -127,7 +128,7 @@ def epoch_plan(key, epoch, num_examples: int, batch_size: int, pairing: str):
     rows, mask = epoch_rows(order_key, num_examples, batch_size)
     if pairing == "aligned":
         return augment_key, rows, rows, mask
-    adv_rows, _ = epoch_rows(jax.random.fold_in(key, 0xFFFFFFFF), num_examples, batch_size)
+    adv_rows, _ = epoch_rows(jax.random.fold_in(key, Stream.ADV_PAIRING), num_examples, batch_size)
     return augment_key, rows, adv_rows, mask
 
 

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
 from ..losses import cross_entropy
+from ..rng import Stream
 from .loop import (fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate,
                    steps_per_epoch as epoch_steps, to_host)
 from .optim import make_optimizer
@@ -199,7 +200,7 @@ def _train(run: TrainingRun, mesh, loop: str, log, mngr, stop) -> RunResult:
     predict = make_predict(run.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std)
 
     key = jax.random.PRNGKey(run.seed)
-    init = functools.partial(init_state, run.model, tx, jax.random.fold_in(key, 1 << 20), data.train.images.shape[1:])
+    init = functools.partial(init_state, run.model, tx, jax.random.fold_in(key, Stream.PARAMS_INIT), data.train.images.shape[1:])
     replicated = NamedSharding(mesh, P())
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(init))
     state = checkpoints.restore_latest(mngr, abstract, warn=log)
