@@ -9,7 +9,7 @@ where ``Π_ε`` projects onto the L∞ ball of radius ε around the clean input 
 start; the attacker is the trained baseline model in inference mode. FGSM is one such step
 with α = ε.
 
-Two spaces (``space=``), see SPEC §2 "PGD" and §4 first bullet:
+Two spaces (``space=``), see docs/method.md §2 "PGD" and §4 first bullet:
 
 * ``"pixel"`` (project default): ``images`` are float pixels in [0, 1]; ``apply_fn`` takes
   pixel images (it normalises internally); ε and α are in pixel units; the iterate is
@@ -28,7 +28,7 @@ gradient do not move (sign(0) = 0). Images are channels-last (..., C); ``mean``/
 length C. Everything is jittable (``steps``, ``space`` and ``random_start`` must be static
 Python values) and uses ``lax.fori_loop``, so the attack can run inside ``lax.scan``.
 ``pgd`` is ``pgd_start`` followed by ``steps`` times ``pgd_step``; a caller that wants to drive
-the iterations itself (a host loop on CPU, see ``ast_jax.train.make_adversarial_set``) uses
+the iterations itself (a host loop on CPU, see ``ast_jax.train.make_pgd_attack``) uses
 those two directly.
 """
 

@@ -1,6 +1,6 @@
 """Study configurations: one builder, a loader with command-line overrides, and validation.
 
-A *study* is one experiment of the thesis (``papers/ast-thesis.md`` §5, SPEC §3): train the base
+A *study* is one experiment of the thesis (thesis §5, docs/method.md §3): train the base
 teacher with CE, generate the PGD training set from it, train the defensive teachers (AST, Nasty
 Teacher, Stingy Trained Teacher) and distil every student architecture from every teacher
 (including the Stingy Teacher's sparse outputs). Every file in ``configs/`` defines
@@ -16,21 +16,21 @@ Schema (every key always present; :data:`SCHEMA` lists them)::
     config.train.{batch_size, eval_batch_size, epochs, optimizer, lr, momentum, weight_decay,
                   milestones, lr_decay, checkpoint_every, eval_every}
     config.pgd.{eps, step_size, steps, space, random_start, batch_size}
-    config.ast.{temperature, alpha, k, ratio, divergence, pairing, target_statistics}
+    config.ast.{temperature, omega, k, ratio, divergence, pairing, target_statistics}
     config.nasty.{temperature, omega}
-    config.stt.{temperature, alpha, k, ratio, divergence}
-    config.stingy.{k, ratio, temperature, alpha}
-    config.kd.{temperature, alpha}
+    config.stt.{temperature, omega, k, ratio, divergence}
+    config.stingy.{k, ratio, temperature, omega}
+    config.kd.{temperature, omega}
     config.students: tuple[str, ...]
     config.student_train.<architecture>.<any key of train>   # partial override of `train`
 
-Variants: ``thesis`` (default) takes every value from the thesis text (SPEC §5 "thesis" column,
+Variants: ``thesis`` (default) takes every value from the thesis text (docs/method.md §5 "thesis" column,
 sparsity as a ratio of the classes). ``reference`` switches to what the authors' PyTorch code
 runs (docs/method.md §4-5, :data:`REFERENCE_VALUES`): the "authors' code (T, alpha, k)" AST
 values where that column has them (absolute ``k``), PGD in normalised space with the reference's
 clamp, randomly paired clean/adversarial batches, the AST target computed with the BatchNorm
 statistics that the clean train-mode forward has just updated (``ast.target_statistics``), and
-Stingy-Teacher distillation at T 20, alpha 0.9. Where the reference column says "—"
+Stingy-Teacher distillation at T 20, omega 0.9. Where the reference column says "—"
 (Tiny-ImageNet AST, STT) the thesis values are kept.
 
 Loading: ``--config digits`` (a bare name) is always the repository's ``configs/digits.py``, never
@@ -81,9 +81,9 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 #: Sections that carry a sparsity given as exactly one of ``k`` (absolute) or ``ratio`` (of C).
 SPARSE_SECTIONS: tuple[str, ...] = ("ast", "stt", "stingy")
 
-#: Training defaults (SPEC §5, thesis §5): SGD, momentum 0.9, weight decay 5e-4 (coupled L2,
+#: Training defaults (docs/method.md §5, thesis §5): SGD, momentum 0.9, weight decay 5e-4 (coupled L2,
 #: PyTorch style), lr 0.1, batch 128. The test set is evaluated every epoch because the thesis
-#: reports the best epoch (SPEC §4) and the project reports both the final and the best epoch.
+#: reports the best epoch (docs/method.md §4) and the project reports both the final and the best epoch.
 #: Checkpoints every 10 epochs. The evaluation batch only sets memory use: 512 (not the round
 #: 500) because a batch must divide the device count, and 512 = 2^9 divides 1, 2, 4, 8, ... 512
 #: devices; the last, partial batch is padded, so the data-set size need not divide it.
@@ -91,12 +91,12 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     batch_size=128, eval_batch_size=512, epochs=160, optimizer="sgd", lr=0.1, momentum=0.9,
     weight_decay=5e-4, milestones=(80, 120), lr_decay=0.1, checkpoint_every=10, eval_every=1)
 
-#: The thesis's CNN recipe (thesis §5, SPEC §5): "The CNN was trained for 100 epochs and learning
+#: The thesis's CNN recipe (thesis §5, docs/method.md §5): "The CNN was trained for 100 epochs and learning
 #: rate fixed at 0.001 ... Adam optimizer". No weight decay, as in the Nasty Teacher code's Adam.
 CNN_STUDENT_TRAIN: dict[str, Any] = dict(optimizer="adam", lr=1e-3, epochs=100, milestones=(), weight_decay=0.0)
 
-#: PGD (thesis §5 and eq. 4, SPEC §2): eps 0.3, step 0.01, 40 iterations, no random start, in
-#: pixel space [0, 1] (project default; ``reference`` = normalised space + clamp, SPEC §4).
+#: PGD (thesis §5 and eq. 4, docs/method.md §2): eps 0.3, step 0.01, 40 iterations, no random start, in
+#: pixel space [0, 1] (project default; ``reference`` = normalised space + clamp, docs/method.md §4).
 #: The PGD batch (512, as the evaluation batch) only sets memory use and divides 2^n devices.
 PGD_DEFAULTS: dict[str, Any] = dict(eps=0.3, step_size=0.01, steps=40, space="pixel", random_start=False,
                                     batch_size=512)
@@ -105,62 +105,62 @@ PGD_DEFAULTS: dict[str, Any] = dict(eps=0.3, step_size=0.01, steps=40, space="pi
 #: (docs/method.md §4-5). PGD in normalised space with the reference's clamp; the clean loader
 #: reshuffled and zipped with the adversarial one; the clean batch run in train mode before the
 #: AST target, which then sees the updated BatchNorm statistics; Stingy-Teacher distillation at
-#: T 20, alpha 0.9 (the "ST (distillation)" row).
+#: T 20, omega 0.9 (the "ST (distillation)" row).
 REFERENCE_VALUES: dict[str, dict[str, Any]] = dict(
     pgd=dict(space="reference"),
     ast=dict(pairing="random", target_statistics="after_train_forward"),
-    stingy=dict(temperature=20.0, alpha=0.9),
+    stingy=dict(temperature=20.0, omega=0.9),
 )
 
-#: Per-data-set values of SPEC §4-5 (the schedule and the NT, STT, ST and KD rows are per data
+#: Per-data-set values of docs/method.md §4-5 (the schedule and the NT, STT, ST and KD rows are per data
 #: set; the AST row is per study and lives in the config files; the small data sets' schedules
-#: are sized in their config files). ``stingy`` temperature/alpha default to ``kd``'s:
+#: are sized in their config files). ``stingy`` temperature/omega default to ``kd``'s:
 #: the thesis distils from the Stingy Teacher with the same KD settings as every other teacher
 #: ("The configuration of distillation experiments remained consistent across all methods").
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    # Reference augmentation (SPEC §4): random crop with 4-pixel zero padding + horizontal flip.
+    # Reference augmentation (docs/method.md §4): random crop with 4-pixel zero padding + horizontal flip.
     "cifar10": dict(
         augment=dict(crop_padding=4, flip=True, rotation_degrees=0.0),
         train=dict(epochs=160, milestones=(80, 120), lr_decay=0.1),  # thesis §5: x0.1 at 80, 120
-        nasty=dict(temperature=4.0, omega=0.04),                 # thesis §5 / SPEC §5 NT row
-        stt=dict(temperature=4.0, alpha=0.04, ratio=0.2),        # thesis §5 / SPEC §5 STT row
-        stingy=dict(ratio=0.2),                                  # SPEC §5 ST row
-        kd=dict(temperature=4.0, alpha=0.9),                     # thesis §5 / SPEC §5 KD row
+        nasty=dict(temperature=4.0, omega=0.04),                 # thesis §5 / docs/method.md §5 NT row
+        stt=dict(temperature=4.0, omega=0.04, ratio=0.2),        # thesis §5 / docs/method.md §5 STT row
+        stingy=dict(ratio=0.2),                                  # docs/method.md §5 ST row
+        kd=dict(temperature=4.0, omega=0.9),                     # thesis §5 / docs/method.md §5 KD row
     ),
     "cifar100": dict(
         augment=dict(crop_padding=4, flip=True, rotation_degrees=0.0),
         train=dict(epochs=200, milestones=(60, 120, 160), lr_decay=0.2),  # thesis §5
         nasty=dict(temperature=20.0, omega=0.005),
-        stt=dict(temperature=20.0, alpha=0.005, ratio=0.1),
+        stt=dict(temperature=20.0, omega=0.005, ratio=0.1),
         stingy=dict(ratio=0.1),
-        kd=dict(temperature=20.0, alpha=0.9),
+        kd=dict(temperature=20.0, omega=0.9),
     ),
-    # Reference augmentation (SPEC §4): flip + rotation(20 degrees), no crop.
+    # Reference augmentation (docs/method.md §4): flip + rotation(20 degrees), no crop.
     "tiny_imagenet": dict(
         augment=dict(crop_padding=0, flip=True, rotation_degrees=20.0),
         train=dict(epochs=200, milestones=(60, 120, 160), lr_decay=0.2),  # thesis §5
         nasty=dict(temperature=20.0, omega=0.01),
-        stt=dict(temperature=20.0, alpha=0.01, ratio=0.1),
+        stt=dict(temperature=20.0, omega=0.01, ratio=0.1),
         stingy=dict(ratio=0.1),
-        kd=dict(temperature=20.0, alpha=0.9),
+        kd=dict(temperature=20.0, omega=0.9),
     ),
-    # The two small 10-class grey data sets of SPEC §9 (not in the thesis): no augmentation.
+    # The two small 10-class grey data sets of docs/method.md §9 (not in the thesis): no augmentation.
     # KD and ST use the thesis's 10-class (CIFAR-10) values. NT and STT were not measured there:
-    # AST needed its CIFAR-10 temperature raised 6 -> 10 (x5/3, omega kept) on digits (SPEC §9),
+    # AST needed its CIFAR-10 temperature raised 6 -> 10 (x5/3, omega kept) on digits (docs/method.md §9),
     # so the CIFAR-10 NT/STT temperature 4 gets the same factor (6.7, rounded to 7), omega kept.
     "digits": dict(
         augment=dict(crop_padding=0, flip=False, rotation_degrees=0.0),
         nasty=dict(temperature=7.0, omega=0.04),
-        stt=dict(temperature=7.0, alpha=0.04, ratio=0.2),
+        stt=dict(temperature=7.0, omega=0.04, ratio=0.2),
         stingy=dict(ratio=0.2),
-        kd=dict(temperature=4.0, alpha=0.9),
+        kd=dict(temperature=4.0, omega=0.9),
     ),
     "fashion_mnist": dict(
         augment=dict(crop_padding=0, flip=False, rotation_degrees=0.0),
         nasty=dict(temperature=7.0, omega=0.04),
-        stt=dict(temperature=7.0, alpha=0.04, ratio=0.2),
+        stt=dict(temperature=7.0, omega=0.04, ratio=0.2),
         stingy=dict(ratio=0.2),
-        kd=dict(temperature=4.0, alpha=0.9),
+        kd=dict(temperature=4.0, omega=0.9),
     ),
 }
 
@@ -225,7 +225,7 @@ def _skeleton() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = ""
     c.seed = 0
-    c.dtype = "float32"  # compute dtype; parameters stay float32 (SPEC: bfloat16 opt-in)
+    c.dtype = "float32"  # compute dtype; parameters stay float32 (bfloat16 is opt-in)
     # train_examples: train on a class-balanced subset of that many training images (quick runs
     # of a large data set on a CPU); 0 = the whole training split. The test split stays whole.
     c.data = ml_collections.ConfigDict(dict(name="", data_dir="", train_examples=0, augment=dict(
@@ -235,18 +235,18 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.teacher = ml_collections.ConfigDict(dict(model="", torch_checkpoint=""))
     c.train = ml_collections.ConfigDict(TRAIN_DEFAULTS)
     c.pgd = ml_collections.ConfigDict(PGD_DEFAULTS)
-    # AST (thesis eq. 5): EPD divergence, aligned clean/adversarial pairs (project default, SPEC §4),
+    # AST (thesis eq. 5): EPD divergence, aligned clean/adversarial pairs (project default, docs/method.md §4),
     # target with the BatchNorm statistics from before the step (the thesis's reading, docs/method.md §4).
-    c.ast = _sparse_section(temperature=1.0, alpha=0.0)
+    c.ast = _sparse_section(temperature=1.0, omega=0.0)
     c.ast.divergence = "epd"
     c.ast.pairing = "aligned"
     c.ast.target_statistics = "before_step"
     c.nasty = ml_collections.ConfigDict(dict(temperature=1.0, omega=0.0))
-    # STT: the thesis does not name its divergence; EPD as in AST (SPEC §2), KL selectable.
-    c.stt = _sparse_section(temperature=1.0, alpha=0.0)
+    # STT: the thesis does not name its divergence; EPD as in AST (docs/method.md §2), KL selectable.
+    c.stt = _sparse_section(temperature=1.0, omega=0.0)
     c.stt.divergence = "epd"
-    c.stingy = _sparse_section(temperature=1.0, alpha=0.0)
-    c.kd = ml_collections.ConfigDict(dict(temperature=1.0, alpha=0.9))  # omega 0.9 (SPEC §2)
+    c.stingy = _sparse_section(temperature=1.0, omega=0.0)
+    c.kd = ml_collections.ConfigDict(dict(temperature=1.0, omega=0.9))  # thesis eq. 1: omega 0.9
     c.students = ("resnet18",)
     c.student_train = ml_collections.ConfigDict()  # free-form: architecture -> keys of `train`
     return c
@@ -275,12 +275,12 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
     Args:
       name: study name (also the run directory's name).
       dataset: one of the data sets; fills `data.augment`, the `train` schedule, `nasty`, `stt`,
-        `stingy` and `kd` from :data:`DATASET_DEFAULTS` (SPEC §4-5).
+        `stingy` and `kd` from :data:`DATASET_DEFAULTS` (docs/method.md §4-5).
       teacher: architecture of the base/AST/NT/STT teachers.
       students: student architectures of the stealing attack.
-      ast: the thesis's AST values for this study (SPEC §5 AST rows): temperature, alpha, and
+      ast: the thesis's AST values for this study (docs/method.md §5 AST rows): temperature, omega, and
         `ratio` or `k`.
-      ast_reference: the authors' code's AST values (`reference` variant); None where SPEC §5
+      ast_reference: the authors' code's AST values (`reference` variant); None where docs/method.md §5
         says "—" (the thesis values are then kept).
       variant: "thesis" or "reference" (see the module docstring).
       student_train: architecture -> partial override of `train` (e.g. the CNN recipe).
@@ -305,7 +305,7 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
     # Thesis: the Stingy Teacher is distilled with the same KD settings as every other teacher
     # (unless the study sets them explicitly).
     given = sections.get("stingy", {})
-    _set_values(c.stingy, {key: c.kd[key] for key in ("temperature", "alpha") if key not in given}, "config.stingy")
+    _set_values(c.stingy, {key: c.kd[key] for key in ("temperature", "omega") if key not in given}, "config.stingy")
     for architecture, override in (student_train or {}).items():
         # Typed as `train` (e.g. lr 1 -> 1.0); keys `train` lacks are left for `validate` to name.
         entry = ml_collections.ConfigDict({key: c.train[key] for key in override if key in c.train})
@@ -620,8 +620,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
         for section in ("ast", "nasty", "stt", "stingy", "kd"):
             chk.positive(f"config.{section}.temperature", get(f"{section}.temperature"))
-            weight = "omega" if section == "nasty" else "alpha"
-            chk.unit(f"config.{section}.{weight}", get(f"{section}.{weight}"))
+            chk.unit(f"config.{section}.omega", get(f"{section}.omega"))
         for section in SPARSE_SECTIONS:
             _check_sparse(chk, section, num_classes)
         chk.choice("config.ast.divergence", get("ast.divergence"), DIVERGENCES)
@@ -685,7 +684,7 @@ def train_config_for(config: ml_collections.ConfigDict, architecture: str) -> ml
 def sparsity_k(section: Any, num_classes: int) -> int:
     """The `k` a sparse section (`ast`, `stt`, `stingy`) keeps out of `num_classes` classes.
 
-    `k` when set, else ``int(ratio * C)`` as in the Stingy Teacher code (SPEC §2); see
+    `k` when set, else ``int(ratio * C)`` as in the Stingy Teacher code (docs/method.md §2); see
     `losses.resolve_k`.
     """
     return resolve_k(num_classes, k=section.k, ratio=section.ratio)

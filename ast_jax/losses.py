@@ -7,8 +7,8 @@ averaged over examples); their optional `where` (bool, one per example, as in op
 average to the valid examples of a padded batch (`batch_mean`). Logits of any float dtype are promoted to at least float32 first, so a
 bfloat16 model still gets a float32 loss.
 
-Equation numbers refer to the AST thesis (papers/ast-thesis.md). Notation: sigma_T(z) =
-softmax(z / T); omega (called `alpha` in the reference code) weighs the divergence term.
+Equation numbers refer to the AST thesis (docs/method.md §2). Notation: sigma_T(z) =
+softmax(z / T); omega (ω of the thesis, `alpha` in the reference code) weighs the divergence term.
 
 Hyperparameters given as Python numbers are validated eagerly (`ValueError` naming the
 argument); traced values cannot be checked and are taken as given.
@@ -134,7 +134,7 @@ def sparse_topk(logits: jax.Array, k: int) -> jax.Array:
     """Sparsity function S(z, k) (thesis §2.5, §4.1): keep the k largest logits of each row.
 
     All other entries become -inf, so sigma_T(S(z, k)) has exactly k non-zero entries. Selection
-    is by top-k index, so ties never let more than k entries survive (SPEC §2).
+    is by top-k index, so ties never let more than k entries survive (docs/method.md §2).
     """
     num_classes = logits.shape[-1]
     if not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
@@ -144,33 +144,33 @@ def sparse_topk(logits: jax.Array, k: int) -> jax.Array:
     return jnp.where(keep, logits, -jnp.inf)
 
 
-def kd_loss(student_logits, teacher_logits, labels, temperature, alpha, where=None) -> jax.Array:
+def kd_loss(student_logits, teacher_logits, labels, temperature, omega, where=None) -> jax.Array:
     """Knowledge-distillation loss, thesis eq. 1 (Hinton et al.).
 
-    L_KD = alpha * T^2 * mean_b KL(sigma_T(t) || sigma_T(s)) + (1 - alpha) * mean_b CE(s, y).
+    L_KD = omega * T^2 * mean_b KL(sigma_T(t) || sigma_T(s)) + (1 - omega) * mean_b CE(s, y).
 
     The teacher side is a constant (gradients stopped) and may hold -inf logits (a Stingy
     Teacher's sparse output): its zero-probability classes contribute exactly 0.
     """
-    _check("alpha", alpha, 0.0, 1.0)
+    _check("omega", omega, 0.0, 1.0)
     log_p_teacher = jax.lax.stop_gradient(log_softmax_t(teacher_logits, temperature))
     kl = _kl_from_log(log_p_teacher, log_softmax_t(student_logits, temperature))
     ce = cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * batch_mean(kl, where) + (1 - alpha) * batch_mean(ce, where)
+    return omega * temperature**2 * batch_mean(kl, where) + (1 - omega) * batch_mean(ce, where)
 
 
-def ast_loss(logits, adv_logits, labels, temperature, alpha, k, divergence: str = "epd", where=None) -> jax.Array:
+def ast_loss(logits, adv_logits, labels, temperature, omega, k, divergence: str = "epd", where=None) -> jax.Array:
     """Adversarial Sparse Teacher loss, thesis eq. 5.
 
-    L_AST = alpha * T^2 * mean_b D(sigma_T(S(f(x_adv), k)) -> sigma_T(f(x)))
-            + (1 - alpha) * mean_b CE(f(x), y),
+    L_AST = omega * T^2 * mean_b D(sigma_T(S(f(x_adv), k)) -> sigma_T(f(x)))
+            + (1 - omega) * mean_b CE(f(x), y),
 
     with D = EPD (eq. 6) by default, or D = KL(target || prediction) for the thesis's KL
     ablation (Table 6.11). The target is built from `adv_logits` (the trained model's own
     inference-mode output on the adversarial image) with gradients stopped. The Stingy Trained
     Teacher uses the same loss with the clean image's inference-mode logits as `adv_logits`.
     """
-    _check("alpha", alpha, 0.0, 1.0)
+    _check("omega", omega, 0.0, 1.0)
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     sparse_target = sparse_topk(jax.lax.stop_gradient(_float(adv_logits)), k)
@@ -179,11 +179,11 @@ def ast_loss(logits, adv_logits, labels, temperature, alpha, k, divergence: str 
     else:
         div = _kl_from_log(log_softmax_t(sparse_target, temperature), log_softmax_t(logits, temperature))
     ce = cross_entropy(logits, labels)
-    return alpha * temperature**2 * batch_mean(div, where) + (1 - alpha) * batch_mean(ce, where)
+    return omega * temperature**2 * batch_mean(div, where) + (1 - omega) * batch_mean(ce, where)
 
 
 def nasty_loss(logits, base_logits, labels, temperature, omega, where=None) -> jax.Array:
-    """Nasty Teacher loss (Ma et al., ICLR 2021), as stated in SPEC §2.
+    """Nasty Teacher loss (Ma et al., ICLR 2021), as stated in docs/method.md §2.
 
     L_NT = mean_b CE(f(x), y) - omega * T^2 * mean_b KL(sigma_T(f(x)) || sigma_T(f_base(x))).
 

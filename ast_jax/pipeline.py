@@ -1,4 +1,4 @@
-"""The study of SPEC §3 as resumable stages in one work directory.
+"""The study of docs/method.md §3 as resumable stages in one work directory.
 
     <workdir>/study.json                     the study's config (another config is refused)
     <workdir>/teachers/<name>/               base, ast, nasty, stt: checkpointed training runs
@@ -61,7 +61,7 @@ from .data import (ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, 
                    to_unit_float)
 from .io import UnreadableFileError, atomic_write, is_writer, load_npy, read_json, save_npy
 from .rng import Stream
-from .train import (RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_adversarial_set, make_mesh,
+from .train import (RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_pgd_attack, make_mesh,
                     make_predict, to_host)
 from .train.loop import AXIS, check_batch_size, steps_per_epoch
 
@@ -243,18 +243,18 @@ def _fit(study: Study, stage: str, directory: str, architecture: str, spec: Step
 
 
 def teacher_spec(study: Study, name: str) -> StepSpec:
-    """The step that trains teacher `name` (SPEC §2, §5)."""
+    """The step that trains teacher `name` (docs/method.md §2, §5)."""
     c = study.config
     if name == "base":
         return StepSpec("ce")
     if name == "ast":
-        return StepSpec("ast", c.ast.temperature, c.ast.alpha, sparsity_k(c.ast, study.num_classes), c.ast.divergence,
+        return StepSpec("ast", c.ast.temperature, c.ast.omega, sparsity_k(c.ast, study.num_classes), c.ast.divergence,
                         target_statistics=c.ast.target_statistics)
     if name == "nasty":
         return StepSpec("nasty", c.nasty.temperature, c.nasty.omega)
     if name == "stt":
         # STT is the AST step with a clean input (thesis §5): it follows the AST step's statistics ordering.
-        return StepSpec("stt", c.stt.temperature, c.stt.alpha, sparsity_k(c.stt, study.num_classes), c.stt.divergence,
+        return StepSpec("stt", c.stt.temperature, c.stt.omega, sparsity_k(c.stt, study.num_classes), c.stt.divergence,
                         target_statistics=c.ast.target_statistics)
     raise ValueError(f"unknown trained teacher {name!r}; valid: {', '.join(TRAINED_TEACHERS)}")
 
@@ -342,10 +342,10 @@ def make_attack(study: Study, architecture: str, batch_size: int | None = None,
                 progress: Callable[[int, int], None] | None = None):
     """`attack(variables, images_uint8, labels) -> adversarial images` with the study's PGD settings."""
     pgd = study.config.pgd
-    attack = make_adversarial_set(study.model(architecture), study.mesh, batch_size=batch_size or pgd.batch_size,
-                                  mean=study.dataset.mean, std=study.dataset.std, eps=pgd.eps,
-                                  step_size=pgd.step_size, steps=pgd.steps, space=pgd.space,
-                                  random_start=pgd.random_start, progress=progress)
+    attack = make_pgd_attack(study.model(architecture), study.mesh, batch_size=batch_size or pgd.batch_size,
+                             mean=study.dataset.mean, std=study.dataset.std, eps=pgd.eps,
+                             step_size=pgd.step_size, steps=pgd.steps, space=pgd.space,
+                             random_start=pgd.random_start, progress=progress)
     key = jax.random.fold_in(jax.random.PRNGKey(study.config.seed), Stream.PGD_START)
     return lambda variables, images, labels: attack(variables, images, labels, key)
 
@@ -422,7 +422,7 @@ def released_teacher(study: Study, name: str) -> tuple[Teacher, dict]:
 
 def distill_spec(study: Study, teacher: str) -> StepSpec:
     section = study.config.stingy if teacher == "stingy" else study.config.kd
-    return StepSpec("kd", section.temperature, section.alpha)
+    return StepSpec("kd", section.temperature, section.omega)
 
 
 def distill_student(study: Study, teacher: str, architecture: str) -> RunResult:

@@ -1,4 +1,4 @@
-"""Result tables, output statistics and output plots of the AST study (thesis §6, SPEC §2-3).
+"""Result tables, output statistics and output plots of the AST study (thesis §6, docs/method.md §2-3).
 
 Pure computations (float64, no I/O):
 
@@ -9,7 +9,7 @@ Pure computations (float64, no I/O):
 - `output_statistics`: entropy and within-class KL statistics of a test set's softened outputs
   (thesis Tables 6.4 and 6.5).
 - `result_rows`: teacher / student accuracies with the student's change against the student of
-  the base teacher, defensiveness D, degradation P and D/P (thesis Tables 6.1-6.3, SPEC §2).
+  the base teacher, defensiveness D, degradation P and D/P (thesis Tables 6.1-6.3, docs/method.md §2).
 - `markdown_table`, `stats_table`: the two tables as GitHub markdown.
 
 Writers (the only functions here that touch the file system; every file is written atomically
@@ -188,7 +188,7 @@ def output_statistics(
     Entropy: H(sigma_T(z)) per image (natural log unless `log_base`), mean / std / min / max over
     the images.
 
-    Within-class KL (thesis Tables 6.4, 6.5; SPEC §2): for every class c (by **true label**, in
+    Within-class KL (thesis Tables 6.4, 6.5; docs/method.md §2): for every class c (by **true label**, in
     ascending order) that has at least two images, one reference image r is drawn uniformly with
     `np.random.default_rng(seed)` (one draw per such class, in that order), and
     KL(sigma_T(z_r) || sigma_T(z_j)) -- reference first, i.e. the reference is the "p" of

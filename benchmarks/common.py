@@ -2,7 +2,7 @@
 
 Both paths train the same architecture from the same initial weights (a Flax initialisation,
 copied into the PyTorch twin with `ast_jax.interop`) on the same synthetic CIFAR-shaped data, with
-the SPEC §5 CIFAR-10 hyperparameters below.
+the docs/method.md §5 CIFAR-10 hyperparameters below.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from ast_jax.data import AugmentSpec, normalize
 from ast_jax.data.specs import CIFAR_MEAN, CIFAR_STD
 from ast_jax.train import StepSpec
 
-# SPEC §5, CIFAR-10 rows: KD attack, AST ResNet18 (thesis), Nasty Teacher.
+# docs/method.md §5, CIFAR-10 rows: KD attack, AST ResNet18 (thesis), Nasty Teacher.
 STEP_SPECS = {
     "ce": StepSpec("ce"),
-    "kd": StepSpec("kd", temperature=4.0, weight=0.9),
-    "ast": StepSpec("ast", temperature=6.0, weight=0.05, k=2),
-    "nasty": StepSpec("nasty", temperature=4.0, weight=0.04),
+    "kd": StepSpec("kd", temperature=4.0, omega=0.9),
+    "ast": StepSpec("ast", temperature=6.0, omega=0.05, k=2),
+    "nasty": StepSpec("nasty", temperature=4.0, omega=0.04),
 }
 PRECISIONS = ("float32", "bfloat16")
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 PGD_EPS, PGD_STEP_SIZE = 0.3, 0.01  # thesis eq. 4, pixel space
 MEAN, STD = CIFAR_MEAN, CIFAR_STD
-AUGMENT = AugmentSpec(crop_padding=4, flip=True)  # CIFAR train augmentation (SPEC §4)
+AUGMENT = AugmentSpec(crop_padding=4, flip=True)  # CIFAR train augmentation (docs/method.md §4)
 CHANNELS = 3
 
 # Dense bf16 tensor-core peaks (vendor data sheets), matched against the device name / kind.

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
 from ast_jax import models
-from ast_jax.train import (Teacher, TrainState, default_loop, make_adversarial_set, make_mesh,
+from ast_jax.train import (Teacher, TrainState, default_loop, make_pgd_attack, make_mesh,
                            make_optimizer, make_train_epoch, make_train_step, replicate)
 from ast_jax.train.loop import AXIS
 
@@ -110,7 +110,7 @@ def measure_epoch(case: Case, weights: Weights, data: Data) -> dict:
 
 def measure_pgd(name: str, num_classes: int, precision: str, weights: Weights, data: Data, *, batch_size: int,
                 steps: int) -> dict:
-    """Time of `make_adversarial_set` (PGD, thesis settings, pixel space) over the whole set, after one
+    """Time of `make_pgd_attack` (PGD, thesis settings, pixel space) over the whole set, after one
     untimed run of the same call (compilation).
 
     XLA's cost analysis counts a loop body once, so the FLOPs are those of a one-step attack on
@@ -121,8 +121,8 @@ def measure_pgd(name: str, num_classes: int, precision: str, weights: Weights, d
     key = jax.random.key(0)
 
     def attack(num_steps, loop="auto"):
-        return make_adversarial_set(model, mesh, batch_size=batch_size, mean=MEAN, std=STD, eps=PGD_EPS,
-                                    step_size=PGD_STEP_SIZE, steps=num_steps, loop=loop)
+        return make_pgd_attack(model, mesh, batch_size=batch_size, mean=MEAN, std=STD, eps=PGD_EPS,
+                               step_size=PGD_STEP_SIZE, steps=num_steps, loop=loop)
 
     one_step = attack(1, loop="scan").lower(variables, data.images[:batch_size], data.labels[:batch_size], key)
     flops = one_step.compile().cost_analysis()["flops"] * steps * -(-len(data) // batch_size)

@@ -1,6 +1,6 @@
 """The PyTorch side: the ast_jax `ce`, `kd`, `ast` and `nasty` train steps and PGD, on the interop twins.
 
-The losses are written from the SPEC §2 formulas (checked against `ast_jax.losses` by
+The losses are written from the docs/method.md §2 formulas (checked against `ast_jax.losses` by
 tests/test_benchmarks.py); the optimizer is `torch.optim.SGD` with momentum 0.9 and coupled weight
 decay 5e-4, which `ast_jax.train.make_optimizer` reproduces. Two variants of the same code
 (`VARIANTS`):
@@ -78,7 +78,7 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-# --------------------------------------------------------------------------- losses (SPEC §2)
+# --------------------------------------------------------------------------- losses (docs/method.md §2)
 
 def sparse_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     """S(z, k): the k largest logits of each row by index, -inf elsewhere."""
@@ -91,10 +91,10 @@ def kl_batchmean(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
-def kd_loss(logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
-    """alpha T^2 KL(sigma_T(t) || sigma_T(s)) + (1 - alpha) CE(s, y)."""
+def kd_loss(logits, teacher_logits, labels, temperature: float, omega: float) -> torch.Tensor:
+    """omega T^2 KL(sigma_T(t) || sigma_T(s)) + (1 - omega) CE(s, y)."""
     kl = kl_batchmean(F.log_softmax(teacher_logits / temperature, -1), F.log_softmax(logits / temperature, -1))
-    return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(logits, labels)
+    return omega * temperature**2 * kl + (1 - omega) * F.cross_entropy(logits, labels)
 
 
 def epd(target_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -102,11 +102,11 @@ def epd(target_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return (target_probs.exp() * (target_probs - probs)).sum(-1).mean()
 
 
-def ast_loss(logits, adv_logits, labels, temperature: float, alpha: float, k: int) -> torch.Tensor:
-    """alpha T^2 EPD(sigma_T(S(f(x_adv), k)), sigma_T(f(x))) + (1 - alpha) CE (thesis eq. 5)."""
+def ast_loss(logits, adv_logits, labels, temperature: float, omega: float, k: int) -> torch.Tensor:
+    """omega T^2 EPD(sigma_T(S(f(x_adv), k)), sigma_T(f(x))) + (1 - omega) CE (thesis eq. 5)."""
     target = F.softmax(sparse_topk(adv_logits.detach(), k) / temperature, -1)
     div = epd(target, F.softmax(logits / temperature, -1))
-    return alpha * temperature**2 * div + (1 - alpha) * F.cross_entropy(logits, labels)
+    return omega * temperature**2 * div + (1 - omega) * F.cross_entropy(logits, labels)
 
 
 def nasty_loss(logits, base_logits, labels, temperature: float, omega: float) -> torch.Tensor:
@@ -121,11 +121,11 @@ def objective(spec, logits, target, labels) -> torch.Tensor:
     if spec.kind == "ce":
         return F.cross_entropy(logits, labels)
     if spec.kind == "kd":
-        return kd_loss(logits, target, labels, spec.temperature, spec.weight)
+        return kd_loss(logits, target, labels, spec.temperature, spec.omega)
     if spec.kind == "nasty":
-        return nasty_loss(logits, target, labels, spec.temperature, spec.weight)
+        return nasty_loss(logits, target, labels, spec.temperature, spec.omega)
     if spec.kind == "ast" and spec.divergence == "epd":
-        return ast_loss(logits, target, labels, spec.temperature, spec.weight, spec.k)
+        return ast_loss(logits, target, labels, spec.temperature, spec.omega, spec.k)
     raise ValueError(f"no PyTorch objective for step {spec}")
 
 

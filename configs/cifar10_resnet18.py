@@ -1,4 +1,4 @@
-"""CIFAR-10 study with ResNet18 teachers (thesis §5 and §6.1; SPEC §5 and §7).
+"""CIFAR-10 study with ResNet18 teachers (thesis §5 and §6.1; docs/method.md §5 and §7).
 
 Teachers (base, AST, NT, STT): ResNet18. Students: the five-layer CNN, ResnetC-20, ResnetC-32
 (pre-activation CIFAR ResNets) and ResNet18. SGD lr 0.1 for 160 epochs, x0.1 at epochs 80 and
@@ -19,7 +19,7 @@ def get_config(variant: str = "thesis"):
         teacher="resnet18",
         students=("cnn", "preresnet20", "preresnet32", "resnet18"),
         variant=variant,
-        ast=dict(temperature=6.0, alpha=0.05, ratio=0.2),
-        ast_reference=dict(temperature=6.0, alpha=0.05, k=2),
+        ast=dict(temperature=6.0, omega=0.05, ratio=0.2),
+        ast_reference=dict(temperature=6.0, omega=0.05, k=2),
         student_train={"cnn": CNN_STUDENT_TRAIN},
     )

@@ -1,18 +1,18 @@
-"""Fashion-MNIST: a GPU-minutes study on real 28x28 grey images (SPEC §9; not in the thesis).
+"""Fashion-MNIST: a GPU-minutes study on real 28x28 grey images (docs/method.md §9; not in the thesis).
 
 60,000 training / 10,000 test images, 10 classes, no augmentation (the thesis has no reference
 augmentation for it). Data: Debian `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist).
 
 Why these values:
   * teacher `preresnet20`, students `cnn` and `preresnet20`: the digits demo's architectures
-    (SPEC §9), so the two small studies can be compared; ResnetC-20 suits 28x28 inputs.
+    (docs/method.md §9), so the two small studies can be compared; ResnetC-20 suits 28x28 inputs.
   * schedule: the thesis's CIFAR-10 recipe (SGD lr 0.1, batch 128, x0.1 decay) scaled to a
     quarter of its length: 40 epochs with decays at 20 and 30 (thesis 160, 80, 120), and the
     CNN student's Adam 1e-3 recipe for 25 epochs (thesis 100). About 470 steps per epoch: a
     few seconds per ResnetC-20 epoch on one GPU, so the whole study takes minutes.
-  * PGD: the thesis's eps 0.3, step 0.01, 40 steps in pixel space (SPEC §9: the effect needs
+  * PGD: the thesis's eps 0.3, step 0.01, 40 steps in pixel space (docs/method.md §9: the effect needs
     the large eps).
-  * AST tau 10, omega 0.05, k 2: SPEC §9's digits values (omega*tau ~ 0.5), the only
+  * AST tau 10, omega 0.05, k 2: docs/method.md §9's digits values (omega*tau ~ 0.5), the only
     measurement on a small 10-class grey data set; the thesis's CIFAR-10 tau 6 was too weak
     there. NT tau 7 / omega 0.04, STT ratio 0.2 / tau 7 / omega 0.04 (unmeasured: the CIFAR-10
     values with tau scaled as AST's, see `ast_jax.config.DATASET_DEFAULTS`); KD tau 4 /
@@ -24,7 +24,7 @@ Why these values:
     82.35 / 83.46 / 85.24%, so AST costs its student 3.87 points. With 20 epochs (x0.1 at 10,
     16; 2026-11-22, 34 min): AST student -1.14 points, no effect. The full study is untried.
   * `reference` variant: no authors' values exist; only the PGD space, the pairing and the ST
-    distillation (T 20, alpha 0.9) change.
+    distillation (T 20, omega 0.9) change.
 """
 
 from ast_jax.config import CNN_STUDENT_TRAIN, study_config
@@ -38,7 +38,7 @@ def get_config(variant: str = "thesis"):
         students=("cnn", "preresnet20"),
         variant=variant,
         train=dict(epochs=40, milestones=(20, 30), lr_decay=0.1),
-        ast=dict(temperature=10.0, alpha=0.05, k=2),
-        ast_reference=None,  # no authors' values for Fashion-MNIST: keep the SPEC §9-based ones
+        ast=dict(temperature=10.0, omega=0.05, k=2),
+        ast_reference=None,  # no authors' values for Fashion-MNIST: keep the docs/method.md §9-based ones
         student_train={"cnn": dict(CNN_STUDENT_TRAIN, epochs=25)},
     )

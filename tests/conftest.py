@@ -9,7 +9,7 @@ import pytest
 
 from ast_jax.models.layers import BatchNorm
 
-# SPEC §6: trainable parameters of the PyTorch references for a 3x32x32 input.
+# docs/method.md §6: trainable parameters of the PyTorch references for a 3x32x32 input.
 PARAM_COUNTS = {
     ("cnn", 10): 357_514,
     ("cnn", 100): 369_124,

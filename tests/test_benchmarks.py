@@ -63,9 +63,9 @@ def _jax_losses(weights, batch):
         teacher_logits = model.apply(teacher, batch["image"], train=False)
         y, kd, ast, nasty = batch["label"], STEP_SPECS["kd"], STEP_SPECS["ast"], STEP_SPECS["nasty"]
         return {"ce": jnp.mean(losses.cross_entropy(logits, y)),
-                "kd": losses.kd_loss(logits, teacher_logits, y, kd.temperature, kd.weight),
-                "ast": losses.ast_loss(logits, adv_logits, y, ast.temperature, ast.weight, ast.k),
-                "nasty": losses.nasty_loss(logits, teacher_logits, y, nasty.temperature, nasty.weight)}
+                "kd": losses.kd_loss(logits, teacher_logits, y, kd.temperature, kd.omega),
+                "ast": losses.ast_loss(logits, adv_logits, y, ast.temperature, ast.omega, ast.k),
+                "nasty": losses.nasty_loss(logits, teacher_logits, y, nasty.temperature, nasty.omega)}
 
     return jax.device_get(compute(student, weights.teacher, batch))
 

@@ -1,4 +1,4 @@
-"""Tests of ast_jax.config and the study configs in configs/ (SPEC §4-5, §9)."""
+"""Tests of ast_jax.config and the study configs in configs/ (docs/method.md §4-5, §9)."""
 
 import json
 import os
@@ -34,7 +34,7 @@ def test_every_config_loads_locked_with_its_variant(filename, variant):
     assert (c.pgd.space, c.ast.pairing, c.ast.target_statistics) == (
         ("reference", "random", "after_train_forward") if reference else ("pixel", "aligned", "before_step"))
     assert c.stingy.temperature == (20.0 if reference else c.kd.temperature)
-    assert c.stingy.alpha == 0.9
+    assert c.stingy.omega == 0.9
     # Every batch divides 8 devices (and every power of two up to it): the defaults run on an 8-GPU node.
     assert c.train.batch_size % 8 == c.train.eval_batch_size % 8 == c.pgd.batch_size % 8 == 0
     with pytest.raises(AttributeError):
@@ -47,7 +47,7 @@ def test_default_variant_is_thesis():
     assert default != cfg.to_json(load("cifar100_resnet18", "reference"))
 
 
-# ------------------------------------------------------------------ SPEC §5 values
+# ------------------------------------------------------------------ docs/method.md §5 values
 
 def test_cifar10_resnet18_values():
     t, r = load("cifar10_resnet18", "thesis"), load("cifar10_resnet18", "reference")
@@ -56,13 +56,13 @@ def test_cifar10_resnet18_values():
     assert (t.train.epochs, t.train.milestones, t.train.lr_decay) == (160, (80, 120), 0.1)
     assert (t.train.optimizer, t.train.lr, t.train.momentum, t.train.weight_decay, t.train.batch_size) == (
         "sgd", 0.1, 0.9, 5e-4, 128)
-    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio, t.ast.k) == (6.0, 0.05, 0.2, None)
-    assert (r.ast.temperature, r.ast.alpha, r.ast.k, r.ast.ratio) == (6.0, 0.05, 2, None)
+    assert (t.ast.temperature, t.ast.omega, t.ast.ratio, t.ast.k) == (6.0, 0.05, 0.2, None)
+    assert (r.ast.temperature, r.ast.omega, r.ast.k, r.ast.ratio) == (6.0, 0.05, 2, None)
     assert (t.nasty.temperature, t.nasty.omega) == (4.0, 0.04)
-    assert (t.stt.temperature, t.stt.alpha, t.stt.ratio) == (4.0, 0.04, 0.2)
-    assert (t.stingy.ratio, t.stingy.temperature, t.stingy.alpha) == (0.2, 4.0, 0.9)
-    assert (r.stingy.ratio, r.stingy.temperature, r.stingy.alpha) == (0.2, 20.0, 0.9)
-    assert (t.kd.temperature, t.kd.alpha) == (4.0, 0.9)
+    assert (t.stt.temperature, t.stt.omega, t.stt.ratio) == (4.0, 0.04, 0.2)
+    assert (t.stingy.ratio, t.stingy.temperature, t.stingy.omega) == (0.2, 4.0, 0.9)
+    assert (r.stingy.ratio, r.stingy.temperature, r.stingy.omega) == (0.2, 20.0, 0.9)
+    assert (t.kd.temperature, t.kd.omega) == (4.0, 0.9)
     assert (t.pgd.eps, t.pgd.step_size, t.pgd.steps, t.pgd.space, t.pgd.random_start) == (
         0.3, 0.01, 40, "pixel", False)
     assert (t.data.augment.crop_padding, t.data.augment.flip, t.data.augment.rotation_degrees) == (4, True, 0.0)
@@ -71,36 +71,36 @@ def test_cifar10_resnet18_values():
 
 def test_cifar100_resnet18_values():
     t, r = load("cifar100_resnet18", "thesis"), load("cifar100_resnet18", "reference")
-    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio, t.ast.k) == (20.0, 0.03, 0.02, None)
-    assert (r.ast.temperature, r.ast.alpha, r.ast.k, r.ast.ratio) == (30.0, 0.035, 7, None)
+    assert (t.ast.temperature, t.ast.omega, t.ast.ratio, t.ast.k) == (20.0, 0.03, 0.02, None)
+    assert (r.ast.temperature, r.ast.omega, r.ast.k, r.ast.ratio) == (30.0, 0.035, 7, None)
     assert (r.pgd.space, r.ast.pairing) == ("reference", "random")
     assert t.students == ("shufflenetv2", "resnet18")
     assert (t.train.epochs, t.train.milestones, t.train.lr_decay) == (200, (60, 120, 160), 0.2)
     assert (t.nasty.temperature, t.nasty.omega, r.nasty.temperature, r.nasty.omega) == (20.0, 0.005, 20.0, 0.005)
-    assert (t.stt.ratio, t.stt.temperature, t.stt.alpha) == (0.1, 20.0, 0.005)
-    assert (r.stt.ratio, r.stt.temperature, r.stt.alpha) == (0.1, 20.0, 0.005)  # "—": thesis kept
-    assert (t.kd.temperature, t.kd.alpha, t.stingy.ratio) == (20.0, 0.9, 0.1)
+    assert (t.stt.ratio, t.stt.temperature, t.stt.omega) == (0.1, 20.0, 0.005)
+    assert (r.stt.ratio, r.stt.temperature, r.stt.omega) == (0.1, 20.0, 0.005)  # "—": thesis kept
+    assert (t.kd.temperature, t.kd.omega, t.stingy.ratio) == (20.0, 0.9, 0.1)
     assert cfg.sparsity_k(t.ast, 100) == 2 and cfg.sparsity_k(r.ast, 100) == 7
 
 
 def test_cifar100_resnet50_values():
     t, r = load("cifar100_resnet50", "thesis"), load("cifar100_resnet50", "reference")
     assert t.teacher.model == "resnet50" and t.students == ("shufflenetv2", "resnet18")
-    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio) == (20.0, 0.03, 0.03)
-    assert (r.ast.temperature, r.ast.alpha, r.ast.k, r.ast.ratio) == (30.0, 0.03, 7, None)
+    assert (t.ast.temperature, t.ast.omega, t.ast.ratio) == (20.0, 0.03, 0.03)
+    assert (r.ast.temperature, r.ast.omega, r.ast.k, r.ast.ratio) == (30.0, 0.03, 7, None)
     assert cfg.sparsity_k(t.ast, 100) == 3
 
 
 def test_tiny_imagenet_values():
     t, r = load("tiny_imagenet_resnet50", "thesis"), load("tiny_imagenet_resnet50", "reference")
     assert (t.teacher.model, t.students) == ("resnet50", ("resnet18",))
-    assert (t.ast.temperature, t.ast.alpha, t.ast.ratio) == (30.0, 0.0175, 0.015)
+    assert (t.ast.temperature, t.ast.omega, t.ast.ratio) == (30.0, 0.0175, 0.015)
     assert cfg.sparsity_k(t.ast, 200) == 3
     # "—" in the authors' column: the reference variant keeps the thesis AST values.
-    assert (r.ast.temperature, r.ast.alpha, r.ast.ratio, r.ast.k) == (30.0, 0.0175, 0.015, None)
+    assert (r.ast.temperature, r.ast.omega, r.ast.ratio, r.ast.k) == (30.0, 0.0175, 0.015, None)
     assert (r.pgd.space, r.ast.pairing, r.stingy.temperature) == ("reference", "random", 20.0)
     assert (t.nasty.temperature, t.nasty.omega) == (20.0, 0.01)
-    assert (t.stt.ratio, t.stt.temperature, t.stt.alpha) == (0.1, 20.0, 0.01)
+    assert (t.stt.ratio, t.stt.temperature, t.stt.omega) == (0.1, 20.0, 0.01)
     assert (t.data.augment.crop_padding, t.data.augment.flip, t.data.augment.rotation_degrees) == (0, True, 20.0)
     assert (t.train.epochs, t.train.milestones, t.train.lr_decay) == (200, (60, 120, 160), 0.2)
 
@@ -108,7 +108,7 @@ def test_tiny_imagenet_values():
 def test_small_studies_follow_spec_section_9():
     d = load("digits")
     assert (d.data.name, d.teacher.model, d.students) == ("digits", "preresnet20", ("cnn",))
-    assert (d.ast.temperature, d.ast.alpha, d.ast.k) == (10.0, 0.05, 2)
+    assert (d.ast.temperature, d.ast.omega, d.ast.k) == (10.0, 0.05, 2)
     assert (d.pgd.eps, d.pgd.space, d.train.batch_size, d.train.optimizer, d.train.lr) == (
         0.3, "pixel", 64, "sgd", 0.05)
     assert d.train.milestones and d.train.milestones[-1] <= d.train.epochs
@@ -139,7 +139,7 @@ def test_overrides_apply_with_types():
     c = load("cifar10_resnet18", "thesis", [
         "--config.train.epochs", "3",             # int, space-separated
         "--config.train.lr=1",                    # int -> float
-        "--config.ast.alpha=0.1",                 # float
+        "--config.ast.omega=0.1",                 # float
         "--config.pgd.random_start=True",         # bool
         "--config.data.augment.flip=false",       # bool, lower case
         "--config.train.milestones=(1,2)",        # tuple
@@ -153,7 +153,7 @@ def test_overrides_apply_with_types():
     ])
     assert c.train.epochs == 3 and type(c.train.epochs) is int
     assert c.train.lr == 1.0 and type(c.train.lr) is float
-    assert c.ast.alpha == 0.1
+    assert c.ast.omega == 0.1
     assert c.pgd.random_start is True and c.data.augment.flip is False
     assert c.train.milestones == (1, 2)
     assert cfg.train_config_for(c, "cnn").milestones == (1, 2)
@@ -216,7 +216,7 @@ def _raises_naming(key, overrides, name="cifar10_resnet18", variant="thesis"):
 
 def test_unknown_key_lists_valid_keys():
     message = _raises_naming("config.ast.tau", ["--config.ast.tau=3"])
-    assert "temperature" in message and "alpha" in message
+    assert "temperature" in message and "omega" in message
     message = _raises_naming("config.nosection", ["--config.nosection.x=3"])
     assert "train" in message
     _raises_naming("config.student_train.resnet50", ["--config.student_train.resnet50.lr=0.1"])
@@ -225,12 +225,12 @@ def test_unknown_key_lists_valid_keys():
 @pytest.mark.parametrize("override, message", [
     ("--config.train.epochs=3.5", "config.train.epochs: cannot parse '3.5' as int"),
     ("--config.train.epochs=many", "config.train.epochs: cannot parse 'many' as int"),
-    ("--config.ast.alpha=high", "config.ast.alpha: cannot parse 'high' as float"),
+    ("--config.ast.omega=high", "config.ast.omega: cannot parse 'high' as float"),
     ("--config.ast.k=None", "config.ast.k: cannot parse 'None' as int"),
     ("--config.pgd.random_start=maybe", "config.pgd.random_start: cannot parse 'maybe' as bool"),
     ("--config.train.lr=None", "config.train.lr: cannot parse 'None' as float"),
     ("--config.train.milestones=(a,b)", "config.train.milestones must be a tuple of ints"),
-    ("--config.ast=3", "config.ast is a section, not a value; override its keys: config.ast.alpha"),
+    ("--config.ast=3", "config.ast is a section, not a value; override its keys: config.ast.divergence, config.ast.k, config.ast.omega"),
 ])
 def test_bad_value_type_names_the_key(override, message):
     _raises_naming(message, [override])
@@ -257,7 +257,7 @@ def test_malformed_override(arguments, message):
     (["--config.dtype=float16"], "config.dtype"),
     (["--config.data.name=mnist"], "config.data.name"),
     (["--config.teacher.model=vgg16"], "config.teacher.model"),
-    (["--config.ast.alpha=1.5"], "config.ast.alpha must lie in [0, 1], got 1.5"),
+    (["--config.ast.omega=1.5"], "config.ast.omega must lie in [0, 1], got 1.5"),
     (["--config.nasty.omega=-0.1"], "config.nasty.omega"),
     (["--config.kd.temperature=0"], "config.kd.temperature"),
     (["--config.ast.k=0"], "config.ast.k"),
@@ -285,7 +285,7 @@ def test_invalid_values_name_the_key(overrides, key):
 
 
 def test_all_problems_reported_together():
-    message = _raises_naming("config.ast.alpha", ["--config.ast.alpha=1.5", "--config.kd.temperature=-1"])
+    message = _raises_naming("config.ast.omega", ["--config.ast.omega=1.5", "--config.kd.temperature=-1"])
     assert "config.kd.temperature" in message
 
 
@@ -293,21 +293,21 @@ def test_validate_checks_student_train_and_schema():
     from ast_jax.config import study_config
 
     c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
-                     ast=dict(temperature=6, alpha=0.05, ratio=0.2), student_train={"vgg": dict(lr=0.1)})
+                     ast=dict(temperature=6, omega=0.05, ratio=0.2), student_train={"vgg": dict(lr=0.1)})
     with pytest.raises(ValueError, match="config.student_train.vgg"):
         cfg.validate(c)
     c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
-                     ast=dict(temperature=6, alpha=0.05, ratio=0.2), student_train={"cnn": dict(learning_rate=0.1)})
+                     ast=dict(temperature=6, omega=0.05, ratio=0.2), student_train={"cnn": dict(learning_rate=0.1)})
     with pytest.raises(ValueError, match="config.student_train.cnn.learning_rate"):
         cfg.validate(c)
     c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
-                     ast=dict(temperature=6, alpha=0.05, ratio=0.2))
+                     ast=dict(temperature=6, omega=0.05, ratio=0.2))
     c.ast.tempreature = 6.0  # a typo in a config file (before lock)
     with pytest.raises(ValueError, match="config.ast.tempreature"):
         cfg.validate(c)
-    with pytest.raises(ValueError, match="config.ast.alpha"):
+    with pytest.raises(ValueError, match="config.ast.omega"):
         study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
-                     ast=dict(temperature=6, alpha="high", ratio=0.2))
+                     ast=dict(temperature=6, omega="high", ratio=0.2))
 
 
 # ------------------------------------------------------------------ files and variants
@@ -357,7 +357,7 @@ def test_explicit_paths(monkeypatch, tmp_path):
 
         def get_config(variant="thesis"):
             return study_config(name="mine", dataset="digits", teacher="cnn", students=("cnn",), variant=variant,
-                                ast=dict(temperature=4.0, alpha=0.1, k=2))
+                                ast=dict(temperature=4.0, omega=0.1, k=2))
     """)
     mine = cfg.load_config("mine.py:reference", ["--config.seed", "3"])
     assert (mine.name, mine.seed, mine.ast.target_statistics) == ("mine", 3, "after_train_forward")

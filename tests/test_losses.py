@@ -154,14 +154,14 @@ def test_resolve_k():
 
 
 # ---- training objectives ----
-@pytest.mark.parametrize("t,alpha", [(4.0, 0.9), (20.0, 0.5), (1.0, 0.0)])
-def test_kd_loss_value_and_gradient(batch, t, alpha):
+@pytest.mark.parametrize("t,omega", [(4.0, 0.9), (20.0, 0.5), (1.0, 0.0)])
+def test_kd_loss_value_and_gradient(batch, t, omega):
     z_s, z_t, y = batch
     p_t, q_s = np_softmax(z_t, t), np_softmax(z_s, t)
-    expected = alpha * t**2 * np.mean(np_kl(p_t, q_s)) + (1 - alpha) * np.mean(np_ce(z_s, y))
-    value, grad = jax.value_and_grad(losses.kd_loss)(z_s, z_t, y, t, alpha)
+    expected = omega * t**2 * np.mean(np_kl(p_t, q_s)) + (1 - omega) * np.mean(np_ce(z_s, y))
+    value, grad = jax.value_and_grad(losses.kd_loss)(z_s, z_t, y, t, omega)
     close(value, expected)
-    expected_grad = (alpha * t * (q_s - p_t) + (1 - alpha) * (np_softmax(z_s) - np_onehot(y))) / B
+    expected_grad = (omega * t * (q_s - p_t) + (1 - omega) * (np_softmax(z_s) - np_onehot(y))) / B
     close(grad, expected_grad)
 
 
@@ -176,29 +176,29 @@ def test_kd_loss_with_sparse_stingy_teacher(batch):
 
 
 @pytest.mark.parametrize("k", [1, 2, C])
-@pytest.mark.parametrize("t,alpha", [(6.0, 0.05), (20.0, 0.03)])
-def test_ast_loss_epd_value_and_gradient(batch, k, t, alpha):
+@pytest.mark.parametrize("t,omega", [(6.0, 0.05), (20.0, 0.03)])
+def test_ast_loss_epd_value_and_gradient(batch, k, t, omega):
     z, z_adv, y = batch
     p = np_softmax(np.where(np_topk_mask(z_adv, k), z_adv, -np.inf), t)
     q = np_softmax(z, t)
-    expected = alpha * t**2 * np.mean(np.sum(np.exp(p) * (p - q), -1)) + (1 - alpha) * np.mean(np_ce(z, y))
-    (value, (grad, grad_adv)) = jax.value_and_grad(losses.ast_loss, argnums=(0, 1))(z, z_adv, y, t, alpha, k)
+    expected = omega * t**2 * np.mean(np.sum(np.exp(p) * (p - q), -1)) + (1 - omega) * np.mean(np_ce(z, y))
+    (value, (grad, grad_adv)) = jax.value_and_grad(losses.ast_loss, argnums=(0, 1))(z, z_adv, y, t, omega, k)
     close(value, expected)
-    expected_grad = alpha * t**2 * np_softmax_vjp(q, -np.exp(p), t) / B
-    expected_grad += (1 - alpha) * (np_softmax(z) - np_onehot(y)) / B
+    expected_grad = omega * t**2 * np_softmax_vjp(q, -np.exp(p), t) / B
+    expected_grad += (1 - omega) * (np_softmax(z) - np_onehot(y)) / B
     close(grad, expected_grad, atol=1e-5)
     assert np.all(np.asarray(grad_adv) == 0), "the adversarial target must be a constant"
 
 
 def test_ast_loss_kl_ablation(batch):
     z, z_adv, y = batch
-    t, alpha, k = 6.0, 0.05, 2
+    t, omega, k = 6.0, 0.05, 2
     p = np_softmax(np.where(np_topk_mask(z_adv, k), z_adv, -np.inf), t)
     q = np_softmax(z, t)
-    expected = alpha * t**2 * np.mean(np_kl(p, q)) + (1 - alpha) * np.mean(np_ce(z, y))
-    value, grad = jax.value_and_grad(losses.ast_loss)(z, z_adv, y, t, alpha, k, "kl")
+    expected = omega * t**2 * np.mean(np_kl(p, q)) + (1 - omega) * np.mean(np_ce(z, y))
+    value, grad = jax.value_and_grad(losses.ast_loss)(z, z_adv, y, t, omega, k, "kl")
     close(value, expected)
-    close(grad, (alpha * t * (q - p) + (1 - alpha) * (np_softmax(z) - np_onehot(y))) / B, atol=1e-5)
+    close(grad, (omega * t * (q - p) + (1 - omega) * (np_softmax(z) - np_onehot(y))) / B, atol=1e-5)
 
 
 @pytest.mark.parametrize("t,omega", [(4.0, 0.04), (20.0, 0.005)])
@@ -271,9 +271,9 @@ def test_objectives_jit(batch):
     "call,name",
     [
         (lambda z, y: losses.kd_loss(z, z, y, 0.0, 0.9), "temperature"),
-        (lambda z, y: losses.kd_loss(z, z, y, 4.0, 1.5), "alpha"),
+        (lambda z, y: losses.kd_loss(z, z, y, 4.0, 1.5), "omega"),
         (lambda z, y: losses.ast_loss(z, z, y, -1.0, 0.05, 2), "temperature"),
-        (lambda z, y: losses.ast_loss(z, z, y, 6.0, -0.1, 2), "alpha"),
+        (lambda z, y: losses.ast_loss(z, z, y, 6.0, -0.1, 2), "omega"),
         (lambda z, y: losses.ast_loss(z, z, y, 6.0, 0.05, 0), "k"),
         (lambda z, y: losses.ast_loss(z, z, y, 6.0, 0.05, C + 1), "k"),
         (lambda z, y: losses.ast_loss(z, z, y, 6.0, 0.05, 2, "l2"), "divergence"),

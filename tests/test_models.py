@@ -1,4 +1,4 @@
-"""Tests for ast_jax.models: exact reference parameter counts (SPEC §6), shapes, BN state, bf16."""
+"""Tests for ast_jax.models: exact reference parameter counts (docs/method.md §6), shapes, BN state, bf16."""
 
 import functools
 

@@ -100,12 +100,12 @@ def _compare_zoo_batchnorm() -> dict:
 
 
 def _compare_adversarial_sets() -> dict:
-    """make_adversarial_set on 1 and 4 devices, scanned and host-driven, against one `pgd` call."""
+    """make_pgd_attack on 1 and 4 devices, scanned and host-driven, against one `pgd` call."""
     import jax
     import jax.numpy as jnp
     from ast_jax import adversarial
     from ast_jax.data import normalize
-    from ast_jax.train import make_adversarial_set, make_mesh
+    from ast_jax.train import make_pgd_attack, make_mesh
     from conftest import TinyNet, tiny_split
 
     split = tiny_split(40, channels=3)  # 40 = 2.5 batches of 16: the last batch is padded
@@ -115,9 +115,9 @@ def _compare_adversarial_sets() -> dict:
     for space, random_start in (("pixel", False), ("reference", False), ("pixel", True)):
         results = []
         for devices, loop in ((jax.devices()[:1], "scan"), (jax.devices(), "scan"), (jax.devices(), "host")):
-            attack = make_adversarial_set(model, make_mesh(devices), batch_size=16, mean=mean, std=std, eps=0.1,
-                                          step_size=0.02, steps=3, space=space, random_start=random_start,
-                                          loop=loop)
+            attack = make_pgd_attack(model, make_mesh(devices), batch_size=16, mean=mean, std=std, eps=0.1,
+                                     step_size=0.02, steps=3, space=space, random_start=random_start,
+                                     loop=loop)
             results.append(np.asarray(attack(variables, split.images, split.labels, jax.random.key(5))))
         clean = normalize(split.images / 255.0, mean, std) if space == "pixel" else split.images / 255.0
         name = f"{space}{'-random' if random_start else ''}"

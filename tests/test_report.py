@@ -12,7 +12,7 @@ from ast_jax import report
 C = 5
 
 
-# ---- independent float64 restatements (written from the thesis / SPEC definitions) ----
+# ---- independent float64 restatements (written from the thesis / docs/method.md definitions) ----
 def np_softmax(z, t):
     z = np.asarray(z, np.float64) / t
     out = np.zeros_like(z)

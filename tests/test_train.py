@@ -134,7 +134,7 @@ def _np_tiny_net(variables, x, mean=None, var=None):
     return features @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], batch_mean, batch_var
 
 
-def _np_ast_loss(logits, target_logits, labels, t, alpha, k):
+def _np_ast_loss(logits, target_logits, labels, t, omega, k):
     """Thesis eq. 5 with EPD (eq. 6), float64."""
     def softmax(z):
         e = np.exp(z - z.max(-1, keepdims=True))
@@ -145,7 +145,7 @@ def _np_ast_loss(logits, target_logits, labels, t, alpha, k):
     p, q = softmax(sparse / t), softmax(logits / t)
     epd = np.sum(np.exp(p) * (p - q), -1)
     ce = -np.log(softmax(logits)[np.arange(len(labels)), labels])
-    return alpha * t**2 * epd.mean() + (1 - alpha) * ce.mean()
+    return omega * t**2 * epd.mean() + (1 - omega) * ce.mean()
 
 
 def test_ast_target_statistics_orderings_against_a_float64_hand_computation(step_setup):
@@ -388,14 +388,14 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
 # ---- PGD adversarial set ----
 
 def test_host_driven_attack_reports_progress_per_batch():
-    from ast_jax.train import make_adversarial_set, make_mesh
+    from ast_jax.train import make_pgd_attack, make_mesh
 
     split = tiny_split(40)
     model = TinyNet()
     variables = model.init(jax.random.PRNGKey(0), split.images[:1] / 255.0)
     calls = []
-    attack = make_adversarial_set(model, make_mesh(), batch_size=16, mean=(0.5,), std=(0.25,), eps=0.1,
-                                  step_size=0.05, steps=2, loop="host", progress=lambda *a: calls.append(a))
+    attack = make_pgd_attack(model, make_mesh(), batch_size=16, mean=(0.5,), std=(0.25,), eps=0.1,
+                             step_size=0.05, steps=2, loop="host", progress=lambda *a: calls.append(a))
     adv = attack(variables, split.images, split.labels, jax.random.key(0))
     assert adv.shape == (40, 8, 8, 1) and adv.dtype == jnp.float32
     assert calls == [(16, 40), (32, 40), (40, 40)]

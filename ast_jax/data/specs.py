@@ -62,7 +62,7 @@ class DatasetSpec:
         return (self.image_size, self.image_size, self.channels)
 
 
-# CIFAR mean/std as in the authors' code (SPEC §4), used for CIFAR-10 *and* CIFAR-100.
+# CIFAR mean/std as in the authors' code (docs/method.md §4), used for CIFAR-10 *and* CIFAR-100.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.247, 0.243, 0.261)
 

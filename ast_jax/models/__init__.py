@@ -1,7 +1,7 @@
 """Flax (Linen) ports of the CIFAR architectures of the Nasty Teacher / Stingy Teacher / AST code.
 
 ``create(name, num_classes, dtype)`` builds one of :data:`MODEL_NAMES`; the references are the
-PyTorch models of the authors' reference code (SPEC §6), mirrored layer for layer:
+PyTorch models of the authors' reference code (docs/method.md §6), mirrored layer for layer:
 
 ============  ===================================================  =========================
 name          reference (``model/*.py``)                           params at 32x32 (classes)

@@ -1,6 +1,6 @@
 """Training engine: jitted data-parallel train steps, epochs as one `lax.scan`, checkpointed runs."""
 
-from .loop import (LOOPS, default_loop, epoch_plan, epoch_rows, fixed_teacher_logits, make_adversarial_set,
+from .loop import (LOOPS, default_loop, epoch_plan, epoch_rows, fixed_teacher_logits, make_pgd_attack,
                    make_mesh, make_predict, make_train_epoch, make_train_step, replicate, to_host)
 from .optim import OPTIMIZERS, lr_schedule, make_optimizer
 from .runner import (NonFiniteLossError, RunData, RunInterrupted, RunResult, TrainingDivergedError, TrainingRun,
@@ -11,6 +11,6 @@ __all__ = [
     "LOOPS", "default_loop", "OPTIMIZERS", "PAIRINGS", "STEP_KINDS", "TARGET_STATISTICS", "NonFiniteLossError",
     "RunData", "RunInterrupted", "RunResult", "StepSpec", "Teacher", "TrainingDivergedError", "TrainingRun",
     "TrainState", "epoch_plan", "epoch_rows", "evaluate", "fit", "fixed_teacher_logits", "init_state",
-    "lr_schedule", "make_adversarial_set", "make_mesh", "make_optimizer", "make_predict", "make_train_epoch",
+    "lr_schedule", "make_pgd_attack", "make_mesh", "make_optimizer", "make_predict", "make_train_epoch",
     "make_train_step", "replicate", "to_host", "train_step",
 ]

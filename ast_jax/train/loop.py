@@ -153,7 +153,7 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
     `metrics` holds per-step arrays (steps,), steps = ceil(N / batch_size): every example is used
     once, the last batch padded and masked out (`epoch_plan`). `teacher_logits` (kd/nasty without augmentation,
     see `fixed_teacher_logits`) replace the frozen teacher's forward pass in every step.
-    Pairing of clean and adversarial images (SPEC §4): `aligned` gathers both with the epoch's
+    Pairing of clean and adversarial images (docs/method.md §4): `aligned` gathers both with the epoch's
     permutation; `random` reproduces the reference, whose adversarial loader walks one fixed
     permutation while the clean loader is reshuffled every epoch.
 
@@ -265,16 +265,16 @@ def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
     return predict
 
 
-def make_adversarial_set(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float, step_size: float,
-                         steps: int, space: str = "pixel", random_start: bool = False, loop: str = "auto",
-                         progress: Callable[[int, int], None] | None = None):
+def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float, step_size: float,
+                    steps: int, space: str = "pixel", random_start: bool = False, loop: str = "auto",
+                    progress: Callable[[int, int], None] | None = None):
     """Build `attack(variables, images_uint8, labels, key) -> adversarial images, model-input space`.
 
     PGD (thesis eq. 4) against the model with `variables` in inference mode, batch by batch;
     batch b's random start (if any) draws from `fold_in(key, b)`, so `key` may be a raw or a
     typed PRNG key. `space="pixel"` attacks [0, 1] pixels and normalises the result;
     `space="reference"` attacks normalised images with the reference code's [0, 1] clamp and
-    returns them as they are (SPEC §4). Either way the result is what the model takes as input,
+    returns them as they are (docs/method.md §4). Either way the result is what the model takes as input,
     ready for the AST step. `loop="scan"` is one jitted program (a scan over batches of a
     `fori_loop` over PGD steps); `loop="host"` drives batches and steps from Python, one jitted
     call per PGD step (faster on CPU, see `default_loop`); `"auto"` picks `default_loop()`.

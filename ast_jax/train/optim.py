@@ -26,7 +26,7 @@ def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) ->
 
 
 def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optimizer a `config.train`-shaped ConfigDict describes (SPEC §5)."""
+    """The optimizer a `config.train`-shaped ConfigDict describes (docs/method.md §5)."""
     schedule = lr_schedule(train_config.lr, train_config.milestones, train_config.lr_decay, steps_per_epoch)
     if train_config.optimizer == "sgd":
         step = optax.sgd(schedule, momentum=train_config.momentum)

@@ -1,4 +1,4 @@
-"""Per-device train steps: one function, five objectives (SPEC §2).
+"""Per-device train steps: one function, five objectives (docs/method.md §2).
 
 A step kind is a pair (target, objective): the *target* is computed before differentiation
 and is a constant of the update; the *objective* scores the trained model's training-mode
@@ -60,14 +60,14 @@ class TrainState:
 class StepSpec:
     """Static description of a step kind and its loss hyperparameters.
 
-    `weight` is omega of the loss (`alpha` of kd/ast/stt, `omega` of nasty); `k` the number of
+    `omega` weighs the loss's divergence term (ω of eqs. 1 and 5 and of the Nasty Teacher); `k` the number of
     classes the sparse target keeps (ast/stt); `target_statistics` (one of `TARGET_STATISTICS`)
     the running statistics of the ast/stt target.
     """
 
     kind: str
     temperature: float = 1.0
-    weight: float = 0.0
+    omega: float = 0.0
     k: int | None = None
     divergence: str = "epd"
     target_statistics: str = "before_step"
@@ -135,10 +135,10 @@ def _objective(spec: StepSpec, logits, target, labels, where):
     if spec.kind == "ce":
         return losses.batch_mean(losses.cross_entropy(logits, labels), where)
     if spec.kind == "kd":
-        return losses.kd_loss(logits, target, labels, spec.temperature, spec.weight, where)
+        return losses.kd_loss(logits, target, labels, spec.temperature, spec.omega, where)
     if spec.kind == "nasty":
-        return losses.nasty_loss(logits, target, labels, spec.temperature, spec.weight, where)
-    return losses.ast_loss(logits, target, labels, spec.temperature, spec.weight, spec.k, spec.divergence, where)
+        return losses.nasty_loss(logits, target, labels, spec.temperature, spec.omega, where)
+    return losses.ast_loss(logits, target, labels, spec.temperature, spec.omega, spec.k, spec.divergence, where)
 
 
 def _share_of_valid_examples(mask, axis_name: str | None):
