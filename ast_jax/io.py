@@ -33,27 +33,46 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def atomic_write(path: str, data: str | bytes) -> None:
-    """Write `data` to `path` via `<path>.tmp.<pid>` in the same directory and `os.replace`.
+def atomic_write(path: str, data: str | bytes, *, overwrite: bool = True) -> None:
+    """Write `data` to `path` via `<path>.tmp.<pid>` in the same directory and a rename.
 
     The directory is created if needed. On any failure (a full disk included) the temporary file
-    is removed and `path` keeps its previous content; an OSError always names a file.
+    is removed and `path` keeps its previous content; an OSError names the file. With
+    `overwrite=False` an existing `path` is never replaced (FileExistsError), not even by a
+    writer racing this one: the file is linked into place, which fails if the name exists.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
+        os.makedirs(directory, exist_ok=True)
         with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
+    except OSError as error:
+        if isinstance(error, FileExistsError) or error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from error  # write() errors carry no file name
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(error, OSError) and error.filename is None:  # a full disk in write(): name the file
-            raise OSError(error.errno, error.strerror, path) from error
-        raise
+
+
+def _link_new(tmp: str, path: str) -> None:
+    """Give `tmp` the name `path` unless `path` exists (FileExistsError naming it)."""
+    exists = FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    try:
+        os.link(tmp, path)  # atomic, and never replaces an existing file
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a file system without hard links
+        if os.path.lexists(path):
+            raise exists from None
+        os.replace(tmp, path)
 
 
 def read_json(path: str):

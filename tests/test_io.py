@@ -40,3 +40,12 @@ def test_reads_name_the_file(tmp_path):
     npy.write_bytes(npy.read_bytes()[:40])  # truncated
     with pytest.raises(io.UnreadableFileError, match="set.npy"):
         io.load_npy(str(npy))
+
+
+def test_atomic_write_without_overwrite_never_replaces_a_file(tmp_path):
+    path = tmp_path / "teacher.pth"
+    io.atomic_write(str(path), b"first", overwrite=False)
+    with pytest.raises(FileExistsError, match="teacher.pth already exists"):
+        io.atomic_write(str(path), b"second", overwrite=False)
+    assert path.read_bytes() == b"first"
+    assert os.listdir(tmp_path) == ["teacher.pth"]

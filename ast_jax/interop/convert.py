@@ -22,6 +22,7 @@ containers are unpickled, so a file from a stranger cannot run code; anything el
 from __future__ import annotations
 
 import functools
+import io as io_bytes
 import math
 import os
 import pickle
@@ -35,6 +36,7 @@ import torch
 from flax import traverse_util
 
 from ast_jax import models
+from ast_jax.io import atomic_write
 
 from . import torch_models
 
@@ -430,29 +432,15 @@ def save_torch_checkpoint(variables: Mapping[str, Any], path: str | os.PathLike,
     """Write Flax variables as a PyTorch checkpoint ``{'state_dict': ...}`` (see
     :func:`to_torch_state_dict`), loadable with ``torch.load(path, weights_only=True)``.
 
-    The file appears atomically (written next to ``path``, then moved).
+    The file appears atomically (``ast_jax.io.atomic_write``).
 
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False (nothing is written).
     """
     path = os.fspath(path)
-    if not overwrite and os.path.lexists(path):
+    if not overwrite and os.path.lexists(path):  # before any work
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     state_dict = to_torch_state_dict(variables, model_name, num_classes)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"state_dict": state_dict}, tmp)
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)  # atomic and never replaces an existing file
-        except FileExistsError:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-        except OSError:  # no hard links on this file system
-            if os.path.lexists(path):
-                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io_bytes.BytesIO()
+    torch.save({"state_dict": state_dict}, buffer)
+    atomic_write(path, buffer.getvalue(), overwrite=overwrite)
