@@ -19,10 +19,11 @@ Why these values:
     omega 0.9 and ST ratio 0.2 as in the thesis's CIFAR-10 study.
   * measured (2-core CPU, no GPU available): only reduced runs, 2,000 training images
     (`--config.data.train_examples=2000`), batch 64, lr 0.05, CNN student. With the digits
-    demo's schedule (teachers 30 epochs, lr x0.1 at 20 and 25, student 20; 2026-11-23, 26 min):
-    base teacher 83.47%, AST 83.10%; students from base / ST / AST / NT / STT 86.22 / 84.68 /
-    82.35 / 83.46 / 85.24%, so AST costs its student 3.87 points. With 20 epochs (x0.1 at 10,
-    16; 2026-11-22, 34 min): AST student -1.14 points, no effect. The full study is untried.
+    demo's schedule (teachers 30 epochs, lr x0.1 at 20 and 25, student 20; 2026-11-23, seed 0,
+    36 min on a shared CPU): base teacher 84.07%, AST 82.51%; students from base / ST / AST / NT /
+    STT 85.98 / 84.15 / 82.58 / 84.38 / 84.01%, so AST costs its student 3.40 points (README).
+    With 20 epochs (x0.1 at 10, 16; 2026-11-22, earlier code): AST student -1.14 points, no
+    effect. The full study is untried.
   * `reference` variant: no authors' values exist; only the PGD space, the pairing and the ST
     distillation (T 20, omega 0.9) change.
 """
