@@ -338,11 +338,10 @@ def _progress_log(log: Callable[[str], None], every_seconds: float = 30.0) -> Ca
     return progress
 
 
-def make_attack(study: Study, architecture: str, batch_size: int | None = None,
-                progress: Callable[[int, int], None] | None = None):
-    """`attack(variables, images_uint8, labels) -> adversarial images` with the study's PGD settings."""
+def make_attack(study: Study, progress: Callable[[int, int], None] | None = None):
+    """`attack(variables, images_uint8, labels) -> adversarial images`: the study's PGD against its teacher model."""
     pgd = study.config.pgd
-    attack = make_pgd_attack(study.model(architecture), study.mesh, batch_size=batch_size or pgd.batch_size,
+    attack = make_pgd_attack(study.model(study.config.teacher.model), study.mesh, batch_size=pgd.batch_size,
                              mean=study.dataset.mean, std=study.dataset.std, eps=pgd.eps,
                              step_size=pgd.step_size, steps=pgd.steps, space=pgd.space,
                              random_start=pgd.random_start, progress=progress)
@@ -401,7 +400,7 @@ def adversarial_set(study: Study) -> np.ndarray:
         raise MissingStageError(f"adversarial/{name}.npy (run `ast-jax attack-set`)")
     log = _stage_log(study, "attack-set")
     log(f"PGD on {len(study.train.labels)} training images ({study.config.pgd.steps} steps)")
-    attack = make_attack(study, study.config.teacher.model, progress=_progress_log(log))
+    attack = make_attack(study, progress=_progress_log(log))
     adv = to_host(attack(base.variables, study.train.images, study.train.labels))
     if is_writer():  # the record first: a set on disk always has its record
         atomic_write(record_path, json.dumps({"settings": _pgd_settings(study), "sha256": _array_sha256(adv)},
