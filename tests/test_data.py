@@ -30,6 +30,7 @@ from ast_jax.data import (
     class_balanced_subset,
     dataset_spec,
     epoch_batches,
+    load_query_set,
     load_split,
     normalize,
     to_unit_float,
@@ -622,3 +623,11 @@ def test_epoch_batches():
         epoch_batches(key, 5, 6)
     with pytest.raises(ValueError):
         epoch_batches(key, 5, 0)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_query_set_is_the_train_split_through_the_real_loader(cifar_data, name):
+    data_dir, expected = cifar_data
+    images = load_query_set(name, image_shape=(32, 32, 3), num_images=0, seed=0, data_dir=data_dir).images
+    assert sorted(im.tobytes() for im in images) == sorted(im.tobytes() for im in expected[name]["train"][0])
+    assert len(load_query_set(name, image_shape=(32, 32, 3), num_images=2, seed=0, data_dir=data_dir).images) == 2

@@ -16,7 +16,9 @@ Typical use by a training loop::
 
 from ast_jax.data.augment import augment, augment_one, epoch_batches, normalize, to_unit_float
 from ast_jax.data.errors import DataNotFoundError
-from ast_jax.data.sources import ArraySplit, class_balanced_subset, load_split, preparation_instructions
+from ast_jax.data.query_sets import QUERY_SETS, QuerySet, load_query_set
+from ast_jax.data.sources import (ArraySplit, class_balanced_indices, class_balanced_subset, load_split,
+                                  preparation_instructions)
 from ast_jax.data.specs import DATASETS, AugmentSpec, DatasetSpec, dataset_spec
 
 
@@ -34,15 +36,19 @@ def prepare_dataset(name: str, manual_dir: str, data_dir: str) -> str:
 
 __all__ = [
     "DATASETS",
+    "QUERY_SETS",
+    "QuerySet",
     "ArraySplit",
     "AugmentSpec",
     "DataNotFoundError",
     "DatasetSpec",
     "augment",
     "augment_one",
+    "class_balanced_indices",
     "class_balanced_subset",
     "dataset_spec",
     "epoch_batches",
+    "load_query_set",
     "load_split",
     "normalize",
     "preparation_instructions",

@@ -65,23 +65,28 @@ class ArraySplit:
         return int(self.labels.shape[0])
 
 
-def class_balanced_subset(split: ArraySplit, num: int, seed: int) -> ArraySplit:
-    """`num` examples of `split`, as many of each class as it allows, drawn by a seeded shuffle.
+def class_balanced_indices(labels: np.ndarray, num: int, seed: int) -> np.ndarray:
+    """Sorted indices of `num` examples, as many of each class as `labels` allows, by a seeded shuffle.
 
     The examples are taken round-robin over the classes in the order of one
     `np.random.default_rng(seed)` permutation (the first of each class, then the second, ...),
-    so each class gets floor or ceil of num / classes while it has enough examples; the subset
-    keeps the split's order. For quick runs on part of a large training set.
+    so each class gets floor or ceil of num / classes while it has enough examples.
     """
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or not 1 <= num <= len(split):
-        raise ValueError(f"subset size must be an int in [1, {len(split)}] (the split's size), got {num!r}")
-    order = np.random.default_rng(seed).permutation(len(split))
-    labels = split.labels[order]
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or not 1 <= num <= len(labels):
+        raise ValueError(f"subset size must be an int in [1, {len(labels)}] (the split's size), got {num!r}")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[order]
     rank_in_class = np.empty(len(order), np.int64)
-    for label in np.unique(labels):
-        members = labels == label
+    for label in np.unique(shuffled):
+        members = shuffled == label
         rank_in_class[members] = np.arange(np.count_nonzero(members))
-    chosen = np.sort(order[np.lexsort((np.arange(len(order)), rank_in_class))[:num]])
+    return np.sort(order[np.lexsort((np.arange(len(order)), rank_in_class))[:num]])
+
+
+def class_balanced_subset(split: ArraySplit, num: int, seed: int) -> ArraySplit:
+    """`num` examples of `split` chosen by `class_balanced_indices`, in the split's order.
+    For quick runs on part of a large training set."""
+    chosen = class_balanced_indices(split.labels, num, seed)
     return ArraySplit(split.images[chosen], split.labels[chosen])
 
 
