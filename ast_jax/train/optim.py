@@ -12,6 +12,9 @@ from __future__ import annotations
 import optax
 
 OPTIMIZERS = ("sgd", "adam")
+#: `multistep`: x lr_decay at each milestone epoch (the thesis); `cosine`: cosine annealing to 0 over
+#: the run, updated once per epoch (the stealing attacks' clones, docs/method.md §10.3).
+SCHEDULES = ("multistep", "cosine")
 
 
 def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) -> optax.Schedule:
@@ -25,9 +28,19 @@ def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) ->
     return optax.piecewise_constant_schedule(lr, boundaries)
 
 
+def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """lr·(1 + cos(π·e/epochs))/2 during epoch e (0-based), like PyTorch's CosineAnnealingLR stepped per epoch."""
+    cosine = optax.cosine_decay_schedule(lr, epochs)
+    return lambda step: cosine(step // steps_per_epoch)
+
+
 def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optimizer a `config.train`-shaped ConfigDict describes (docs/method.md §5)."""
-    schedule = lr_schedule(train_config.lr, train_config.milestones, train_config.lr_decay, steps_per_epoch)
+    """The optimizer a `config.train`-shaped ConfigDict describes (docs/method.md §5); an optional
+    `schedule` key picks one of SCHEDULES (default multistep)."""
+    if train_config.get("schedule", "multistep") == "cosine":
+        schedule = cosine_per_epoch(train_config.lr, train_config.epochs, steps_per_epoch)
+    else:
+        schedule = lr_schedule(train_config.lr, train_config.milestones, train_config.lr_decay, steps_per_epoch)
     if train_config.optimizer == "sgd":
         step = optax.sgd(schedule, momentum=train_config.momentum)
     elif train_config.optimizer == "adam":

@@ -11,6 +11,7 @@ logits on the clean batch against it.
 | `nasty` | frozen base model, inference mode                      | `losses.nasty_loss`       |
 | `ast`   | the trained model itself, inference mode, adversarial  | `losses.ast_loss` (eq. 5) |
 | `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         |
+| `l1`    | given logits (`teacher_logits` of the batch)           | mean_k abs(logits − target) (DFME clone) |
 
 "Inference mode" means BatchNorm running statistics, no statistics update, and the *current*
 (pre-update) parameters. Which running statistics the model's own target (ast, stt) uses is
@@ -40,7 +41,7 @@ import optax
 
 from .. import losses
 
-STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty")
+STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1")
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
@@ -83,7 +84,8 @@ class StepSpec:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kind in ("kd", "nasty")
+        """Whether the target comes from a frozen model's outputs (a teacher, or fixed target logits)."""
+        return self.kind in ("kd", "nasty", "l1")
 
     @property
     def needs_adversarial(self) -> bool:
@@ -138,6 +140,8 @@ def _objective(spec: StepSpec, logits, target, labels, where):
         return losses.kd_loss(logits, target, labels, spec.temperature, spec.omega, where)
     if spec.kind == "nasty":
         return losses.nasty_loss(logits, target, labels, spec.temperature, spec.omega, where)
+    if spec.kind == "l1":
+        return losses.batch_mean(jnp.mean(jnp.abs(logits - target), axis=-1), where)
     return losses.ast_loss(logits, target, labels, spec.temperature, spec.omega, spec.k, spec.divergence, where)
 
 

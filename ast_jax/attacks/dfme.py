@@ -1,0 +1,203 @@
+"""Data-free model extraction (DFME, Truong et al.; MAZE as a variant; docs/method.md §10.3).
+
+A generator G maps noise z ~ N(0, I) to a = G(z); tanh(a) is the victim's *normalised* input,
+so the pixels sent to the box are mean + std·tanh(a). Each iteration (batch N, fresh z):
+
+1. Generator step: the per-sample disagreement L(a) = −(1/K) Σ_k |c_k − t_k| between the clone's
+   logits c (inference mode) and the victim's recovered logits t = ℓ − mean_k ℓ,
+   ℓ = log max(p′, 1e-12). G ascends the disagreement with a zeroth-order estimate of ∂L/∂a:
+   m directions u uniform on the unit sphere of R^d (d = C·H·W), step ε,
+   ĝ = (d/m) Σ_u [(L(a + εu) − L(a)) / ε]·u / (K·N) (the extra 1/K of the authors' code).
+   The N·(m+1) query images go to the box in one call; ĝ is back-propagated through G (Jᵀĝ,
+   `jax.vjp`) and G takes an Adam step (lr_G).
+2. Clone steps (`clone_steps`, 5): on fresh samples, mean_{n,k} |c_k − t_k| (the `l1` train step), SGD.
+
+Queries per iteration: N·((m + 1) + clone_steps) (1,792 at N = 256, m = 1). An epoch is
+`iterations_per_epoch` iterations; epochs = ⌊Q / (iterations_per_epoch · cost)⌋ + 1; the attack stops
+when less than one iteration's queries remain, and both learning rates are multiplied by
+`lr_decay` (0.3) at the `lr_milestones` fractions (10/30/50 %) of the epochs. The generator's
+BatchNorm always normalises with the batch's statistics.
+
+`variant="maze"`: L = −KL(p′ ‖ σ(c)) per sample (no 1/(K·N)), the clone minimises KL(p′ ‖ σ(c))
+(the kd step at T = 1, ω = 1), and the generator takes SGD steps (momentum 0.9, weight decay
+5e-4); MAZE's m = 10 and N = 128 are settings. A killed DFME cell starts again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..blackbox import BlackBox
+from ..rng import Stream
+from ..train import StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
+from . import AttackContext, AttackResult
+from .transfer import attacker_logits
+
+LOG_CLAMP = 1e-12
+
+
+class Generator(nn.Module):
+    """DFME's generator: noise (N, nz) -> a (N, H, W, C), BatchNorm with batch statistics throughout."""
+
+    image_shape: tuple
+    ngf: int = 64
+
+    @nn.compact
+    def __call__(self, z):
+        height, width, channels = self.image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"the DFME generator needs image sides divisible by 4, got {height}x{width}")
+
+        def norm(x, affine=True):
+            return nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, use_bias=affine,
+                                use_scale=affine)(x)
+
+        def upsample(x):
+            return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+        x = nn.Dense(2 * self.ngf * (height // 4) * (width // 4))(z)
+        x = norm(x.reshape(z.shape[0], height // 4, width // 4, 2 * self.ngf))
+        x = nn.leaky_relu(norm(nn.Conv(2 * self.ngf, (3, 3))(upsample(x))), 0.2)
+        x = nn.leaky_relu(norm(nn.Conv(self.ngf, (3, 3))(upsample(x))), 0.2)
+        return norm(nn.Conv(channels, (3, 3))(x), affine=False)
+
+
+def sphere_directions(key, m: int, shape) -> jax.Array:
+    """m·N directions uniform on the unit sphere of R^d, d = prod(shape[1:]): (m, *shape)."""
+    u = jax.random.normal(key, (m, *shape))
+    return u / jnp.sqrt(jnp.sum(u * u, axis=tuple(range(2, u.ndim)), keepdims=True))
+
+
+def probe_points(a: jax.Array, u: jax.Array, epsilon: float) -> jax.Array:
+    """The N·(m+1) points a, a + εu_1, ..., a + εu_m, stacked (m+1, N, ...)."""
+    return jnp.concatenate([a[None], a[None] + epsilon * u])
+
+
+def zeroth_order_gradient(losses: jax.Array, u: jax.Array, epsilon: float) -> jax.Array:
+    """(d/m) Σ_j [(L(a + εu_j) − L(a)) / ε]·u_j from per-sample losses (m+1, N) at `probe_points`."""
+    m, d = u.shape[0], math.prod(u.shape[2:])
+    slopes = (losses[1:] - losses[:1]) / epsilon
+    return (d / m) * jnp.sum(slopes.reshape(*slopes.shape, *(1,) * (u.ndim - 2)) * u, axis=0)
+
+
+def recovered_logits(released: jax.Array) -> jax.Array:
+    """t = ℓ − mean_k ℓ with ℓ = log max(p′, 1e-12): the victim's logits up to a constant when undefended."""
+    logs = jnp.log(jnp.maximum(released, LOG_CLAMP))
+    return logs - jnp.mean(logs, axis=-1, keepdims=True)
+
+
+def disagreement(clone_logits, released, variant: str) -> jax.Array:
+    """Per-sample L (the generator maximises −L): mean_k |c − t| (dfme) or KL(p′ ‖ σ(c)) (maze)."""
+    if variant == "maze":
+        log_q = jax.nn.log_softmax(clone_logits, axis=-1)
+        p = released / jnp.sum(released, axis=-1, keepdims=True)
+        return jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - log_q), 0.0), axis=-1)
+    return jnp.mean(jnp.abs(clone_logits - recovered_logits(released)), axis=-1)
+
+
+def iteration_cost(settings) -> int:
+    """Queries per iteration: N·((m + 1) + clone_steps)."""
+    return settings["batch_size"] * (settings["directions"] + 1 + settings["clone_steps"])
+
+
+def schedule_plan(settings) -> tuple[int, int, list[int]]:
+    """(iterations, epochs, iterations at which both learning rates decay) for the budget."""
+    cost = iteration_cost(settings)
+    iterations = settings["budget"] // cost
+    epochs = settings["budget"] // (settings["iterations_per_epoch"] * cost) + 1
+    decays = sorted({int(fraction * epochs) * settings["iterations_per_epoch"]
+                     for fraction in settings["lr_milestones"]})
+    return iterations, epochs, decays
+
+
+def _released(box: BlackBox, pixels) -> jax.Array:
+    """The box's release; a labels-only box's labels as one-hot vectors."""
+    if box.labels_only:
+        return jax.nn.one_hot(box.labels(pixels), box.num_classes)
+    return box.probabilities(pixels)
+
+
+def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
+    """Run DFME (or MAZE) against `box` within `settings['budget']` queries."""
+    mesh, spent_before = context.mesh, box.queries
+    image_shape = tuple(context.test.images.shape[1:])
+    batch, m, epsilon, variant = settings["batch_size"], settings["directions"], settings["fd_epsilon"], settings["variant"]
+    iterations, epochs, decays = schedule_plan(settings)
+    mean, std = jnp.asarray(context.mean, jnp.float32), jnp.asarray(context.std, jnp.float32)
+    key = jax.random.PRNGKey(context.seed)
+
+    def decayed(lr, every):
+        return optax.piecewise_constant_schedule(lr, {step * every: settings["lr_decay"] for step in decays})
+
+    generator = Generator(image_shape, settings["ngf"])
+    g_params = generator.init(jax.random.fold_in(key, Stream.PARAMS_INIT + 100), jnp.zeros((2, settings["nz"])))["params"]
+    g_tx = (optax.adam(decayed(settings["generator_lr"], 1)) if variant == "dfme" else
+            optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
+                        optax.sgd(decayed(settings["generator_lr"], 1), momentum=settings["momentum"])))
+    g_opt = g_tx.init(g_params)
+    c_tx = optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
+                       optax.sgd(decayed(settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
+    state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
+    clone_spec = StepSpec("kd", 1.0, 1.0) if variant == "maze" else StepSpec("l1")
+    clone_step = jax.jit(make_train_step(context.clone, c_tx, clone_spec, mesh), donate_argnums=(0,))
+
+    def generate(g_params, z):
+        return generator.apply({"params": g_params}, z, mutable=["batch_stats"])[0]
+
+    @jax.jit
+    def probes(g_params, z, key):
+        a = generate(g_params, z)
+        points = probe_points(a, sphere_directions(key, m, a.shape), epsilon)
+        return points, mean + std * jnp.tanh(points).reshape(-1, *image_shape)
+
+    @jax.jit
+    def generator_update(g_params, g_opt, clone_variables, z, points, u_key, released):
+        logits = context.clone.apply(clone_variables, jnp.tanh(points).reshape(-1, *image_shape), train=False)
+        losses = -disagreement(logits, released, variant).reshape(m + 1, -1)
+        u = sphere_directions(u_key, m, points.shape[1:])
+        estimate = zeroth_order_gradient(losses, u, epsilon)
+        if variant == "dfme":
+            estimate = estimate / (box.num_classes * z.shape[0])
+        _, pullback = jax.vjp(lambda p: generate(p, z), g_params)
+        updates, g_opt = g_tx.update(pullback(estimate)[0], g_opt, g_params)
+        return optax.apply_updates(g_params, updates), g_opt
+
+    @jax.jit
+    def clone_batch(g_params, z):
+        images = jnp.tanh(generate(g_params, z))
+        return images, mean + std * images
+
+    predict = make_predict(context.clone, mesh, batch_size=context.eval_batch_size, mean=context.mean, std=context.std)
+    history = []
+    targets = (lambda released: attacker_logits(to_host(released))) if variant == "maze" else recovered_logits
+    for iteration in range(iterations):
+        step_key = jax.random.fold_in(key, iteration)
+        z_key, u_key, *clone_keys = jax.random.split(step_key, 2 + settings["clone_steps"])
+        z = jax.random.normal(z_key, (batch, settings["nz"]))
+        points, pixels = probes(g_params, z, u_key)
+        released = _released(box, pixels)
+        g_params, g_opt = generator_update(g_params, g_opt, {"params": state.params, "batch_stats": state.batch_stats},
+                                           z, points, u_key, released)
+        for clone_key in clone_keys:
+            images, pixels = clone_batch(g_params, jax.random.normal(clone_key, (batch, settings["nz"])))
+            step_batch = {"image": images, "label": jnp.zeros(batch, jnp.int32),
+                          "teacher_logits": jnp.asarray(targets(_released(box, pixels)))}
+            state, _ = clone_step(state, step_batch, None)
+        if (iteration + 1) % settings["iterations_per_epoch"] == 0 or iteration + 1 == iterations:
+            accuracy = evaluate(predict, {"params": state.params, "batch_stats": state.batch_stats}, context.test)
+            history.append({"epoch": len(history) + 1, "iteration": iteration + 1,
+                            "queries": box.queries - spent_before, **accuracy})
+            context.log(f"dfme iteration {iteration + 1}/{iterations}: queries {box.queries - spent_before}, "
+                        f"test accuracy {accuracy['test_accuracy']:.4f}")
+    accuracies = [row["test_accuracy"] for row in history]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return AttackResult(variables, box.queries - spent_before, history, accuracies[-1], max(accuracies))
+
+
+__all__ = ["Generator", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
+           "schedule_plan", "sphere_directions", "zeroth_order_gradient"]

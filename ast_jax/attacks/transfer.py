@@ -1,0 +1,130 @@
+"""Transfer-set attacks: query a fixed set of images once, then distil a clone on it (docs/method.md §10.3).
+
+- `kd`: the thesis's attack (eq. 1) behind the black box. The victim's training images are queried
+  once each, and the clone learns from the released vectors at temperature τ plus the true labels
+  (weight 1 − ω). Its clone trains without augmentation, since every target belongs to one
+  queried image.
+- `knockoff`: KnockoffNets' random strategy. Exactly `budget` images are drawn uniformly, without
+  replacement, from a surrogate query set (the pool is refilled when it runs out). Soft: CE against
+  the release, −Σ_k r_k log σ(c)_k, whose gradient equals that of KL(r ‖ σ(c)): the kd step at
+  T = 1, ω = 1. Hard: CE on the released label, and the box is only asked for labels.
+
+The attacker's target from a released vector p′ (docs/method.md §10.1) is log p′, with zeros as
+−inf, so that the tempered target p′^{1/τ} / Σ p′^{1/τ} keeps them at zero (a one-hot label stays
+one-hot at any τ). The transfer set and the query count are saved in the cell's folder before
+training: a resumed cell does not query again, and the clone resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from ..blackbox import BlackBox
+from ..data import ArraySplit, AugmentSpec
+from ..io import atomic_write, is_writer, load_npy, read_json, save_npy
+from ..train import RunData, StepSpec, TrainingRun, fit, to_host
+from . import AttackContext, AttackResult
+
+TRANSFER_RECORD = "transfer.json"
+_TRAINING_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "milestones",
+                  "lr_decay")
+
+
+def attacker_logits(released: np.ndarray) -> np.ndarray:
+    """log p′ with −inf for zeros: the target logits whose tempered softmax is p′^{1/τ} / Σ p′^{1/τ}.
+
+    A released vector with no positive entry (rounding can zero a whole row) carries no
+    information and becomes uniform.
+    """
+    released = np.asarray(released, np.float32)
+    with np.errstate(divide="ignore"):
+        logits = np.log(released)
+    return np.where((released > 0).any(-1, keepdims=True), logits, 0.0).astype(np.float32)
+
+
+def label_logits(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """A label as target logits: 0 for its class, −inf elsewhere (one-hot at any temperature)."""
+    return np.where(np.eye(num_classes, dtype=bool)[labels], 0.0, -np.inf).astype(np.float32)
+
+
+def query_targets(box: BlackBox, images: np.ndarray, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """(released labels, target logits) of `images`: one query each.
+
+    `labels="hard"` or a labels-only box: the box is asked for labels only and the targets are
+    one-hot; `"soft"`: the released vectors' `attacker_logits`.
+    """
+    if labels == "hard" or box.labels_only:
+        released = to_host(box.labels(images))
+        return released, label_logits(released, box.num_classes)
+    probs = to_host(box.probabilities(images))
+    return np.argmax(probs, -1).astype(np.int32), attacker_logits(probs)
+
+
+def clone_training(settings) -> ml_collections.ConfigDict:
+    """The `fit` config of a clone from an attack's settings (evaluated every epoch)."""
+    config = {key: settings[key] for key in _TRAINING_KEYS}
+    config["milestones"] = tuple(config["milestones"])
+    return ml_collections.ConfigDict(dict(config, eval_batch_size=512, eval_every=1,
+                                          checkpoint_every=max(1, settings["epochs"] // 4)))
+
+
+def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:
+    """The transfer set {'images', 'labels', 'targets'} and its query count, queried once and kept in `directory`."""
+    record_path = os.path.join(directory, TRANSFER_RECORD)
+    paths = {name: os.path.join(directory, f"transfer-{name}.npy") for name in ("images", "labels", "targets")}
+    if os.path.exists(record_path):
+        return {name: load_npy(path) for name, path in paths.items()}, int(read_json(record_path)["queries"])
+    before = box.queries
+    released, targets = query_targets(box, images, labels)
+    transfer = {"images": np.asarray(images), "labels": released, "targets": targets}
+    queries = box.queries - before
+    if is_writer():
+        for name, path in paths.items():
+            save_npy(path, transfer[name])
+        atomic_write(record_path, json.dumps({"queries": queries, "labels": labels, "images": len(images)}))
+    return transfer, queries
+
+
+def _distil(transfer: dict, spec: StepSpec, settings, context: AttackContext, queries: int, *,
+            true_labels: np.ndarray | None = None) -> AttackResult:
+    """Train a fresh clone on the transfer set with `spec` (targets given, no augmentation)."""
+    labels = transfer["labels"] if true_labels is None else true_labels
+    data = RunData(ArraySplit(transfer["images"], labels.astype(np.int32)), context.test, context.mean, context.std,
+                   AugmentSpec(), targets=None if spec.kind == "ce" else transfer["targets"])
+    run = TrainingRun(directory=os.path.join(context.directory, "clone"),
+                      record={"attack": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}},
+                      model=context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,
+                      data=data)
+    result = fit(run, mesh=context.mesh, log=context.log)
+    return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy)
+
+
+def kd(box: BlackBox, settings, context: AttackContext) -> AttackResult:
+    """The thesis's KD attack (eq. 1) on the victim's training images, each queried once."""
+    transfer, queries = _transfer_set(box, context.victim_train.images, "soft", context.directory)
+    spec = StepSpec("kd", settings["temperature"], settings["omega"])
+    return _distil(transfer, spec, settings, context, queries, true_labels=context.victim_train.labels)
+
+
+def knockoff_indices(pool_size: int, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """`budget` indices into a pool, uniform without replacement, refilling the pool when it runs out."""
+    rounds = -(-budget // pool_size)
+    return np.concatenate([rng.permutation(pool_size) for _ in range(rounds)])[:budget]
+
+
+def knockoff(box: BlackBox, settings, context: AttackContext) -> AttackResult:
+    """KnockoffNets, random strategy: exactly `budget` queries, then a clone on the transfer set."""
+    if context.query_images is None:
+        raise ValueError("knockoff needs a query set (AttackContext.query_images)")
+    rng = np.random.default_rng([context.seed, 0x4B4E])  # the draw depends on the seed alone
+    images = context.query_images[knockoff_indices(len(context.query_images), settings["budget"], rng)]
+    transfer, queries = _transfer_set(box, images, settings["labels"], context.directory)
+    spec = StepSpec("ce") if settings["labels"] == "hard" else StepSpec("kd", 1.0, 1.0)
+    return _distil(transfer, spec, settings, context, queries)
+
+
+__all__ = ["attacker_logits", "kd", "knockoff", "knockoff_indices", "label_logits", "query_targets"]

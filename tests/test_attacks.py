@@ -1,0 +1,169 @@
+"""Stealing attacks behind the black box (docs/method.md §10.3): query accounting, targets, JBDA's
+growth rule, DFME's zeroth-order estimate, resume and bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ast_jax import losses
+from ast_jax.attacks import AttackContext, check_settings, run_attack
+from ast_jax.attacks import dfme, jbda, transfer
+from ast_jax.blackbox import BlackBox, victim_release
+from ast_jax.train import make_mesh
+from ast_jax.train.loop import AXIS
+
+from conftest import TinyNet, tiny_split
+
+MEAN, STD = (0.5,), (0.25,)
+
+
+class LinearNet(nn.Module):
+    """logits = W·flatten(x) + b: gradients a NumPy formula can check."""
+
+    num_classes: int = 4
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class RecordingBox(BlackBox):
+    """A black box that records which kind of release each call asked for."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def probabilities(self, images):
+        self.calls.append("probabilities")
+        return super().probabilities(images)
+
+    def labels(self, images):
+        self.calls.append("labels")
+        return super().labels(images)
+
+
+@pytest.fixture(scope="module")
+def victim():
+    model = TinyNet(num_classes=4)
+    return model, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+
+
+def make_box(victim, **kwargs):
+    model, variables = victim
+    return RecordingBox(victim_release(model, variables, MEAN, STD), image_shape=(8, 8, 1), num_classes=4,
+                        mesh=make_mesh(), batch_size=16, **kwargs)
+
+
+def context(tmp_path, clone=None, **kwargs):
+    return AttackContext(clone=clone or TinyNet(num_classes=4, axis_name=AXIS), victim_train=tiny_split(64),
+                         test=tiny_split(24, seed=1), mean=MEAN, std=STD, mesh=make_mesh(), seed=0,
+                         directory=str(tmp_path), log=lambda message: None, **kwargs)
+
+
+def test_soft_targets_keep_zeros_at_zero_at_any_temperature():
+    released = np.array([[0.7, 0.3, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 0.0]], np.float32)
+    logits = transfer.attacker_logits(released)
+    for temperature in (1.0, 4.0, 20.0):
+        q = np.asarray(losses.softmax_t(jnp.asarray(logits), temperature), np.float64)
+        p = released[:2].astype(np.float64) ** (1 / temperature)
+        np.testing.assert_allclose(q[:2], p / p.sum(-1, keepdims=True), atol=1e-6)
+        np.testing.assert_allclose(q[2], 0.25, atol=1e-7)  # an all-zero release carries nothing: uniform
+    one_hot = np.asarray(losses.softmax_t(jnp.asarray(transfer.label_logits(np.array([2]), 4)), 20.0))
+    np.testing.assert_array_equal(one_hot, [[0, 0, 1, 0]])
+
+
+def test_knockoff_draws_uniformly_without_replacement_and_refills():
+    indices = transfer.knockoff_indices(10, 25, np.random.default_rng(0))
+    assert len(indices) == 25
+    assert sorted(indices[:10]) == list(range(10)) and sorted(indices[10:20]) == list(range(10))
+
+
+@pytest.mark.parametrize("labels", ["soft", "hard"])
+def test_knockoff_spends_exactly_the_budget_and_hard_sees_only_labels(victim, tmp_path, labels):
+    box = make_box(victim)
+    settings = dict(budget=37, labels=labels, epochs=1, batch_size=16)
+    result = run_attack("knockoff", box, settings, context(tmp_path, query_images=tiny_split(20, seed=3).images))
+    assert box.queries == result.queries == 37
+    assert box.calls == (["labels"] if labels == "hard" else ["probabilities"])
+    # a killed cell keeps its transfer set: run again with a fresh box, nothing is queried
+    again = make_box(victim)
+    resumed = run_attack("knockoff", again, settings, context(tmp_path, query_images=tiny_split(20, seed=3).images))
+    assert again.queries == 0 and resumed.queries == 37
+    assert resumed.final_accuracy == result.final_accuracy
+
+
+def test_jbda_doubles_the_set_each_round_with_a_checked_jacobian_step(victim, tmp_path):
+    box = make_box(victim)
+    settings = dict(seeds=6, rounds=3, epochs=1, batch_size=8)
+    result = run_attack("jbda", box, settings, context(tmp_path))
+    assert [row["points"] for row in result.history] == [6, 12, 24]
+    assert box.queries == result.queries == 6 + 6 + 12  # |S| after the last augmentation
+    relabel = make_box(victim)
+    run_attack("jbda", relabel, dict(settings, relabel_all=True), context(tmp_path / "relabel"))
+    assert relabel.queries == 6 * (2 ** 3 - 1)
+    # the augmentation step on a linear clone: sign of W[:, y] / std, clipped to [0, 1]
+    clone = LinearNet()
+    variables = clone.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
+    x = np.random.default_rng(0).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 0])
+    new = np.asarray(jbda.jacobian_step(clone, variables, jnp.asarray(x), jnp.asarray(y), 0.1, jnp.asarray(MEAN),
+                                        jnp.asarray(STD)))
+    kernel = np.asarray(variables["params"]["Dense_0"]["kernel"], np.float64)  # (64, 4)
+    expected = np.clip(x + 0.1 * np.sign(kernel[:, y].T / STD[0]).reshape(x.shape), 0, 1)
+    np.testing.assert_allclose(new, expected, atol=1e-7)
+    assert jbda.round_step(dict(step=0.1, flip_every=3, space="pixel"), 3, STD) == pytest.approx(-0.1)
+    assert jbda.round_step(dict(step=0.1, flip_every=0, space="reference"), 3, STD) == pytest.approx(0.025)
+
+
+def test_dfme_estimate_on_a_linear_victim_converges_to_the_gradient_direction():
+    rng = np.random.default_rng(0)
+    w_victim, w_clone = rng.normal(size=(3, 48)), rng.normal(size=(3, 48))
+    box = BlackBox(lambda x, key: jax.nn.softmax(x.reshape(x.shape[0], -1) @ jnp.asarray(w_victim.T, jnp.float32)),
+                   image_shape=(4, 4, 3), num_classes=3, mesh=make_mesh(), batch_size=64)
+    a = jnp.asarray(rng.normal(size=(4, 4, 4, 3)), jnp.float32)
+
+    def loss(a):  # the per-sample L of DFME with the clone c = W_c·x, x = a (identity normalisation)
+        released = jax.nn.softmax(a.reshape(4, -1) @ jnp.asarray(w_victim.T, jnp.float32))
+        return -dfme.disagreement(a.reshape(4, -1) @ jnp.asarray(w_clone.T, jnp.float32), released, "dfme")
+
+    truth = np.asarray(jax.grad(lambda a: jnp.sum(loss(a)))(a)).reshape(4, -1)
+    cosines = []
+    for m in (1, 10, 200):
+        values = []
+        for seed in range(3):
+            u = dfme.sphere_directions(jax.random.PRNGKey(seed), m, a.shape)
+            points = dfme.probe_points(a, u, 1e-3)
+            released = box.probabilities(points.reshape(-1, 4, 4, 3))
+            clone = points.reshape(-1, 48) @ jnp.asarray(w_clone.T, jnp.float32)
+            losses_ = -dfme.disagreement(clone, released, "dfme").reshape(m + 1, 4)
+            estimate = np.asarray(dfme.zeroth_order_gradient(losses_, u, 1e-3)).reshape(4, -1)
+            values.append(np.mean(np.sum(estimate * truth, -1)
+                                  / (np.linalg.norm(estimate, axis=-1) * np.linalg.norm(truth, axis=-1))))
+        cosines.append(np.mean(values))
+    assert cosines[0] < cosines[1] < cosines[2] and cosines[2] > 0.85
+
+
+def test_dfme_spends_n_times_m_plus_one_plus_clone_steps_per_iteration(victim, tmp_path):
+    box = make_box(victim)
+    settings = dict(budget=1000, batch_size=16, directions=2, nz=8, ngf=4, iterations_per_epoch=2)
+    assert dfme.iteration_cost(dict(settings, clone_steps=5)) == 16 * ((2 + 1) + 5)
+    result = run_attack("dfme", box, settings, context(tmp_path))
+    assert box.queries == result.queries == (1000 // 128) * 128
+    assert dfme.schedule_plan(dict(settings, clone_steps=5, lr_milestones=(0.1, 0.3, 0.5)))[:2] == (7, 4)
+
+
+@pytest.mark.parametrize("kind,settings,match", [
+    ("knockof", {}, "unknown attack 'knockof'; valid: kd, knockoff, jbda, dfme"),
+    ("knockoff", {"budget": 100, "batch_size": 128}, "budget of 100 queries is smaller than one batch"),
+    ("dfme", {"budget": 1000, "batch_size": 256}, "smaller than one batch \\(1792\\)"),
+    ("knockoff", {"labels": "medium"}, r"where.labels: must be one of \('soft', 'hard'\)"),
+    ("jbda", {"lambda": 0.1}, r"no setting\(s\) \['lambda'\]"),
+])
+def test_bad_settings_are_one_line(kind, settings, match):
+    with pytest.raises(ValueError, match=match) as error:
+        check_settings(kind, settings, "where")
+    assert "\n" not in str(error.value)
