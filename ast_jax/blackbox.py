@@ -24,6 +24,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from .data import normalize, to_unit_float
@@ -81,25 +82,26 @@ class BlackBox:
         self._key = jax.random.PRNGKey(seed)
 
         @jax.jit
-        def release_all(images, key):
-            return _batched_map(lambda index, x: release(x, jax.random.fold_in(key, index)), mesh, batch_size, images)
+        def release_all(images, key, call):
+            pixels = to_unit_float(images) if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+            key = jax.random.fold_in(key, call)
+            return _batched_map(lambda index, x: release(x, jax.random.fold_in(key, index)), mesh, batch_size, pixels)
 
         self._release_all = release_all
 
     def _query(self, images) -> jax.Array:
-        images = jnp.asarray(images)
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+        if not hasattr(images, "dtype"):
+            images = np.asarray(images)
+        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(f"query images have shape {tuple(images.shape)}; this victim takes (N, "
                              f"{', '.join(map(str, self.image_shape))}) images: resize the query set to "
                              f"{self.image_shape[0]}x{self.image_shape[1]} with {self.image_shape[2]} channel(s)")
-        if images.dtype == jnp.uint8:
-            images = to_unit_float(images)
-        elif not jnp.issubdtype(images.dtype, jnp.floating):
+        if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
             raise ValueError(f"query images must be uint8 or float pixels in [0, 1], got dtype {images.dtype}")
-        key = jax.random.fold_in(self._key, self._calls)
+        call = self._calls
         self._calls += 1
         self.queries += int(images.shape[0])
-        return self._release_all(images.astype(jnp.float32), key)
+        return self._release_all(images, self._key, np.int32(call))
 
     def probabilities(self, images) -> jax.Array:
         """The released probability vectors r(x), (N, K) float32; N queries."""

@@ -1,4 +1,4 @@
-"""`ast-jax` command line: train, attack-set, distill, pipeline, report, demo.
+"""`ast-jax` command line: train, attack-set, distill, pipeline, report, demo, matrix.
 
 Every command takes `--config NAME[:variant]` (a config of the repository's `configs/`, e.g.
 `cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR`; any
@@ -61,7 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     command("pipeline", "run the whole study: teachers, PGD set, students, report")
     command("report", "write report.md/json/csv and outputs.png from the study's runs")
     command("demo", "the whole study on the embedded digits set (CPU, a few minutes)", demo=True)
+    matrix = command("matrix", "every configured stealing attack on every victim (teachers and output defences)")
+    matrix.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: config.matrix.seeds)")
     return parser
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated non-negative integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated non-negative integers, got {text!r}")
+    return seeds
 
 
 def _print_table(paths) -> None:
@@ -95,6 +107,10 @@ def run(args, study) -> None:
             print(f"{args.teacher} -> {architecture}: student test accuracy {result.final_accuracy:.4f}")
     elif args.command == "report":
         _print_table(pipeline.write_report(study))
+    elif args.command == "matrix":
+        from .matrix import run_matrix
+
+        _print_table(run_matrix(study, args.seeds))
     else:  # pipeline, demo
         _print_table(pipeline.run(study))
 

@@ -23,6 +23,8 @@ Schema (every key always present; :data:`SCHEMA` lists them)::
     config.kd.{temperature, omega}
     config.students: tuple[str, ...]
     config.student_train.<architecture>.<any key of train>   # partial override of `train`
+    config.matrix.{victims, attacks, clone, seeds, batch_size}  # `ast-jax matrix` (not in the study's record)
+    config.attacks.<cell>.{kind, <settings of ast_jax.attacks.DEFAULTS[kind]>}
 
 Variants: ``thesis`` (default) takes every value from the thesis text (docs/method.md §5 "thesis" column,
 sparsity as a ratio of the classes). ``reference`` switches to what the authors' PyTorch code
@@ -80,6 +82,11 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 #: Sections that carry a sparsity given as exactly one of ``k`` (absolute) or ``ratio`` (of C).
 SPARSE_SECTIONS: tuple[str, ...] = ("ast", "stt", "stingy")
+#: Sections whose keys are names the config chooses (architectures, attack cells).
+FREE_FORM_SECTIONS: tuple[str, ...] = ("student_train", "attacks")
+#: Sections of the attack matrix: they are not part of the study's record (`study_record`), so
+#: changing them never refuses a work directory the pipeline already uses.
+MATRIX_SECTIONS: tuple[str, ...] = ("matrix", "attacks")
 
 #: Training defaults (docs/method.md §5, thesis §5): SGD, momentum 0.9, weight decay 5e-4 (coupled L2,
 #: PyTorch style), lr 0.1, batch 128. The test set is evaluated every epoch because the thesis
@@ -163,6 +170,30 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         kd=dict(temperature=4.0, omega=0.9),
     ),
 }
+
+
+#: The study's teachers as matrix victims (docs/method.md §10.5).
+TEACHER_VICTIMS: tuple[str, ...] = ("base", "stingy", "ast", "nasty", "stt")
+
+
+def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -> tuple[str, ...]:
+    """Matrix victims of the base teacher behind output defences (docs/method.md §10.2): DCP and
+    Reverse Sigmoid at each β, top-1, and top-k rounding for each (k, decimals) in `rounding`."""
+    return (*(f"dcp:beta={beta}" for beta in dcp_betas), *(f"reverse_sigmoid:beta={beta}" for beta in rs_betas),
+            *(("top1",) if top1 else ()), *(f"topk_round:k={k},decimals={r}" for k, r in rounding))
+
+
+def published_attacks(*, surrogate: str, dfme_budget: int, kd: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The CIFAR attack cells with the papers' settings (docs/method.md §10.3): KD with the study's
+    τ/ω and schedule, Knockoff soft/hard with 50,000 queries of the other CIFAR, JBDA, DFME."""
+    return {
+        "kd": dict(kind="kd", **kd),
+        "knockoff_soft": dict(kind="knockoff", query_set=surrogate, labels="soft"),
+        "knockoff_hard": dict(kind="knockoff", query_set=surrogate, labels="hard"),
+        "jbda_soft": dict(kind="jbda", labels="soft"),
+        "jbda_hard": dict(kind="jbda", labels="hard"),
+        "dfme": dict(kind="dfme", budget=dfme_budget),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +280,11 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.kd = ml_collections.ConfigDict(dict(temperature=1.0, omega=0.9))  # thesis eq. 1: omega 0.9
     c.students = ("resnet18",)
     c.student_train = ml_collections.ConfigDict()  # free-form: architecture -> keys of `train`
+    # The stealing-attack matrix (`ast-jax matrix`, docs/method.md §10.5): victims as
+    # "teacher" or "defence:key=value,...", attack cells named in `attacks`, the clone ("" = the
+    # teacher's architecture), seeds and the black box's batch. Not part of the study's record.
+    c.matrix = ml_collections.ConfigDict(dict(victims=("base",), attacks=(), clone="", seeds=(0,), batch_size=512))
+    c.attacks = ml_collections.ConfigDict()  # free-form: cell name -> {kind, settings of ast_jax.attacks}
     return c
 
 
@@ -256,19 +292,21 @@ def _sections(node: ml_collections.ConfigDict, path: str = "") -> dict[str, tupl
     """Section path -> its keys, for `node` and every fixed sub-section (not `student_train`)."""
     keys = {path: tuple(node.keys())}
     for name in node.keys():
-        if isinstance(node[name], ml_collections.ConfigDict) and name != "student_train":
+        if isinstance(node[name], ml_collections.ConfigDict) and name not in FREE_FORM_SECTIONS:
             keys.update(_sections(node[name], f"{path}.{name}".lstrip(".")))
     return keys
 
 
 #: Every key of a study config, section by section ("" is the top level; ``student_train`` is
-#: free-form: its keys are architectures, its sub-keys keys of ``train``).
+#: free-form: its keys are architectures, its sub-keys keys of ``train``; so is ``attacks``: its keys
+#: are attack cell names, its sub-keys ``kind`` and that attack's settings).
 SCHEMA: dict[str, tuple[str, ...]] = _sections(_skeleton())
 
 
 def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[str], ast: Mapping[str, Any],
                  ast_reference: Mapping[str, Any] | None = None, variant: str = "thesis",
                  student_train: Mapping[str, Mapping[str, Any]] | None = None,
+                 attacks: Mapping[str, Mapping[str, Any]] | None = None,
                  **sections: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """The (unlocked) config of one study; the config files call this and nothing else.
 
@@ -284,8 +322,10 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
         says "—" (the thesis values are then kept).
       variant: "thesis" or "reference" (see the module docstring).
       student_train: architecture -> partial override of `train` (e.g. the CNN recipe).
+      attacks: attack cell name -> {kind, settings} for the matrix (`ast_jax.attacks.DEFAULTS[kind]`
+        fills the settings not given).
       **sections: further partial updates by section name (`train`, `pgd`, `data`, `nasty`,
-        `stt`, `stingy`, `kd`, `seed`, `dtype`), applied after the data-set defaults.
+        `stt`, `stingy`, `kd`, `matrix`, `seed`, `dtype`), applied after the data-set defaults.
     """
     check_variant(variant)
     if dataset not in DATASET_DEFAULTS:
@@ -312,6 +352,8 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
         for key, value in override.items():
             _assign(entry, key, value, f"config.student_train.{architecture}.{key}")
         c.student_train[architecture] = entry
+    for cell, settings in (attacks or {}).items():
+        c.attacks[cell] = ml_collections.ConfigDict(attack_cell(settings))
     if variant == "reference":
         if ast_reference is not None:
             _set_values(c.ast, ast_reference, "config.ast")
@@ -658,9 +700,59 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     chk.fail(f"unknown config key {prefix}.{k}; valid keys: {', '.join(SCHEMA['train'])}")
                 if not unknown:
                     _check_train(chk, train_config_for(config, architecture), prefix)
+        _check_matrix(chk, config, dataset if dataset in DATASETS else None, num_classes)
     except _Missing as missing:
         chk.fail(str(missing))
     chk.raise_if_any()
+
+
+def _check_matrix(chk: _Checker, config: ml_collections.ConfigDict, dataset: str | None,
+                  num_classes: int | None) -> None:
+    """The matrix's victims, attack cells, clone, seeds and batch (docs/method.md §10.5)."""
+    from .attacks import check_settings
+    from .data.query_sets import query_set_problem
+    from .matrix import parse_victim
+
+    get = chk.get
+    victims = get("matrix.victims")
+    if not isinstance(victims, tuple) or not victims:
+        chk.fail(f"config.matrix.victims must be a non-empty tuple, got {victims!r}")
+        victims = ()
+    for i, victim in enumerate(victims):
+        try:
+            parse_victim(victim, dataset or "", num_classes, f"config.matrix.victims[{i}]")
+        except ValueError as error:
+            chk.fail(str(error))
+    cells = get("matrix.attacks")
+    if not isinstance(cells, tuple):
+        chk.fail(f"config.matrix.attacks must be a tuple of names of config.attacks, got {cells!r}")
+        cells = ()
+    for i, cell in enumerate(cells):
+        if cell not in config.attacks:
+            chk.fail(f"config.matrix.attacks[{i}]: no attack cell {cell!r} in config.attacks; "
+                     f"defined: {', '.join(config.attacks.keys()) or 'none'}")
+    for cell, settings in config.attacks.items():
+        prefix = f"config.attacks.{cell}"
+        if not isinstance(settings, ml_collections.ConfigDict) or "kind" not in settings:
+            chk.fail(f"{prefix} must be a section with a kind, got {settings!r}")
+            continue
+        try:
+            check_settings(settings.kind, {k: v for k, v in settings.items() if k != "kind"}, prefix)
+        except ValueError as error:
+            chk.fail(str(error))
+        if "query_set" in settings and dataset is not None:
+            # The victim's subset is checked when the matrix starts (a study may set it on the command line).
+            problem = query_set_problem(settings.query_set, dataset_spec(dataset).image_shape,
+                                        settings.get("budget", 0), None)
+            if problem:
+                chk.fail(f"{prefix}.query_set: {problem}")
+    clone = get("matrix.clone")
+    if clone != "":
+        chk.choice("config.matrix.clone", clone, MODEL_NAMES)
+    seeds = get("matrix.seeds")
+    if not isinstance(seeds, tuple) or not seeds or not all(isinstance(v, int) and v >= 0 for v in seeds):
+        chk.fail(f"config.matrix.seeds must be a non-empty tuple of non-negative ints, got {seeds!r}")
+    chk.integer("config.matrix.batch_size", get("matrix.batch_size"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,6 +780,22 @@ def sparsity_k(section: Any, num_classes: int) -> int:
     `losses.resolve_k`.
     """
     return resolve_k(num_classes, k=section.k, ratio=section.ratio)
+
+
+def attack_cell(settings: Mapping[str, Any]) -> dict:
+    """An attack cell of `config.attacks`: its `kind` and every setting (`attacks.DEFAULTS[kind]` updated)."""
+    from .attacks import DEFAULTS
+
+    kind = settings.get("kind")
+    if kind not in DEFAULTS:
+        raise ValueError(f"attack cell {dict(settings)!r}: kind must be one of {', '.join(DEFAULTS)}")
+    return {"kind": kind, **DEFAULTS[kind], **{k: v for k, v in settings.items() if k != "kind"}}
+
+
+def study_record(config: ml_collections.ConfigDict) -> dict:
+    """The study's record (`study.json` and every stage's run.json): the config without the matrix sections."""
+    plain = json.loads(to_json(config))
+    return {key: value for key, value in plain.items() if key not in MATRIX_SECTIONS}
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -56,7 +56,7 @@ import numpy as np
 
 from . import checkpoints, losses, models
 from .checkpoints import WorkdirConflictError
-from .config import sparsity_k, to_json, train_config_for, validate
+from .config import sparsity_k, study_record, to_json, train_config_for, validate
 from .data import (ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, dataset_spec, load_split, normalize,
                    to_unit_float)
 from .io import UnreadableFileError, atomic_write, is_writer, load_npy, read_json, save_npy
@@ -125,7 +125,7 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
         train = class_balanced_subset(train, config.data.train_examples, config.seed)
     mesh = make_mesh()
     check_study(config, spec, train, mesh, students=tuple(students or config.students), teacher=teacher)
-    checkpoints.claim(workdir, json.loads(to_json(config)), record_name=STUDY_RECORD)
+    checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
     return Study(config, workdir, spec, train, test, mesh, log)
 
 
@@ -234,7 +234,7 @@ def _fit(study: Study, stage: str, directory: str, architecture: str, spec: Step
     config = study.config
     data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
                    adv_images=adv_images, pairing=pairing)
-    record = {"stage": stage, "study": json.loads(to_json(config)), "inputs": inputs}
+    record = {"stage": stage, "study": study_record(config), "inputs": inputs}
     run = TrainingRun(directory=directory, record=record, model=study.model(architecture),
                       train_config=train_config_for(config, architecture), spec=spec, seed=config.seed, data=data,
                       teacher=teacher, teacher_variables=teacher_variables)

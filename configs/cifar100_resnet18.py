@@ -9,7 +9,18 @@ omega 0.005, ST ratio 0.1, KD attack tau 20 / omega 0.9 (per data set, `ast_jax.
 The thesis's ablation grid (docs/method.md §5) is this study with `--config.ast.*` overrides.
 """
 
-from ast_jax.config import study_config
+from ast_jax.config import TEACHER_VICTIMS, defence_victims, published_attacks, study_config
+
+
+#: `ast-jax matrix` with the published settings (docs/method.md §10.3-10.5; GPU-sized): every teacher,
+#: DCP and Reverse Sigmoid over their published beta grids, top-1 and Knockoff's top-k rounding;
+#: KD with the study's T, omega and schedule, Knockoff with 50,000 CIFAR-10 images, JBDA, DFME with 200M queries.
+MATRIX_VICTIMS = (*TEACHER_VICTIMS,
+                  *defence_victims(dcp_betas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.2, 1.5),
+                                   rs_betas=(0.0025, 0.01, 0.04, 0.16, 0.64, 1.28),
+                                   rounding=((1, 1), (2, 1), (2, 2), (2, 3))))
+MATRIX_ATTACKS = published_attacks(surrogate="cifar10", dfme_budget=200_000_000,
+                                   kd=dict(temperature=20.0, omega=0.9, epochs=200, milestones=(60, 120, 160), lr_decay=0.2))
 
 
 def get_config(variant: str = "thesis"):
@@ -21,4 +32,6 @@ def get_config(variant: str = "thesis"):
         variant=variant,
         ast=dict(temperature=20.0, omega=0.03, ratio=0.02),
         ast_reference=dict(temperature=30.0, omega=0.035, k=7),
+        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="resnet18", seeds=(0, 1, 2)),
+        attacks=MATRIX_ATTACKS,
     )

@@ -9,7 +9,19 @@ values with k = 2 (`reference` variant). NT tau 4 / omega 0.04, STT ratio 0.2 / 
 omega 0.04, ST ratio 0.2, KD attack tau 4 / omega 0.9 (per data set, `ast_jax.config`).
 """
 
-from ast_jax.config import CNN_STUDENT_TRAIN, study_config
+from ast_jax.config import (CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, published_attacks,
+                             study_config)
+
+
+#: `ast-jax matrix` with the published settings (docs/method.md §10.3-10.5; GPU-sized): every teacher,
+#: DCP and Reverse Sigmoid over their published beta grids, top-1 and Knockoff's top-k rounding;
+#: KD with the study's T, omega and schedule, Knockoff with 50,000 CIFAR-100 images, JBDA, DFME with 20M queries.
+MATRIX_VICTIMS = (*TEACHER_VICTIMS,
+                  *defence_victims(dcp_betas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.2, 1.5),
+                                   rs_betas=(0.0025, 0.01, 0.04, 0.16, 0.64, 1.28),
+                                   rounding=((1, 1), (2, 1), (2, 2), (2, 3))))
+MATRIX_ATTACKS = published_attacks(surrogate="cifar100", dfme_budget=20_000_000,
+                                   kd=dict(temperature=4.0, omega=0.9, epochs=160, milestones=(80, 120), lr_decay=0.1))
 
 
 def get_config(variant: str = "thesis"):
@@ -22,4 +34,6 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=6.0, omega=0.05, ratio=0.2),
         ast_reference=dict(temperature=6.0, omega=0.05, k=2),
         student_train={"cnn": CNN_STUDENT_TRAIN},
+        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="resnet18", seeds=(0, 1, 2)),
+        attacks=MATRIX_ATTACKS,
     )

@@ -9,6 +9,24 @@ omega sweep measured to choose them: docs/digits-schedule.md (starting point: do
 
 from ast_jax.config import CNN_STUDENT_TRAIN, study_config
 
+#: `ast-jax matrix` (docs/method.md §10.5): every teacher, and the base teacher behind every output
+#: defence of the small-data grid (DCP beta .3-1.5, Reverse Sigmoid .04-.64, top-1, rounding to 1 decimal).
+MATRIX_VICTIMS = ("base", "stingy", "ast", "nasty", "stt",
+                  *(f"dcp:beta={beta}" for beta in (0.3, 0.6, 0.9, 1.2, 1.5)),
+                  *(f"reverse_sigmoid:beta={beta}" for beta in (0.04, 0.16, 0.64)),
+                  "top1", "topk_round:k=10,decimals=1")
+#: The CNN clone with the study's CNN recipe (Adam 1e-3), 10 epochs; small budgets sized so that the
+#: whole matrix (3 seeds) fits 20 minutes on 2 CPU cores.
+_CLONE = dict(optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0, batch_size=64, epochs=10,
+              schedule="multistep", milestones=())
+MATRIX_ATTACKS = {
+    "kd": dict(_CLONE, kind="kd", temperature=4.0, omega=0.9),
+    "knockoff_soft": dict(_CLONE, kind="knockoff", query_set="fashion_to_digits", budget=1437, labels="soft"),
+    "knockoff_hard": dict(_CLONE, kind="knockoff", query_set="fashion_to_digits", budget=1437, labels="hard"),
+    "jbda": dict(_CLONE, kind="jbda", seeds=150, rounds=4, epochs=5),
+    "dfme": dict(kind="dfme", budget=20_000, batch_size=64, ngf=16, iterations_per_epoch=10),
+}
+
 
 def get_config(variant: str = "thesis"):
     return study_config(
@@ -22,4 +40,6 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=10.0, omega=0.05, k=2),
         ast_reference=None,  # no authors' values for digits: keep the thesis-variant values
         student_train={"cnn": dict(CNN_STUDENT_TRAIN, epochs=20)},
+        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="cnn", seeds=(0, 1, 2), batch_size=512),
+        attacks=MATRIX_ATTACKS,
     )

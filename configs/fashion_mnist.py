@@ -28,7 +28,26 @@ Why these values:
     distillation (T 20, omega 0.9) change.
 """
 
-from ast_jax.config import CNN_STUDENT_TRAIN, study_config
+from ast_jax.config import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
+
+#: `ast-jax matrix` (docs/method.md §10.5), the offline cells: every teacher and output defence; KD,
+#: Knockoff soft/hard with 10,000 queries of F-B (Fashion-MNIST images outside the victim's subset:
+#: needs --config.data.train_examples) and of D->28, JBDA, DFME with 200,000 queries; CNN clone.
+#: CPU: `--config.data.train_examples=2000` with the reduced study's schedule (README). GPU, full
+#: data: drop the F-B cells (`--config.matrix.attacks="('kd','knockoff_d28_soft','knockoff_d28_hard','jbda','dfme')"`).
+MATRIX_VICTIMS = (*TEACHER_VICTIMS, *defence_victims(dcp_betas=(0.3, 0.6, 0.9, 1.2, 1.5), rs_betas=(0.04, 0.16, 0.64),
+                                                     rounding=((10, 1),)))
+_CLONE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, epochs=25, schedule="multistep",
+              milestones=())
+MATRIX_ATTACKS = {
+    "kd": dict(_CLONE, kind="kd", temperature=4.0, omega=0.9),
+    "knockoff_fb_soft": dict(_CLONE, kind="knockoff", query_set="fashion_outside", budget=10_000, labels="soft"),
+    "knockoff_fb_hard": dict(_CLONE, kind="knockoff", query_set="fashion_outside", budget=10_000, labels="hard"),
+    "knockoff_d28_soft": dict(_CLONE, kind="knockoff", query_set="digits_to_fashion", budget=10_000, labels="soft"),
+    "knockoff_d28_hard": dict(_CLONE, kind="knockoff", query_set="digits_to_fashion", budget=10_000, labels="hard"),
+    "jbda": dict(_CLONE, kind="jbda", epochs=10),
+    "dfme": dict(kind="dfme", budget=200_000, batch_size=128, ngf=32),
+}
 
 
 def get_config(variant: str = "thesis"):
@@ -42,4 +61,6 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=10.0, omega=0.05, k=2),
         ast_reference=None,  # no authors' values for Fashion-MNIST: keep the docs/method.md §9-based ones
         student_train={"cnn": dict(CNN_STUDENT_TRAIN, epochs=25)},
+        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="cnn", seeds=(0, 1, 2)),
+        attacks=MATRIX_ATTACKS,
     )

@@ -64,7 +64,7 @@ def test_photo_crops_come_from_the_photographs():
     (dict(name="cifar10", image_shape=(8, 8, 1), num_images=5), "32x32 images but the victim takes 8x8"),
     (dict(name="noise", image_shape=(8, 8, 1), num_images=0), "generated: give a positive number"),
     (dict(name="digits_to_fashion", image_shape=(28, 28, 1), num_images=5000), "the set has 1797"),
-    (dict(name="fashion_outside", image_shape=(28, 28, 1), num_images=5), "needs the victim's training subset"),
+    (dict(name="fashion_outside", image_shape=(28, 28, 1), num_images=5), "needs the victim.s training subset"),
 ])
 def test_bad_input_is_one_line(kwargs, match):
     name = kwargs.pop("name")

@@ -149,44 +149,46 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     def generate(g_params, z):
         return generator.apply({"params": g_params}, z, mutable=["batch_stats"])[0]
 
+    def noise(iteration, index):
+        """The noise of draw `index` (0: the generator step, 1..: the clone steps) of an iteration."""
+        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, iteration), index), (batch, settings["nz"]))
+
+    def directions(iteration, shape):
+        return sphere_directions(jax.random.fold_in(jax.random.fold_in(key, iteration), Stream.PGD_START), m, shape)
+
     @jax.jit
-    def probes(g_params, z, key):
-        a = generate(g_params, z)
-        points = probe_points(a, sphere_directions(key, m, a.shape), epsilon)
+    def probes(g_params, iteration):
+        a = generate(g_params, noise(iteration, 0))
+        points = probe_points(a, directions(iteration, a.shape), epsilon)
         return points, mean + std * jnp.tanh(points).reshape(-1, *image_shape)
 
     @jax.jit
-    def generator_update(g_params, g_opt, clone_variables, z, points, u_key, released):
+    def generator_update(g_params, g_opt, clone_variables, iteration, points, released):
         logits = context.clone.apply(clone_variables, jnp.tanh(points).reshape(-1, *image_shape), train=False)
         losses = -disagreement(logits, released, variant).reshape(m + 1, -1)
-        u = sphere_directions(u_key, m, points.shape[1:])
-        estimate = zeroth_order_gradient(losses, u, epsilon)
+        estimate = zeroth_order_gradient(losses, directions(iteration, points.shape[1:]), epsilon)
         if variant == "dfme":
-            estimate = estimate / (box.num_classes * z.shape[0])
-        _, pullback = jax.vjp(lambda p: generate(p, z), g_params)
+            estimate = estimate / (box.num_classes * batch)
+        _, pullback = jax.vjp(lambda p: generate(p, noise(iteration, 0)), g_params)
         updates, g_opt = g_tx.update(pullback(estimate)[0], g_opt, g_params)
         return optax.apply_updates(g_params, updates), g_opt
 
     @jax.jit
-    def clone_batch(g_params, z):
-        images = jnp.tanh(generate(g_params, z))
+    def clone_batch(g_params, iteration, index):
+        images = jnp.tanh(generate(g_params, noise(iteration, index)))
         return images, mean + std * images
 
     predict = make_predict(context.clone, mesh, batch_size=context.eval_batch_size, mean=context.mean, std=context.std)
     history = []
-    targets = (lambda released: attacker_logits(to_host(released))) if variant == "maze" else recovered_logits
+    targets = (lambda released: attacker_logits(to_host(released))) if variant == "maze" else jax.jit(recovered_logits)
+    labels = jnp.zeros(batch, jnp.int32)  # unused by the l1 and kd(omega=1) objectives
     for iteration in range(iterations):
-        step_key = jax.random.fold_in(key, iteration)
-        z_key, u_key, *clone_keys = jax.random.split(step_key, 2 + settings["clone_steps"])
-        z = jax.random.normal(z_key, (batch, settings["nz"]))
-        points, pixels = probes(g_params, z, u_key)
-        released = _released(box, pixels)
+        points, pixels = probes(g_params, iteration)
         g_params, g_opt = generator_update(g_params, g_opt, {"params": state.params, "batch_stats": state.batch_stats},
-                                           z, points, u_key, released)
-        for clone_key in clone_keys:
-            images, pixels = clone_batch(g_params, jax.random.normal(clone_key, (batch, settings["nz"])))
-            step_batch = {"image": images, "label": jnp.zeros(batch, jnp.int32),
-                          "teacher_logits": jnp.asarray(targets(_released(box, pixels)))}
+                                           iteration, points, _released(box, pixels))
+        for index in range(1, settings["clone_steps"] + 1):
+            images, pixels = clone_batch(g_params, iteration, index)
+            step_batch = {"image": images, "label": labels, "teacher_logits": targets(_released(box, pixels))}
             state, _ = clone_step(state, step_batch, None)
         if (iteration + 1) % settings["iterations_per_epoch"] == 0 or iteration + 1 == iterations:
             accuracy = evaluate(predict, {"params": state.params, "batch_stats": state.batch_stats}, context.test)

@@ -65,11 +65,11 @@ def query_targets(box: BlackBox, images: np.ndarray, labels: str) -> tuple[np.nd
 
 
 def clone_training(settings) -> ml_collections.ConfigDict:
-    """The `fit` config of a clone from an attack's settings (evaluated every epoch)."""
+    """The `fit` config of a clone from an attack's settings: evaluated every epoch, checkpointed
+    every 10 epochs and at the end (a killed clone resumes from there)."""
     config = {key: settings[key] for key in _TRAINING_KEYS}
     config["milestones"] = tuple(config["milestones"])
-    return ml_collections.ConfigDict(dict(config, eval_batch_size=512, eval_every=1,
-                                          checkpoint_every=max(1, settings["epochs"] // 4)))
+    return ml_collections.ConfigDict(dict(config, eval_batch_size=512, eval_every=1, checkpoint_every=10))
 
 
 def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:

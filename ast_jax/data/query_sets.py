@@ -114,13 +114,29 @@ def _source(name: str, image_shape: tuple, num_images: int, rng, data_dir, victi
         train = load_split("fashion_mnist", "train", data_dir)
         images = train.images
         if name == "fashion_outside":
-            if not victim_examples:
-                raise ValueError("fashion_outside needs the victim's training subset (config.data.train_examples "
-                                 "> 0): with the whole Fashion-MNIST training set no image lies outside it")
             inside = class_balanced_indices(train.labels, victim_examples, victim_seed)
             images = np.delete(images, inside, axis=0)
         return resize(_take(images, num_images, rng), size)
     return _take(load_split(name, "train", data_dir).images, num_images, rng)
+
+
+def query_set_problem(name: str, image_shape, num_images: int, victim_examples: int | None) -> str | None:
+    """Why query set `name` cannot serve a victim of `image_shape` (one line), or None.
+
+    `victim_examples` None: the victim's training subset is not known yet (not checked).
+    """
+    if name not in QUERY_SETS:
+        return f"unknown query set {name!r}; valid: {', '.join(QUERY_SETS)}"
+    if name in _GENERATED and num_images < 1:
+        return f"query set {name!r} is generated: give a positive number of images, got {num_images}"
+    if name.startswith("cifar") and tuple(image_shape[:2]) != (32, 32):
+        fitting = ", ".join(q for q in QUERY_SETS if not q.startswith("cifar"))
+        return (f"query set {name!r} has 32x32 images but the victim takes {image_shape[0]}x{image_shape[1]}; "
+                f"sets that fit it: {fitting}")
+    if name == "fashion_outside" and victim_examples == 0:
+        return ("query set 'fashion_outside' needs the victim's training subset (config.data.train_examples > 0): "
+                "with the whole Fashion-MNIST training set no image lies outside it")
+    return None
 
 
 def load_query_set(name: str, *, image_shape, num_images: int, seed: int, data_dir: str | None = None,
@@ -131,14 +147,10 @@ def load_query_set(name: str, *, image_shape, num_images: int, seed: int, data_d
     victim's class-balanced training subset, which `fashion_outside` leaves out. `data_dir` is
     the data sets' directory (Fashion-MNIST IDX files; prepared CIFAR data).
     """
-    if name not in QUERY_SETS:
-        raise ValueError(f"unknown query set {name!r}; valid: {', '.join(QUERY_SETS)}")
     image_shape = tuple(int(v) for v in image_shape)
-    if name in _GENERATED and num_images < 1:
-        raise ValueError(f"query set {name!r} is generated: give a positive number of images, got {num_images}")
-    if name.startswith("cifar") and image_shape[:2] != (32, 32):
-        raise ValueError(f"query set {name!r} has 32x32 images but the victim takes {image_shape[0]}x"
-                         f"{image_shape[1]}; sets that fit it: {', '.join(q for q in QUERY_SETS if q[:5] != 'cifar')}")
+    problem = query_set_problem(name, image_shape, num_images, victim_examples)
+    if problem:
+        raise ValueError(problem)
     rng = np.random.default_rng(seed)
     images = to_channels(_source(name, image_shape, num_images, rng, data_dir, victim_examples, victim_seed),
                          image_shape[2])

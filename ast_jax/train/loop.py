@@ -144,7 +144,21 @@ def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | No
                          in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False)
 
 
+def _per_channel(values) -> tuple:
+    """Per-channel statistics as a hashable tuple of floats (the memoised builders' key)."""
+    return tuple(float(v) for v in np.ravel(np.asarray(values, np.float64)))
+
+
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
+                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto"):
+    """See `_make_train_epoch` (memoised on its arguments)."""
+    return _make_train_epoch(model, tx, spec, mesh, batch_size=int(batch_size), augment_spec=augment_spec,
+                             mean=_per_channel(mean), std=_per_channel(std), teacher=teacher, pairing=pairing,
+                             loop=_resolve_loop(loop))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto"):
     """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None) -> (state, metrics)`.
 
@@ -156,6 +170,10 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
     Pairing of clean and adversarial images (docs/method.md §4): `aligned` gathers both with the epoch's
     permutation; `random` reproduces the reference, whose adversarial loader walks one fixed
     permutation while the clean loader is reshuffled every epoch.
+
+    Memoised: runs built from equal arguments (modules, specs and meshes compare by value; `tx`
+    from `optim.make_optimizer`, which is memoised too) share one program, compiled once per
+    process (the cells of `ast-jax matrix`, the students of a study).
 
     `loop="scan"` makes the epoch one jitted `lax.scan` with the state donated (no host round
     trip per step); `loop="host"` runs the same step body as one jitted call per step;
@@ -185,14 +203,19 @@ def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, 
             batch["adv_image"] = data["adv_images"][adv_rows]
         return step(state, _shard_batch(mesh, batch), teacher_variables)
 
-    plan_jit, body_jit = jax.jit(plan), jax.jit(body, donate_argnums=(0,))
+    def indexed_body(state, data, teacher_variables, augment_key, index, order, adv_order, mask):
+        return body(state, data, teacher_variables, augment_key, index, order[index], adv_order[index], mask[index])
+
+    # The host loop selects step `index`'s rows inside the jitted call: an eager slice of a device
+    # array costs a dispatch of its own (several ms on CPU, more than a small model's step).
+    plan_jit, body_jit = jax.jit(plan), jax.jit(indexed_body, donate_argnums=(0,))
 
     def host_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None):
         augment_key, order, adv_order, mask = plan_jit(data, key, epoch)
         metrics = []
         for index in range(first_step, order.shape[0]):
-            state, step_metrics = body_jit(state, data, teacher_variables, augment_key, index, order[index],
-                                           adv_order[index], mask[index])
+            state, step_metrics = body_jit(state, data, teacher_variables, augment_key, np.int32(index), order,
+                                           adv_order, mask)
             metrics.append(step_metrics)
             if stop is not None and stop():
                 break
@@ -251,7 +274,14 @@ def _batched_map(fn, mesh: Mesh, batch_size: int, *arrays):
 
 
 def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
-    """Build `predict(variables, images_uint8) -> logits (N, C)` in inference mode, float32."""
+    """Build `predict(variables, images_uint8) -> logits (N, C)` in inference mode, float32.
+
+    Memoised like `make_train_epoch`: equal arguments give the same (already compiled) program."""
+    return _make_predict(model, mesh, batch_size=int(batch_size), mean=_per_channel(mean), std=_per_channel(std))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
     check_batch_size(batch_size, mesh, "eval_batch_size")
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 

@@ -9,6 +9,8 @@ the same optional coupled decay and milestones.
 
 from __future__ import annotations
 
+import functools
+
 import optax
 
 OPTIMIZERS = ("sgd", "adam")
@@ -36,17 +38,29 @@ def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sche
 
 def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer a `config.train`-shaped ConfigDict describes (docs/method.md §5); an optional
-    `schedule` key picks one of SCHEDULES (default multistep)."""
-    if train_config.get("schedule", "multistep") == "cosine":
-        schedule = cosine_per_epoch(train_config.lr, train_config.epochs, steps_per_epoch)
+    `schedule` key picks one of SCHEDULES (default multistep).
+
+    Equal settings give the same object (memoised), so programs built from it are shared
+    (`loop.make_train_epoch`)."""
+    return _optimizer(train_config.optimizer, float(train_config.lr), float(train_config.momentum),
+                      float(train_config.weight_decay), train_config.get("schedule", "multistep"),
+                      tuple(train_config.milestones), float(train_config.lr_decay), int(train_config.epochs),
+                      int(steps_per_epoch))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(optimizer: str, lr: float, momentum: float, weight_decay: float, schedule_name: str,
+               milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
+    if schedule_name == "cosine":
+        schedule = cosine_per_epoch(lr, epochs, steps_per_epoch)
     else:
-        schedule = lr_schedule(train_config.lr, train_config.milestones, train_config.lr_decay, steps_per_epoch)
-    if train_config.optimizer == "sgd":
-        step = optax.sgd(schedule, momentum=train_config.momentum)
-    elif train_config.optimizer == "adam":
+        schedule = lr_schedule(lr, milestones, lr_decay, steps_per_epoch)
+    if optimizer == "sgd":
+        step = optax.sgd(schedule, momentum=momentum)
+    elif optimizer == "adam":
         step = optax.adam(schedule)
     else:
-        raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {train_config.optimizer!r}")
-    if train_config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(train_config.weight_decay), step)
+        raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if weight_decay:
+        return optax.chain(optax.add_decayed_weights(weight_decay), step)
     return step

@@ -1,0 +1,98 @@
+"""The stealing-attack matrix (docs/method.md §10.5): victims, metrics, seeds, resume, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ast_jax import matrix, pipeline
+from ast_jax.config import load_config
+
+
+def test_victims_parse_with_default_gamma_and_refuse_bad_specs():
+    assert matrix.parse_victim("ast", "digits", 10, "v") == matrix.Victim("ast", "ast", "none", ())
+    dcp = matrix.parse_victim("dcp:beta=0.3", "cifar100", 100, "v")
+    assert (dcp.teacher, dcp.defense, dict(dcp.params), dcp.label) == ("base", "dcp", {"beta": 0.3, "gamma": 0.1},
+                                                                       "dcp-beta0.3-gamma0.1")
+    assert matrix.parse_victim("topk_round:k=2,decimals=1", "digits", 10, "v").label == "topk_round-k2-decimals1"
+    for spec, match in [("dpc:beta=1", "unknown victim 'dpc'"), ("dcp:beta", "must be key=value"),
+                        ("ast:k=1", "takes no parameters"), ("topk_round:k=20,decimals=1", r"v.k: must be an integer")]:
+        with pytest.raises(ValueError, match=match) as error:
+            matrix.parse_victim(spec, "digits", 10, "v")
+        assert "\n" not in str(error.value)
+
+
+def test_cell_metrics_against_numpy():
+    clean = np.array([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.2, 0.7, 0.1]])
+    released = np.array([[0.6, 0.3, 0.1], [0.1, 0.4, 0.5], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0]])
+    labels = np.array([0, 2, 2, 1])
+    got = matrix.defender_metrics(clean, released, labels, base_accuracy=0.75)
+    assert got["defender_accuracy"] == pytest.approx(0.75) and got["defender_drop"] == pytest.approx(0.0)
+    assert got["l1"] == pytest.approx(np.mean([0.2, 0.2, 0.0, 1.6]))
+    clone_logits = np.log(np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]]))
+    got = matrix.clone_metrics(clone_logits, clean, released)
+    assert got == {"fidelity": pytest.approx(0.5), "agreement": pytest.approx(0.5)}
+
+
+def test_summary_is_mean_and_population_std_over_seeds():
+    rows = [dict({m: 0.0 for m in matrix.METRICS}, victim="v", attack="a", kind="kd", flag="", seed=s,
+                 clone_accuracy=acc) for s, acc in enumerate((0.5, 0.7, 0.9))]
+    (entry,) = matrix.summarise(rows)
+    assert entry["clone_accuracy"] == pytest.approx(0.7)
+    assert entry["clone_accuracy_std"] == pytest.approx(np.std([0.5, 0.7, 0.9]))
+    assert entry["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.matrix.attacks=('knockof',)", "config.matrix.attacks\\[0\\]: no attack cell 'knockof'"),
+    ("--config.matrix.victims=('ast','dcq:beta=1')", "config.matrix.victims\\[1\\]: unknown victim 'dcq'"),
+    ("--config.attacks.knockoff_soft.budget=10", "config.attacks.knockoff_soft.budget: a budget of 10 queries is smaller"),
+    ("--config.attacks.knockoff_soft.query_set=cifar10", "config.attacks.knockoff_soft.query_set: query set 'cifar10' "
+                                                         "has 32x32 images but the victim takes 8x8"),
+    ("--config.attacks.jbda.kind=jdba", "config.attacks.jbda.kind: unknown attack 'jdba'"),
+])
+def test_bad_matrix_config_is_one_line(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("digits", [override])
+
+
+def test_matrix_sections_stay_out_of_the_study_record():
+    from ast_jax.config import study_record
+
+    a = study_record(load_config("digits"))
+    b = study_record(load_config("digits", ["--config.attacks.kd.epochs=3", "--config.matrix.seeds=(5,)"]))
+    assert a == b and "matrix" not in a and "attacks" not in a
+
+
+TINY = ["--config.train.epochs=2", "--config.train.milestones=()", "--config.train.eval_every=1",
+        "--config.matrix.victims=('base','dcp:beta=0.9')", "--config.matrix.attacks=('knockoff_soft',)",
+        "--config.attacks.knockoff_soft.budget=100", "--config.attacks.knockoff_soft.epochs=1",
+        "--config.matrix.seeds=(0,1)"]
+
+
+@pytest.mark.slow
+def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(tmp_path):
+    workdir = str(tmp_path / "w")
+    study = pipeline.open_study(load_config("digits", TINY), workdir, log=lambda message: None)
+    paths = matrix.run_matrix(study)
+    summary = json.load(open(paths[1]))["summary"]
+    assert [(e["victim"], e["attack"], e["seeds"]) for e in summary] == [
+        ("base", "knockoff_soft", [0, 1]), ("dcp-beta0.9-gamma0.2", "knockoff_soft", [0, 1])]
+    assert all(e["queries"] == 100 for e in summary) and os.path.getsize(paths[3]) > 0
+    assert summary[0]["l1"] == 0 and summary[1]["l1"] > 0
+    cells = matrix.plan(study)
+    results = [os.path.join(matrix.cell_directory(study, c), matrix.CELL_RESULT) for c in cells]
+    stamps = [os.stat(p).st_mtime_ns for p in results]
+    os.remove(results[3])  # a cell killed before its result was written
+    log = []
+    study = pipeline.open_study(load_config("digits", TINY), workdir, log=log.append)
+    matrix.run_matrix(study)
+    assert [os.stat(p).st_mtime_ns for p in results[:3]] == stamps[:3]
+    assert sum("(done before)" in line for line in log) == 3
+    assert json.load(open(results[3]))["queries"] == 100
+    changed = pipeline.open_study(load_config("digits", TINY + ["--config.attacks.knockoff_soft.labels=hard"]),
+                                  workdir, log=lambda message: None)
+    with pytest.raises(matrix.StaleCellError, match="changed: attack.*kept as it was"):
+        matrix.run_matrix(changed)
+    assert [os.stat(p).st_mtime_ns for p in results[:3]] == stamps[:3]
