@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from .data import normalize, to_unit_float
-from .train.loop import _batched_map, check_batch_size
+from .train.loop import check_batch_size, host_batched_map
 
 #: `release(images (N, H, W, C) float32 pixels, key) -> probabilities (N, K) float32`.
 Release = Callable[[jax.Array, jax.Array], jax.Array]
@@ -65,8 +65,10 @@ class BlackBox:
       image_shape: (H, W, C) of the images the victim takes; other shapes are refused.
       num_classes: K.
       mesh: the device mesh the release runs on, data-parallel over its `data` axis.
-      batch_size: images per device batch (divisible by the mesh size); a query of N images runs
-        ceil(N / batch_size) batches, the last one padded (padding is not counted).
+      batch_size: images per call of the victim (divisible by the mesh size); a query of N images
+        runs ceil(N / batch_size) calls from the host, the last one padded to a multiple of the
+        device count (padding is not counted). Host-driven, not a `lax.scan`: XLA:CPU runs
+        convolutions several times slower inside a loop (`train.loop.default_loop`).
       seed: the seed of the release's randomness.
       labels_only: the box releases only the arg-max label (`probabilities` is refused).
     """
@@ -81,13 +83,14 @@ class BlackBox:
         self._calls = 0
         self._key = jax.random.PRNGKey(seed)
 
-        @jax.jit
-        def release_all(images, key, call):
-            pixels = to_unit_float(images) if images.dtype == jnp.uint8 else images.astype(jnp.float32)
-            key = jax.random.fold_in(key, call)
-            return _batched_map(lambda index, x: release(x, jax.random.fold_in(key, index)), mesh, batch_size, pixels)
+        self._mesh, self._batch_size = mesh, batch_size
 
-        self._release_all = release_all
+        @jax.jit
+        def release_batch(images, key, call, index):
+            pixels = to_unit_float(images) if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+            return release(pixels, jax.random.fold_in(jax.random.fold_in(key, call), index))
+
+        self._release_batch = release_batch
 
     def _query(self, images) -> jax.Array:
         if not hasattr(images, "dtype"):
@@ -98,10 +101,11 @@ class BlackBox:
                              f"{self.image_shape[0]}x{self.image_shape[1]} with {self.image_shape[2]} channel(s)")
         if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
             raise ValueError(f"query images must be uint8 or float pixels in [0, 1], got dtype {images.dtype}")
-        call = self._calls
+        call = np.int32(self._calls)
         self._calls += 1
         self.queries += int(images.shape[0])
-        return self._release_all(images, self._key, np.int32(call))
+        return host_batched_map(lambda index, batch: self._release_batch(batch, self._key, call, index), self._mesh,
+                                self._batch_size, images)
 
     def probabilities(self, images) -> jax.Array:
         """The released probability vectors r(x), (N, K) float32; N queries."""

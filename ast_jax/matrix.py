@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import time
+from io import BytesIO
 from typing import Any, Callable, Mapping
 
 import jax
@@ -34,7 +35,7 @@ from . import defenses
 from .attacks import AttackContext, run_attack
 from .blackbox import BlackBox, victim_release
 from .checkpoints import WorkdirConflictError
-from .config import sparsity_k
+from .config import sparsity_k, to_json
 from .data import load_query_set
 from .io import atomic_write, is_writer, read_json
 from .pipeline import TEACHERS, Study, fingerprint, teacher_fingerprint, train_teacher
@@ -144,12 +145,6 @@ def clone_metrics(clone_logits: np.ndarray, clean: np.ndarray, released: np.ndar
             "agreement": float(np.mean(predicted == np.argmax(released, -1)))}
 
 
-def _plain(value):
-    if isinstance(value, Mapping):
-        return {key: _plain(v) for key, v in value.items()}
-    return list(value) if isinstance(value, tuple) else value
-
-
 class _Matrix:
     """One `ast-jax matrix` session: victims' test outputs, query sets and compiled predictors, cached."""
 
@@ -191,7 +186,7 @@ class _Matrix:
 
     def inputs(self, cell: Cell) -> dict:
         """What the cell's result depends on, as recorded in its cell.json."""
-        settings = _plain(self.study.config.attacks[cell.attack].to_dict())
+        settings = json.loads(to_json(self.study.config.attacks[cell.attack]))
         query_set = self.query_set(settings)
         return {"victim": cell.victim.label, "teacher": teacher_fingerprint(self.study, cell.victim.teacher),
                 "defense": {"name": cell.victim.defense, "params": dict(cell.victim.params)},
@@ -313,9 +308,7 @@ def heatmap(path: str, summary: list[dict]) -> None:
         axes.text(j, i, f"{value:.1f}", ha="center", va="center", color="w", fontsize=8)
     figure.colorbar(image, label="clone test accuracy (%)")
     figure.tight_layout()
-    import io as bytes_io
-
-    buffer = bytes_io.BytesIO()
+    buffer = BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     atomic_write(path, buffer.getvalue())

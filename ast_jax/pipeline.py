@@ -5,6 +5,7 @@
     <workdir>/adversarial/<fingerprint>.npy  PGD training set of the base teacher (+ .json)
     <workdir>/students/<teacher>-<arch>/     students distilled from each teacher (kd step)
     <workdir>/report.{md,json,csv}, outputs.png
+    <workdir>/matrix/..., matrix.{md,json,csv,png}  the stealing-attack matrix (`ast_jax.matrix`)
 
 Every stage is skipped when its output is complete and resumes when interrupted (training runs
 resume from their last checkpoint). The Stingy Teacher (`stingy`) needs no training: it is the

@@ -7,16 +7,17 @@ runs in under five minutes on two CPU cores. Why each value, with the seven sche
 omega sweep measured to choose them: docs/digits-schedule.md (starting point: docs/method.md §9).
 """
 
-from ast_jax.config import CNN_STUDENT_TRAIN, study_config
+from ast_jax.config import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
 
-#: `ast-jax matrix` (docs/method.md §10.5): every teacher, and the base teacher behind every output
-#: defence of the small-data grid (DCP beta .3-1.5, Reverse Sigmoid .04-.64, top-1, rounding to 1 decimal).
-MATRIX_VICTIMS = ("base", "stingy", "ast", "nasty", "stt",
-                  *(f"dcp:beta={beta}" for beta in (0.3, 0.6, 0.9, 1.2, 1.5)),
-                  *(f"reverse_sigmoid:beta={beta}" for beta in (0.04, 0.16, 0.64)),
-                  "top1", "topk_round:k=10,decimals=1")
-#: The CNN clone with the study's CNN recipe (Adam 1e-3), 10 epochs; small budgets sized so that the
-#: whole matrix (3 seeds) fits 20 minutes on 2 CPU cores.
+#: `ast-jax matrix` (docs/method.md §10.5): every teacher, and the base teacher behind every kind of
+#: output defence: DCP at beta .3/.9/1.5 and Reverse Sigmoid at .04/.64 (the ends and middle of the
+#: small-data grid .3-1.5 and .04-.64, to fit the CPU budget; the whole grid is
+#: `--config.matrix.victims` away), top-1, and rounding to 1 decimal.
+MATRIX_VICTIMS = (*TEACHER_VICTIMS, *defence_victims(dcp_betas=(0.3, 0.9, 1.5), rs_betas=(0.04, 0.64),
+                                                     rounding=((10, 1),)))
+#: The CNN clone with the study's CNN recipe (Adam 1e-3), 10 epochs; small budgets (Knockoff 1,437
+#: queries, JBDA 4 rounds to 1,200 points, DFME 10,000 queries) sized so that the whole matrix
+#: (3 seeds) fits 20 minutes on 2 CPU cores.
 _CLONE = dict(optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0, batch_size=64, epochs=10,
               schedule="multistep", milestones=())
 MATRIX_ATTACKS = {
@@ -24,7 +25,7 @@ MATRIX_ATTACKS = {
     "knockoff_soft": dict(_CLONE, kind="knockoff", query_set="fashion_to_digits", budget=1437, labels="soft"),
     "knockoff_hard": dict(_CLONE, kind="knockoff", query_set="fashion_to_digits", budget=1437, labels="hard"),
     "jbda": dict(_CLONE, kind="jbda", seeds=150, rounds=4, epochs=5),
-    "dfme": dict(kind="dfme", budget=20_000, batch_size=64, ngf=16, iterations_per_epoch=10),
+    "dfme": dict(kind="dfme", budget=10_000, batch_size=64, ngf=16, iterations_per_epoch=10),
 }
 
 

@@ -285,14 +285,32 @@ def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
     check_batch_size(batch_size, mesh, "eval_batch_size")
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
-    @jax.jit
-    def predict(variables, images):
-        def logits(_, x):
-            return model.apply(variables, normalize(to_unit_float(x), mean, std), train=False).astype(jnp.float32)
+    def logits(variables, x):
+        return model.apply(variables, normalize(to_unit_float(x), mean, std), train=False).astype(jnp.float32)
 
-        return _batched_map(logits, mesh, batch_size, images)
+    if default_loop() == "scan":
+        return jax.jit(lambda variables, images: _batched_map(lambda _, x: logits(variables, x), mesh, batch_size,
+                                                              images))
+    logits_jit = jax.jit(logits)
+    return lambda variables, images: host_batched_map(lambda _, x: logits_jit(variables, x), mesh, batch_size, images)
 
-    return predict
+
+def host_batched_map(fn, mesh: Mesh, batch_size: int, images) -> jax.Array:
+    """`fn(batch_index, batch)` over `images` in batches of `batch_size`, driven from the host (the CPU
+    path, see `default_loop`), each batch data-parallel over the mesh; the last one is padded to a
+    multiple of the device count only, and the padding dropped from the result."""
+    sharding = NamedSharding(mesh, P(AXIS))
+    if images.shape[0] <= batch_size and not images.shape[0] % mesh.size:  # one batch: no slicing (an eager op)
+        return fn(np.int32(0), jax.device_put(images, sharding))
+    out = []
+    for index, start in enumerate(range(0, images.shape[0], batch_size)):
+        batch = images[start:start + batch_size]
+        pad = -batch.shape[0] % mesh.size
+        if pad:
+            batch = jnp.concatenate([jnp.asarray(batch), jnp.zeros((pad, *batch.shape[1:]), batch.dtype)])
+        result = fn(np.int32(index), jax.device_put(batch, sharding))
+        out.append(result[:result.shape[0] - pad] if pad else result)
+    return out[0] if len(out) == 1 else jnp.concatenate(out)
 
 
 def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float, step_size: float,
