@@ -42,16 +42,19 @@ def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransfor
 
     Equal settings give the same object (memoised), so programs built from it are shared
     (`loop.make_train_epoch`)."""
-    return _optimizer(train_config.optimizer, float(train_config.lr), float(train_config.momentum),
-                      float(train_config.weight_decay), train_config.get("schedule", "multistep"),
-                      tuple(train_config.milestones), float(train_config.lr_decay), int(train_config.epochs),
-                      int(steps_per_epoch))
+    get = train_config.get
+    momentum = train_config.momentum if train_config.optimizer == "sgd" else 0.0
+    return _optimizer(train_config.optimizer, float(train_config.lr), float(momentum),
+                      float(get("weight_decay", 0.0)), get("schedule", "multistep"), tuple(get("milestones", ())),
+                      float(get("lr_decay", 1.0)), int(get("epochs", 0)), int(steps_per_epoch))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizer(optimizer: str, lr: float, momentum: float, weight_decay: float, schedule_name: str,
                milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
     if schedule_name == "cosine":
+        if epochs < 1:
+            raise ValueError("the cosine schedule needs the number of epochs (train config key `epochs`)")
         schedule = cosine_per_epoch(lr, epochs, steps_per_epoch)
     else:
         schedule = lr_schedule(lr, milestones, lr_decay, steps_per_epoch)
