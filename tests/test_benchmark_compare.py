@@ -1,8 +1,11 @@
 """The benchmark regression check (benchmarks/compare.py) on two small results files written here."""
 
 import json
+import sys
+from pathlib import Path
 
-from benchmarks import compare
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the repository
+from benchmarks import compare  # noqa: E402
 
 
 def results(step_seconds, pgd_seconds, extra_step=None):
