@@ -18,4 +18,11 @@ class Stream(enum.IntEnum):
 
     PARAMS_INIT = FIRST_STREAM        # the model's initial parameters (`train.runner.fit`)
     PGD_START = FIRST_STREAM + 1      # PGD's random starts for the adversarial set and the figure
+    GENERATOR_INIT = FIRST_STREAM + 100  # DFME's generator parameters (`attacks.dfme`)
     ADV_PAIRING = 0xFFFFFFFF          # the random clean/adversarial pairing of the AST step (`train.loop`)
+
+
+#: Folded into a DFME iteration's key (after its noise draws 0..clone_steps): the probe directions.
+ITERATION_DIRECTIONS = FIRST_STREAM + 1
+#: With the seed, the seed sequence of Knockoff's draw from the query set (`attacks.transfer`).
+KNOCKOFF_DRAW = 0x4B4E

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from ..blackbox import BlackBox
-from ..rng import Stream
+from ..rng import ITERATION_DIRECTIONS, Stream
 from ..train import StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
 from . import AttackContext, AttackResult
 from .transfer import attacker_logits
@@ -135,7 +135,7 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
         return optax.piecewise_constant_schedule(lr, {step * every: settings["lr_decay"] for step in decays})
 
     generator = Generator(image_shape, settings["ngf"])
-    g_params = generator.init(jax.random.fold_in(key, Stream.PARAMS_INIT + 100), jnp.zeros((2, settings["nz"])))["params"]
+    g_params = generator.init(jax.random.fold_in(key, Stream.GENERATOR_INIT), jnp.zeros((2, settings["nz"])))["params"]
     g_tx = (optax.adam(decayed(settings["generator_lr"], 1)) if variant == "dfme" else
             optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
                         optax.sgd(decayed(settings["generator_lr"], 1), momentum=settings["momentum"])))
@@ -154,7 +154,7 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
         return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, iteration), index), (batch, settings["nz"]))
 
     def directions(iteration, shape):
-        return sphere_directions(jax.random.fold_in(jax.random.fold_in(key, iteration), Stream.PGD_START), m, shape)
+        return sphere_directions(jax.random.fold_in(jax.random.fold_in(key, iteration), ITERATION_DIRECTIONS), m, shape)
 
     @jax.jit
     def probes(g_params, iteration):

@@ -26,6 +26,7 @@ import numpy as np
 from ..blackbox import BlackBox
 from ..data import ArraySplit, AugmentSpec
 from ..io import atomic_write, is_writer, load_npy, read_json, save_npy
+from ..rng import KNOCKOFF_DRAW
 from ..train import RunData, StepSpec, TrainingRun, fit, to_host
 from . import AttackContext, AttackResult
 
@@ -120,7 +121,7 @@ def knockoff(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     """KnockoffNets, random strategy: exactly `budget` queries, then a clone on the transfer set."""
     if context.query_images is None:
         raise ValueError("knockoff needs a query set (AttackContext.query_images)")
-    rng = np.random.default_rng([context.seed, 0x4B4E])  # the draw depends on the seed alone
+    rng = np.random.default_rng([context.seed, KNOCKOFF_DRAW])  # the draw depends on the seed alone
     images = context.query_images[knockoff_indices(len(context.query_images), settings["budget"], rng)]
     transfer, queries = _transfer_set(box, images, settings["labels"], context.directory)
     spec = StepSpec("ce") if settings["labels"] == "hard" else StepSpec("kd", 1.0, 1.0)
