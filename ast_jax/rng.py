@@ -18,6 +18,7 @@ class Stream(enum.IntEnum):
 
     PARAMS_INIT = FIRST_STREAM        # the model's initial parameters (`train.runner.fit`)
     PGD_START = FIRST_STREAM + 1      # PGD's random starts for the adversarial set and the figure
+    STEP_NOISE = FIRST_STREAM + 2     # a train step's own draws, folded into the epoch's augmentation key (`train.loop`)
     GENERATOR_INIT = FIRST_STREAM + 100  # DFME's generator parameters (`attacks.dfme`)
     ADV_PAIRING = 0xFFFFFFFF          # the random clean/adversarial pairing of the AST step (`train.loop`)
 

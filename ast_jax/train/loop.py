@@ -133,15 +133,17 @@ def epoch_plan(key, epoch, num_examples: int, batch_size: int, pairing: str):
 
 
 def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None):
-    """`step(state, batch, teacher_variables) -> (state, metrics)`: `train_step` data-parallel over `mesh`.
+    """`step(state, batch, teacher_variables=None, key=None) -> (state, metrics)`: `train_step`
+    data-parallel over `mesh`.
 
     The per-device program runs under `jax.shard_map` with the batch split over the axis
-    `data` and the state and teacher replicated; gradients, metrics and BatchNorm statistics
+    `data` and the state, the teacher and the step's key replicated; gradients, metrics and BatchNorm statistics
     are averaged with `lax.pmean` inside `train_step`. Not jitted: callers jit it (with the
     state donated) or call it inside their own jitted program.
     """
-    return jax.shard_map(functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS), mesh=mesh,
-                         in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False)
+    sharded = jax.shard_map(functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS), mesh=mesh,
+                            in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()), check_vma=False)
+    return lambda state, batch, teacher_variables=None, key=None: sharded(state, batch, teacher_variables, key)
 
 
 def _per_channel(values) -> tuple:
@@ -201,7 +203,8 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
             batch["teacher_logits"] = data["teacher_logits"][rows]
         if spec.needs_adversarial:
             batch["adv_image"] = data["adv_images"][adv_rows]
-        return step(state, _shard_batch(mesh, batch), teacher_variables)
+        step_key = jax.random.fold_in(jax.random.fold_in(augment_key, Stream.STEP_NOISE), index)
+        return step(state, _shard_batch(mesh, batch), teacher_variables, step_key)
 
     def indexed_body(state, data, teacher_variables, augment_key, index, order, adv_order, mask):
         return body(state, data, teacher_variables, augment_key, index, order[index], adv_order[index], mask[index])

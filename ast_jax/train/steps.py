@@ -157,9 +157,23 @@ def _share_of_valid_examples(mask, axis_name: str | None):
     return local * jax.lax.psum(1.0, axis_name) / jnp.maximum(jax.lax.psum(local, axis_name), 1.0)
 
 
+def example_keys(key: jax.Array, local_batch: int, axis_name: str | None = None) -> jax.Array:
+    """One PRNG key per example of this device's shard: `fold_in(key, global position)`.
+
+    The position counts over the whole batch (device d's shard starts at d * local_batch), so
+    example i draws the same numbers on 1 or N devices.
+    """
+    start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(local_batch))
+
+
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
-               state: TrainState, batch: dict, teacher_variables=None, *, axis_name: str | None = None):
+               state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None, *,
+               axis_name: str | None = None):
     """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']}).
+
+    `key` is the step's PRNG key, the same on every device, for step kinds that draw random
+    numbers (per example through `example_keys`); the other kinds ignore it.
 
     Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
     valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
