@@ -4,7 +4,8 @@ Every conv / BatchNorm / linear layer of every model is made here, so that the P
 conventions live in one place:
 
 * explicit symmetric padding ``((p, p), (p, p))`` (never ``'SAME'``), depthwise/grouped convs
-  through ``feature_group_count``;
+  through ``feature_group_count``; on CPU, a convolution whose kernel is larger than its output
+  map runs as patches + one matrix product (:func:`conv_lowering`, the same sums);
 * :class:`BatchNorm`, ``torch.nn.BatchNorm1d/2d`` exactly: ``momentum=0.1`` and ``eps=1e-5``,
   batch statistics in float32 whatever the compute dtype, normalisation with the biased batch
   variance and the running variance updated with the unbiased one (``n / (n - 1)``), as
@@ -50,6 +51,41 @@ def torch_default_bias_init(fan_in: int):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def conv_as_patches(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, precision=None):
+    """An NHWC x HWIO convolution (dense, undilated) as one matrix product over its patches.
+
+    ``y[n, i, j, o] = sum_{a, b, c} x_pad[n, s_h i + a, s_w j + b, c] * w[a, b, c, o]``: the
+    ``kh * kw`` shifted views of the padded input are concatenated along channels in (a, b)
+    order, matching ``w.reshape(kh * kw * C, O)``.  Same signature as ``lax.conv_general_dilated``
+    (the hook of ``nn.Conv``) for the case the model zoo uses it in.
+    """
+    if feature_group_count != 1 or any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        raise ValueError("conv_as_patches takes dense, undilated convolutions only")
+    kh, kw, cin, cout = rhs.shape
+    sh, sw = window_strides
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    views = [x[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :] for a in range(kh) for b in range(kw)]
+    return jnp.dot(jnp.concatenate(views, axis=-1), rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
+def conv_lowering(kernel_size: int, stride: int, padding: int, groups: int, input_hw: tuple[int, int]):
+    """The ``conv_general_dilated`` a conv layer runs: None (XLA's convolution) or :func:`conv_as_patches`.
+
+    XLA:CPU rewrites a convolution whose kernel overhangs its whole output map (the 3x3 convs
+    that make or take the 2x2 maps of the CNN and ResNetC-20 at 8x8 input), or the gradient of
+    one, into a convolution its fast kernels do not take: 64 x 2x2 x 64->128 took 2.8 ms forward
+    and 6.1 ms with both gradients, against 0.33 and 1.4 ms as patches + a matrix product (2-core
+    CPU, benchmarks/README.md). Everywhere else, and on every other backend, XLA's convolution is
+    as fast or faster, so it is kept.
+    """
+    output_hw = [(size + 2 * padding - kernel_size) // stride + 1 for size in input_hw]
+    if jax.default_backend() == "cpu" and groups == 1 and kernel_size > min(output_hw):
+        return conv_as_patches
+    return None
 
 
 def masked_moments(x: jax.Array, mask: jax.Array | None, axis_name: str | None):
@@ -138,7 +174,8 @@ class Ops:
                 padding=((padding, padding), (padding, padding)),
                 feature_group_count=groups, use_bias=bias, dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=kernel_init,
-                bias_init=torch_default_bias_init(fan_in), name=name)(x)
+                bias_init=torch_default_bias_init(fan_in), name=name,
+                conv_general_dilated=conv_lowering(kernel_size, stride, padding, groups, x.shape[1:3]))(x)
 
         return layer
 
