@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ast_jax.models import MODEL_NAMES, create
-from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_patches, conv_lowering
+from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_patches, conv_lowering, max_pool_2x2
 
 from conftest import PARAM_COUNTS  # noqa: E402
 
@@ -228,3 +228,19 @@ def test_conv_lowering_takes_patches_only_where_the_kernel_overhangs_the_output_
     assert conv_lowering(3, 1, 1, 4, (2, 2)) is None  # grouped: XLA's
     with pytest.raises(ValueError, match="dense, undilated"):
         conv_as_patches(jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), feature_group_count=4)
+
+
+def test_max_pool_2x2_routes_the_gradient_to_the_first_maximum():
+    """Forward = the 2x2 window maximum; backward = PyTorch's: all of a window's gradient to its first
+    maximum in row-major order, ties included (float64 NumPy oracle)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, (2, 4, 6, 3)).astype(np.float32)  # small integers: many ties
+    upstream = rng.normal(size=(2, 2, 3, 3))
+    windows = x.reshape(2, 2, 2, 3, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(2, 2, 3, 3, 4)
+    first = windows.argmax(-1)  # NumPy's argmax: the first maximum
+    want_grad = np.zeros((2, 2, 3, 3, 4))
+    np.put_along_axis(want_grad, first[..., None], upstream[..., None], -1)
+    want_grad = want_grad.reshape(2, 2, 3, 3, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(x.shape)
+    y, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), windows.max(-1))
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(upstream, jnp.float32))[0]), want_grad, rtol=1e-6)

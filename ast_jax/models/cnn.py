@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Ops
+from .layers import Ops, max_pool_2x2
 
 
 class CNN(nn.Module):
@@ -31,7 +31,7 @@ class CNN(nn.Module):
         for i in range(3):
             x = ops.conv(self.num_channels * 2**i, 3, padding=1, bias=True)(x, f"conv{i + 1}")
             x = ops.bn()(x, f"bn{i + 1}")
-            x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
+            x = nn.relu(max_pool_2x2(x))
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         x = nn.relu(ops.bn()(ops.dense(4 * self.num_channels)(x, "fc1"), "fcbn1"))
         return ops.dense(self.num_classes)(x, "fc2").astype(jnp.float32)
