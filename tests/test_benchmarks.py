@@ -24,7 +24,7 @@ from ast_jax import adversarial, losses, models  # noqa: E402
 from ast_jax.data import normalize  # noqa: E402
 from ast_jax.interop import from_torch_state_dict, torch_models  # noqa: E402
 from ast_jax.train import train_step  # noqa: E402
-from benchmarks import jax_path, report, run, torch_path  # noqa: E402
+from benchmarks import jax_path, profile, report, run, torch_path  # noqa: E402
 from benchmarks.common import (MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, Weights,  # noqa: E402
                                fixed_batch, synthetic_data)
 from conftest import jit_unoptimized, randomize_torch_batchnorm  # noqa: E402
@@ -168,3 +168,31 @@ def test_smoke_run_writes_results(tmp_path):
 
     with pytest.raises(SystemExit, match="results.json"):
         run.main(["--smoke", "--device-name", "smoke", "--out", str(tmp_path)])
+
+
+def test_profile_names_ops_by_layer_and_sums_them_per_primitive():
+    hlo = ('  %ynn_fusion.3 = f32[64,2,2,128]{3,2,1,0} fusion(%a, %b), kind=kCustom, '
+           'metadata={op_name="jit(<lambda>)/jvp(CNN)/conv3/conv_general_dilated" stack_frame_id=1}\n'
+           '  ROOT %dot.1 = f32[576,128]{1,0} dot(%c, %d), '
+           'metadata={op_name="jit(<lambda>)/transpose(jvp(CNN))/conv3/dot_general" stack_frame_id=2}\n'
+           '  %transpose_copy_fusion.2 = f32[16,8,8,64]{3,2,1,0} fusion(%e), kind=kLoop\n')
+    names = profile._layer_names(hlo)
+    assert names == {"ynn_fusion.3": "jvp(CNN)/conv3/conv_general_dilated",
+                     "dot.1": "transpose(jvp(CNN))/conv3/dot_general"}
+    rows = [("ynn_fusion.3", names["ynn_fusion.3"], 2.0), ("dot.1", names["dot.1"], 1.0),
+            ("ynn_fusion.4", "jvp(CNN)/conv2/conv_general_dilated", 0.5),
+            ("transpose_copy_fusion.2", "(fusion)", 0.25), ("transpose_copy_fusion.7", "(fusion)", 0.5)]
+    assert profile.by_primitive(rows) == [("conv_general_dilated forward", "", 2.5), ("dot_general backward", "", 1.0),
+                                          ("transpose_copy_fusion (no JAX op)", "", 0.75)]
+
+
+@pytest.mark.slow
+def test_profile_smoke_writes_both_tables_and_never_replaces_them(tmp_path):
+    out = tmp_path / "profile.md"
+    args = ["--model", "cnn", "--what", "pgd", "--batch-size", "4", "--iters", "1", "--top", "3", "--out", str(out)]
+    profile.main(args)
+    text = out.read_text()
+    assert "### JAX (XLA ops)" in text and "### PyTorch reference" in text and "conv" in text
+    with pytest.raises(SystemExit, match="exists"):
+        profile.main(args)
+    assert out.read_text() == text
