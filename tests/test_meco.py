@@ -213,13 +213,56 @@ def _compare_device_counts() -> dict:
     return out
 
 
+def _compare_worst_case() -> dict:
+    """The worst case z after 2 large SVGD steps through a BatchNorm model, on 1 and 4 devices.
+
+    Images i and i + 8 are near duplicates on different devices, so the kernel couples the shards,
+    and G_i reaches every image through the batch statistics."""
+    from functools import partial
+    from jax.sharding import PartitionSpec as P
+
+    variables = TinyNet().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
+    split = tiny_split(8, channels=3)
+    rng = np.random.default_rng(4)
+    images = np.concatenate([split.images, split.images]) / 255.0 + 0.02 * rng.normal(size=(16, 8, 8, 3))
+    images, labels = images.astype(np.float32), np.concatenate([split.labels, split.labels])
+    mask = np.arange(16) != 5
+    settings = meco.MecoSettings(dro_steps=2, step_size=2.0)
+
+    def worst(variables, images, labels, mask, axis_name):
+        model = TinyNet(axis_name=axis_name)
+
+        def forward(stats, z):
+            logits, updates = model.apply({**variables, "batch_stats": stats}, z, train=True, mask=mask,
+                                          mutable=["batch_stats"])
+            return logits, updates["batch_stats"]
+
+        return meco.dro_particles(forward, variables["batch_stats"], images, labels, mask, settings, axis_name)
+
+    one = jax.jit(partial(worst, axis_name=None))(variables, images, labels, mask)
+    four = jax.jit(jax.shard_map(partial(worst, axis_name="data"), mesh=make_mesh(),
+                                 in_specs=(P(), P("data"), P("data"), P("data")), out_specs=(P("data"), P()),
+                                 check_vma=False))(variables, images, labels, mask)
+    one, four = jax.device_get((one, four))
+    return {"moved": float(np.max(np.abs(one[0] - images))),
+            "devices": max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)))}
+
+
 @pytest.fixture(scope="module")
 def measured() -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
                          cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    steps, worst_case = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**steps, "worst_case": worst_case}
+
+
+def test_worst_case_on_four_devices_matches_one_device(measured):
+    """The SVGD kernel and the gradients G span the whole batch, whichever device holds an image."""
+    diff = measured["worst_case"]
+    assert diff["moved"] > 1e-2, diff
+    assert diff["devices"] < DEVICE_TOLERANCE, diff
 
 
 @pytest.mark.parametrize("form", meco.FORMS)
@@ -312,4 +355,4 @@ def test_meco_step_without_a_key_is_refused():
 
 
 if __name__ == "__main__":
-    print(json.dumps(_compare_device_counts()))
+    print(json.dumps([_compare_device_counts(), _compare_worst_case()]))
