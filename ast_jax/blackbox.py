@@ -8,10 +8,10 @@ them (`BlackBox.queries`).
 
 A *release* is a pure, jittable function `release(images, key) -> probabilities (N, K)`:
 
-| built by            | what it releases                                                     |
-|---------------------|----------------------------------------------------------------------|
-| `victim_release`    | D(σ(f(normalise(x)))) for a deterministic output defence D            |
-| `victim_release` with an input defence | D(σ(f(I(normalise(x), key)))), e.g. MeCo's I(x, key) = x + s·h(x) (`meco.input_defense`), drawn per query |
+| built by                                | what it releases                                          |
+|-----------------------------------------|-----------------------------------------------------------|
+| `victim_release(..., defense=D)`        | D(σ(f(normalise(x)))), D a deterministic output defence    |
+| `victim_release(..., input_defense=I)`  | D(σ(f(I(normalise(x), key)))), I drawn per query (MeCo's x + s·h(x), `meco.input_defense`) |
 
 `key` is the query's randomness: `BlackBox` gives call c the key `fold_in(PRNGKey(seed), c)`, and
 each batch b of that call `fold_in(·, b)`, so a box's answers are reproducible from its seed and

@@ -186,6 +186,11 @@ def _masked_median(values: jax.Array, where: jax.Array) -> jax.Array:
     return 0.5 * (ordered[(count - 1) // 2] + ordered[count // 2])
 
 
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b in full float32 (no TF32 or bfloat16 passes on accelerators)."""
+    return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def svgd_update(particles: jax.Array, grads: jax.Array, step_size, mask: jax.Array | None = None) -> jax.Array:
     """One SVGD step of the whole batch, MeCo eq. 11 as the authors compute it.
 
@@ -206,10 +211,9 @@ def svgd_update(particles: jax.Array, grads: jax.Array, step_size, mask: jax.Arr
     safe_bandwidth = jnp.where(positive, bandwidth, 1.0)
     kernel = jnp.where(positive, jnp.exp(-squared / safe_bandwidth), (squared == 0).astype(squared.dtype))
     kernel = jnp.where(pairs, kernel, 0.0)
-    matmul = lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)  # noqa: E731
     kernel_term = jnp.where(positive, 2.0 / safe_bandwidth, 0.0) * (
-        particles * jnp.sum(kernel, axis=1, keepdims=True) - matmul(kernel, particles))
-    drive = matmul(kernel, grads) + kernel_term
+        particles * jnp.sum(kernel, axis=1, keepdims=True) - _matmul(kernel, particles))
+    drive = _matmul(kernel, grads) + kernel_term
     moved = particles - step_size / jnp.maximum(count, 1) * drive
     return jnp.where(valid[:, None], moved, particles)
 
@@ -294,7 +298,10 @@ def meco_loss(forward: Forward, running_stats, images, worst, h_images, h_worst,
     `h_images` and `h_worst` are h of x and of z with the same ω and ε per image.
     """
     s, gamma = settings.scale, settings.utility_weight
-    ce = lambda logits: losses.batch_mean(losses.cross_entropy(logits, labels), mask)  # noqa: E731
+
+    def ce(logits):
+        return losses.batch_mean(losses.cross_entropy(logits, labels), mask)
+
     if settings.form == "code":
         (_, perturbed, worst_logits, clean), running_stats = _chained_forwards(
             forward, running_stats, images + s * h_images, worst + s * h_worst, worst, images)
@@ -327,12 +334,12 @@ def utility(perturbed_release, clean_release, images, labels, key, batch_size: i
     """The randomised release's cost to a benign user over a set (MeCo §5's utility).
 
     `perturbed_release(x, key)` and `clean_release(x, key)` are black-box releases (probabilities
-    from pixels in [0, 1]); `images` uint8 or float pixels; batch b of `images` draws from `fold_in(key, b)`. Returns the mean ℓ1
-    distance mean_i ‖σ(T(x_i + s·h(x_i))) − σ(T(x_i))‖₁ and the accuracies under perturbation
-    and clean.
+    from pixels in [0, 1]); `images` are uint8 or float pixels; batch b of `images` draws from
+    `fold_in(key, b)`. Returns the mean ℓ1 distance mean_i ‖σ(T(x_i + s·h(x_i))) − σ(T(x_i))‖₁ and
+    the accuracies under perturbation and clean.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"utility batch_size must be a positive number of images, got {batch_size}")
     perturbed_jit, clean_jit = jax.jit(perturbed_release), jax.jit(clean_release)
     l1, correct, clean_correct = [], [], []
     for index, start in enumerate(range(0, len(labels), batch_size)):

@@ -316,8 +316,9 @@ def test_utility_measures_the_release_against_the_clean_model(victim):
     key = jax.random.PRNGKey(7)
     result = meco.utility(perturbed, clean, split.images, split.labels, key, batch_size=8)
     pixels = split.images / 255.0
-    released = np.concatenate([np.asarray(perturbed(jnp.asarray(pixels[s:s + 8], jnp.float32), jax.random.fold_in(key, b)))
-                               for b, s in enumerate((0, 8))]).astype(np.float64)
+    released = np.concatenate([np.asarray(perturbed(jnp.asarray(pixels[s:s + 8], jnp.float32),
+                                                    jax.random.fold_in(key, b))) for b, s in enumerate((0, 8))])
+    released = released.astype(np.float64)
     reference = np.asarray(clean(jnp.asarray(pixels, jnp.float32), key), np.float64)
     assert result["l1"] > 1e-3
     np.testing.assert_allclose(result["l1"], np.abs(released - reference).sum(1).mean(), rtol=1e-5)
