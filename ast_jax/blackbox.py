@@ -8,10 +8,10 @@ them (`BlackBox.queries`).
 
 A *release* is a pure, jittable function `release(images, key) -> probabilities (N, K)`:
 
-| built by            | what it releases                                                     |
-|---------------------|----------------------------------------------------------------------|
-| `victim_release`    | D(σ(f(normalise(x)))) for a deterministic output defence D            |
-| (a randomised one)  | e.g. MeCo's σ(f(x + s·h(x))), which draws from `key` per query        |
+| built by                                | what it releases                                          |
+|-----------------------------------------|-----------------------------------------------------------|
+| `victim_release(..., defense=D)`        | D(σ(f(normalise(x)))), D a deterministic output defence    |
+| `victim_release(..., input_defense=I)`  | D(σ(f(I(normalise(x), key)))), I drawn per query (MeCo's x + s·h(x), `meco.input_defense`) |
 
 `key` is the query's randomness: `BlackBox` gives call c the key `fold_in(PRNGKey(seed), c)`, and
 each batch b of that call `fold_in(·, b)`, so a box's answers are reproducible from its seed and
@@ -34,6 +34,8 @@ from .train.loop import check_batch_size, host_batched_map
 Release = Callable[[jax.Array, jax.Array], jax.Array]
 #: An output defence: probabilities (N, K) -> released probabilities (N, K), pure and jittable.
 OutputDefense = Callable[[jax.Array], jax.Array]
+#: An input defence: (normalised images (N, H, W, C), key) -> the images the victim's model sees.
+InputDefense = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def no_defense(probs: jax.Array) -> jax.Array:
@@ -41,17 +43,22 @@ def no_defense(probs: jax.Array) -> jax.Array:
     return probs
 
 
-def victim_release(model, variables, mean, std, defense: OutputDefense = no_defense) -> Release:
-    """`release(x, key) = defense(σ(f(normalise(x))))`, the model in inference mode (float32).
+def victim_release(model, variables, mean, std, defense: OutputDefense = no_defense,
+                   input_defense: InputDefense | None = None) -> Release:
+    """`release(x, key) = defense(σ(f(input_defense(normalise(x), key))))`, the model in inference
+    mode (float32); without an input defence the release is deterministic and ignores `key`.
 
     `x` is in pixel units; it is not clipped, so an attack that works in the model's input space
-    (DFME's generator) can send pixels outside [0, 1].
+    (DFME's generator) can send pixels outside [0, 1]. The input defence acts on the normalised
+    image, the model's input (MeCo perturbs what the trained model sees, docs/method.md §11.2).
     """
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def release(images, key):
-        del key  # deterministic
-        logits = model.apply(variables, normalize(images, mean, std), train=False).astype(jnp.float32)
+        inputs = normalize(images, mean, std)
+        if input_defense is not None:
+            inputs = input_defense(inputs, key)
+        logits = model.apply(variables, inputs, train=False).astype(jnp.float32)
         return defense(jax.nn.softmax(logits, axis=-1))
 
     return release

@@ -12,6 +12,7 @@ logits on the clean batch against it.
 | `ast`   | the trained model itself, inference mode, adversarial  | `losses.ast_loss` (eq. 5) |
 | `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         |
 | `l1`    | given logits (`teacher_logits` of the batch)           | mean_k abs(logits − target) (DFME clone) |
+| `meco`  | a worst-case batch z (SVGD from the clean batch)        | `meco.meco_loss` (docs/method.md §11.2)  |
 
 "Inference mode" means BatchNorm running statistics, no statistics update, and the *current*
 (pre-update) parameters. Which running statistics the model's own target (ast, stt) uses is
@@ -19,6 +20,11 @@ logits on the clean batch against it.
 step (the thesis's reading); `after_train_forward` takes those the step's training-mode forward
 on the clean batch has just updated, as the authors' `train_epoch` does (it runs the clean batch
 in train mode first, then the adversarial batch in eval mode; docs/method.md §4).
+
+The `meco` kind (settings `StepSpec.meco`, a `meco.MecoSettings`) runs every forward in training
+mode: one per SVGD step for the worst case z (before differentiation, gradients with respect to
+z only), then those of `meco.meco_loss`, each updating the running statistics in turn (the
+authors' order). It draws its perturbations from the step's `key`, per example.
 
 A batch may carry a per-example `mask` (bool; the padding of an epoch's last partial batch is
 False): padded examples enter neither the loss, the metrics nor the BatchNorm statistics. The
@@ -39,9 +45,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .. import losses
+from .. import losses, meco
+from ..rng import example_keys  # re-exported: `ast_jax.train.example_keys`
 
-STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1")
+STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", "meco")
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
@@ -63,7 +70,8 @@ class StepSpec:
 
     `omega` weighs the loss's divergence term (ω of eqs. 1 and 5 and of the Nasty Teacher); `k` the number of
     classes the sparse target keeps (ast/stt); `target_statistics` (one of `TARGET_STATISTICS`)
-    the running statistics of the ast/stt target.
+    the running statistics of the ast/stt target; `meco` the MeCo step's settings (used by the
+    meco kind only).
     """
 
     kind: str
@@ -72,6 +80,7 @@ class StepSpec:
     k: int | None = None
     divergence: str = "epd"
     target_statistics: str = "before_step"
+    meco: meco.MecoSettings = meco.MecoSettings()
 
     def __post_init__(self):
         if self.kind not in STEP_KINDS:
@@ -81,6 +90,8 @@ class StepSpec:
                              f"got {self.target_statistics!r}")
         if self.kind in ("ast", "stt") and self.k is None:
             raise ValueError(f"step kind {self.kind!r} needs k, the number of classes the sparse target keeps")
+        if not isinstance(self.meco, meco.MecoSettings):
+            raise ValueError(f"StepSpec.meco must be a meco.MecoSettings, got {type(self.meco).__name__}")
 
     @property
     def needs_teacher(self) -> bool:
@@ -157,14 +168,45 @@ def _share_of_valid_examples(mask, axis_name: str | None):
     return local * jax.lax.psum(1.0, axis_name) / jnp.maximum(jax.lax.psum(local, axis_name), 1.0)
 
 
-def example_keys(key: jax.Array, local_batch: int, axis_name: str | None = None) -> jax.Array:
-    """One PRNG key per example of this device's shard: `fold_in(key, global position)`.
+def _training_forward(model: nn.Module, params, mask) -> meco.Forward:
+    """`forward(running_stats, images) -> (training-mode logits, updated running statistics)`."""
 
-    The position counts over the whole batch (device d's shard starts at d * local_batch), so
-    example i draws the same numbers on 1 or N devices.
-    """
-    start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(local_batch))
+    def forward(running_stats, images):
+        logits, updates = model.apply({"params": params, "batch_stats": running_stats}, images, train=True,
+                                      mask=mask, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+
+    return forward
+
+
+def _distillation_objective(spec: StepSpec, model, teacher, state: TrainState, batch, mask, teacher_variables):
+    """`objective(params) -> (loss, (clean training-mode logits, batch_stats))` of the target kinds."""
+
+    def objective(params):
+        logits, batch_stats = _training_forward(model, params, mask)(state.batch_stats, batch["image"])
+        target_stats = batch_stats if spec.target_statistics == "after_train_forward" else state.batch_stats
+        target = _target_logits(spec, model, teacher, jax.lax.stop_gradient(params), target_stats, batch,
+                                teacher_variables)
+        return _objective(spec, logits, target, batch["label"], mask), (logits, batch_stats)
+
+    return objective
+
+
+def _meco_objective(settings: meco.MecoSettings, model, state: TrainState, batch, mask, key, axis_name):
+    """MeCo's `objective(params)`: the worst case z and h(x), h(z) (same ω, ε per example) are
+    drawn first, with the pre-update parameters, and are constants of the update."""
+    if key is None:
+        raise ValueError("the meco step draws its perturbations from the step's key: pass key= to train_step")
+    images, labels = batch["image"], batch["label"]
+    worst, running_stats = meco.dro_particles(_training_forward(model, state.params, mask), state.batch_stats,
+                                              images, labels, mask, settings, axis_name)
+    h_images, h_worst = (meco.perturbation(key, x, settings.eps_range, axis_name) for x in (images, worst))
+
+    def objective(params):
+        return meco.meco_loss(_training_forward(model, params, mask), running_stats, images, worst, h_images,
+                              h_worst, labels, mask, settings)
+
+    return objective
 
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
@@ -173,7 +215,7 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']}).
 
     `key` is the step's PRNG key, the same on every device, for step kinds that draw random
-    numbers (per example through `example_keys`); the other kinds ignore it.
+    numbers (meco; per example through `example_keys`); the other kinds ignore it.
 
     Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
     valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
@@ -182,21 +224,20 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     forward pass (see `loop.make_train_epoch`).
 
     Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
-    logits).
+    logits on the clean batch).
     """
     mask = batch.get("mask")
     if mask is None:
         mask = jnp.ones(batch["label"].shape, bool)
     share = _share_of_valid_examples(mask, axis_name)
+    if spec.kind == "meco":
+        objective = _meco_objective(spec.meco, model, state, batch, mask, key, axis_name)
+    else:
+        objective = _distillation_objective(spec, model, teacher, state, batch, mask, teacher_variables)
 
     def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                      train=True, mask=mask, mutable=["batch_stats"])
-        target_stats = updates["batch_stats"] if spec.target_statistics == "after_train_forward" else state.batch_stats
-        target = _target_logits(spec, model, teacher, jax.lax.stop_gradient(params), target_stats, batch,
-                                teacher_variables)
-        loss = _objective(spec, logits, target, batch["label"], mask)
-        return share * loss, (logits, updates["batch_stats"])
+        loss, aux = objective(params)
+        return share * loss, aux
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     correct = jnp.argmax(logits, -1) == batch["label"]
