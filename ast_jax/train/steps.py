@@ -1,4 +1,4 @@
-"""Per-device train steps: one function, five objectives (docs/method.md §2).
+"""Per-device train steps: one function, six objectives (docs/method.md §2, §11.1).
 
 A step kind is a pair (target, objective): the *target* is computed before differentiation
 and is a constant of the update; the *objective* scores the trained model's training-mode
@@ -12,6 +12,12 @@ logits on the clean batch against it.
 | `ast`   | the trained model itself, inference mode, adversarial  | `losses.ast_loss` (eq. 5) |
 | `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         |
 | `l1`    | given logits (`teacher_logits` of the batch)           | mean_k abs(logits − target) (DFME clone) |
+
+The `ini` kind (InI, docs/method.md §11.1, `ini.victim_gradient`) is not a (target, objective)
+pair: it combines four losses against a frozen, untrained clone (the `teacher` slot holds
+`Teacher(module=clone)`, whose `transform` is not used, and `teacher_variables` the clone's
+initial variables) on the batch and an OOD batch (`ood_image`), with second-order terms and
+PCGrad over the per-task gradients, which are averaged over the devices before the projection.
 
 "Inference mode" means BatchNorm running statistics, no statistics update, and the *current*
 (pre-update) parameters. Which running statistics the model's own target (ast, stt) uses is
@@ -40,8 +46,10 @@ import jax.numpy as jnp
 import optax
 
 from .. import losses
+from . import ini
+from .ini import InISettings
 
-STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1")
+STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", "ini")
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
@@ -63,7 +71,8 @@ class StepSpec:
 
     `omega` weighs the loss's divergence term (ω of eqs. 1 and 5 and of the Nasty Teacher); `k` the number of
     classes the sparse target keeps (ast/stt); `target_statistics` (one of `TARGET_STATISTICS`)
-    the running statistics of the ast/stt target.
+    the running statistics of the ast/stt target; `ini` the InI settings (weights, loss forms,
+    PCGrad) of the `ini` kind, ignored by the others.
     """
 
     kind: str
@@ -72,6 +81,7 @@ class StepSpec:
     k: int | None = None
     divergence: str = "epd"
     target_statistics: str = "before_step"
+    ini: InISettings = InISettings()
 
     def __post_init__(self):
         if self.kind not in STEP_KINDS:
@@ -90,6 +100,11 @@ class StepSpec:
     @property
     def needs_adversarial(self) -> bool:
         return self.kind == "ast"
+
+    @property
+    def needs_ood(self) -> bool:
+        """Whether the step takes an OOD batch (`ood_image`) and the frozen clone (`ini`)."""
+        return self.kind == "ini"
 
 
 def identity(logits: jax.Array) -> jax.Array:
@@ -167,28 +182,10 @@ def example_keys(key: jax.Array, local_batch: int, axis_name: str | None = None)
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(local_batch))
 
 
-def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
-               state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None, *,
-               axis_name: str | None = None):
-    """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']}).
-
-    `key` is the step's PRNG key, the same on every device, for step kinds that draw random
-    numbers (per example through `example_keys`); the other kinds ignore it.
-
-    Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
-    valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
-    statistics. `teacher_logits`, when present, are the frozen teacher's released logits on
-    `image` (kd/nasty), precomputed because they cannot change: the step then skips the teacher's
-    forward pass (see `loop.make_train_epoch`).
-
-    Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
-    logits).
-    """
-    mask = batch.get("mask")
-    if mask is None:
-        mask = jnp.ones(batch["label"].shape, bool)
-    share = _share_of_valid_examples(mask, axis_name)
-
+def _objective_gradients(model, spec: StepSpec, teacher, state: TrainState, batch: dict, mask, share,
+                         teacher_variables, axis_name):
+    """Gradient of the (target, objective) kinds' loss, the new BatchNorm statistics and the
+    metrics, averaged over `axis_name`."""
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                                       train=True, mask=mask, mutable=["batch_stats"])
@@ -203,6 +200,43 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     metrics = {"loss": loss, "accuracy": share * losses.batch_mean(correct, mask)}
     if axis_name is not None:
         grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
+    return grads, batch_stats, metrics
+
+
+def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
+               state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None, *,
+               axis_name: str | None = None):
+    """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']
+    [, 'ood_image']}).
+
+    `key` is the step's PRNG key, the same on every device, for step kinds that draw random
+    numbers (per example through `example_keys`; `ini`'s PCGrad task orders); the other kinds
+    ignore it. `ini` takes the frozen clone as `teacher` and its variables as
+    `teacher_variables`, and the OOD batch as `ood_image`.
+
+    Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
+    valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
+    statistics. `teacher_logits`, when present, are the frozen teacher's released logits on
+    `image` (kd/nasty), precomputed because they cannot change: the step then skips the teacher's
+    forward pass (see `loop.make_train_epoch`).
+
+    Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
+    logits; `ini` adds its four unweighted losses, see `ini.victim_gradient`).
+    """
+    mask = batch.get("mask")
+    if mask is None:
+        mask = jnp.ones(batch["label"].shape, bool)
+    share = _share_of_valid_examples(mask, axis_name)
+    if spec.needs_ood:
+        if teacher is None or teacher_variables is None:
+            raise ValueError("the ini step needs the frozen clone: teacher=Teacher(module=clone) and the clone's "
+                             "initial variables as teacher_variables")
+        grads, batch_stats, metrics = ini.victim_gradient(model, teacher.module, state.params, state.batch_stats,
+                                                          teacher_variables, batch, mask, share, key, spec.ini,
+                                                          axis_name)
+    else:
+        grads, batch_stats, metrics = _objective_gradients(model, spec, teacher, state, batch, mask, share,
+                                                           teacher_variables, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
