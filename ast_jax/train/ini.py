@@ -6,12 +6,13 @@ statistics); θ_C are the clone's parameters. A step sees an in-distribution bat
 padding mask) and an out-of-distribution batch x_o. With v = V(x), v_o = V(x_o) (training mode)
 and c = C(x), c_o = C(x_o):
 
-| loss  | code form (default)                                   | paper form (option)                        |
-|-------|-------------------------------------------------------|--------------------------------------------|
-| L_ben | mean CE(v, y) (eq. 6)                                 | the same                                   |
-| L_iso | cos(g̃, g), g̃ = ∇_θC mean KL(σ(c) ‖ σ(v))              | g̃ = ∇_θC mean −Σ_k σ(v)_k log σ(c)_k (eq. 4-5) |
-| L_ig  | mean_{n,k} abs(c_o − t), t = log σ(v_o) − mean_k log σ(v_o) | mean KL(σ(v_o) ‖ σ(c_o)) (eq. 7)      |
-| L_gm  | mean_j abs(∂_θCj mean KL(σ(c_o) ‖ σ(v_o)))            | ‖∇_θC mean KL(σ(v_o) ‖ σ(c_o))‖₂ (eq. 8)   |
+- L_ben = mean CE(v, y) (eq. 6);
+- L_iso = cos(g̃, g) (eq. 5), g̃ = ∇_θC mean KL(σ(c) ‖ σ(v)) (code, default) or
+  ∇_θC mean −Σ_k σ(v)_k log σ(c)_k (paper, eqs. 4-5, option);
+- L_ig = mean_{n,k} abs(c_o − t), t = log σ(v_o) − mean_k log σ(v_o) (code) or
+  mean KL(σ(v_o) ‖ σ(c_o)) (paper, eq. 7);
+- L_gm = mean_j abs(∂_θCj mean KL(σ(c_o) ‖ σ(v_o))) (code) or ‖∇_θC mean KL(σ(v_o) ‖ σ(c_o))‖₂
+  (paper, eq. 8's second term),
 
 with g = ∇_θC mean CE(c, y) a constant. L_iso and L_gm are second order: gradients with respect to
 θ_C, themselves differentiated with respect to V's logits (and so θ_V). The clone's logits are
@@ -29,7 +30,10 @@ Data parallelism: the means inside the losses are global-batch means. A loss tak
 device's `share` of the valid examples (`steps._share_of_valid_examples`) and `axis_name`;
 every batch mean, and every clone gradient of one (g, g̃ and the L_gm gradient), is
 `pmean(share · local mean)`, so each loss is the single-device loss of the whole batch, the same
-value on every device. The per-task victim gradients are `pmean`ed before the projection.
+value on every device. Each device differentiates that replicated value through its own shard
+(under `shard_map` with `check_vma=False` the transpose of a `pmean` is a `pmean`, as for the
+BatchNorm sums of the other steps), and the per-task victim gradients are `pmean`ed before the
+projection: the update equals the single-device update of the whole batch.
 """
 
 from __future__ import annotations

@@ -46,8 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from .. import losses
-from . import ini
-from .ini import InISettings
+from .ini import InISettings, victim_gradient
 
 STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", "ini")
 PAIRINGS = ("aligned", "random")
@@ -231,9 +230,8 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
         if teacher is None or teacher_variables is None:
             raise ValueError("the ini step needs the frozen clone: teacher=Teacher(module=clone) and the clone's "
                              "initial variables as teacher_variables")
-        grads, batch_stats, metrics = ini.victim_gradient(model, teacher.module, state.params, state.batch_stats,
-                                                          teacher_variables, batch, mask, share, key, spec.ini,
-                                                          axis_name)
+        grads, batch_stats, metrics = victim_gradient(model, teacher.module, state.params, state.batch_stats,
+                                                      teacher_variables, batch, mask, share, key, spec.ini, axis_name)
     else:
         grads, batch_stats, metrics = _objective_gradients(model, spec, teacher, state, batch, mask, share,
                                                            teacher_variables, axis_name)
