@@ -84,6 +84,12 @@ def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
     return _kl_from_log(log_p, jnp.log(q))
 
 
+def kl_from_logits(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+    """KL(σ(a) || σ(b)) per example from two rows of logits a (`p_logits`) and b (`q_logits`),
+    through log-softmax (no probability is rounded to 0 before its logarithm)."""
+    return _kl_from_log(log_softmax_t(p_logits, 1.0), log_softmax_t(q_logits, 1.0))
+
+
 def epd(target_probs: jax.Array, probs: jax.Array) -> jax.Array:
     """Exponential Predictive Divergence per example, thesis eq. 6.
 

@@ -1,7 +1,8 @@
 """Training engine: jitted data-parallel train steps, epochs as one `lax.scan`, checkpointed runs."""
 
+from .ini import InISettings
 from .loop import (LOOPS, default_loop, epoch_plan, epoch_rows, fixed_teacher_logits, make_pgd_attack,
-                   make_mesh, make_predict, make_train_epoch, make_train_step, replicate, to_host)
+                   make_mesh, make_predict, make_train_epoch, make_train_step, ood_rows, replicate, to_host)
 from .optim import OPTIMIZERS, lr_schedule, make_optimizer
 from .runner import (NonFiniteLossError, RunData, RunInterrupted, RunResult, TrainingDivergedError, TrainingRun,
                      evaluate, fit)
@@ -9,9 +10,10 @@ from .steps import (PAIRINGS, STEP_KINDS, TARGET_STATISTICS, StepSpec, Teacher, 
                     train_step)
 
 __all__ = [
-    "LOOPS", "default_loop", "OPTIMIZERS", "PAIRINGS", "STEP_KINDS", "TARGET_STATISTICS", "NonFiniteLossError",
+    "InISettings", "LOOPS", "default_loop", "OPTIMIZERS", "PAIRINGS", "STEP_KINDS", "TARGET_STATISTICS",
+    "NonFiniteLossError",
     "RunData", "RunInterrupted", "RunResult", "StepSpec", "Teacher", "TrainingDivergedError", "TrainingRun",
     "TrainState", "epoch_plan", "epoch_rows", "evaluate", "example_keys", "fit", "fixed_teacher_logits", "init_state",
     "lr_schedule", "make_pgd_attack", "make_mesh", "make_optimizer", "make_predict", "make_train_epoch",
-    "make_train_step", "replicate", "to_host", "train_step",
+    "make_train_step", "ood_rows", "replicate", "to_host", "train_step",
 ]

@@ -132,6 +132,17 @@ def epoch_plan(key, epoch, num_examples: int, batch_size: int, pairing: str):
     return augment_key, rows, adv_rows, mask
 
 
+def ood_rows(global_step, batch_size: int, num_ood: int):
+    """The OOD rows of a global step: `(global_step · B + arange(B)) mod M`.
+
+    The OOD set is walked in its stored order and cycled, B rows per step, continuing across
+    epochs (global step = epoch · steps per epoch + step), whatever its size M. The reference
+    cycles a loader it shuffled once (`itertools.cycle` replays the first pass), which is this
+    walk over a pre-shuffled set.
+    """
+    return ((global_step * batch_size + jnp.arange(batch_size)) % num_ood).astype(jnp.int32)
+
+
 def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None):
     """`step(state, batch, teacher_variables=None, key=None) -> (state, metrics)`: `train_step`
     data-parallel over `mesh`.
@@ -165,13 +176,16 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None) -> (state, metrics)`.
 
     `data` = {'images': uint8 (N,H,W,C), 'labels': int32 (N,)[, 'adv_images': float (N,H,W,C)
-    in model-input space][, 'teacher_logits': float (N, classes)]}; `key` the run's PRNG key;
+    in model-input space][, 'teacher_logits': float (N, classes)][, 'ood_images': float
+    (M,H,W,C) in model-input space, for `ini`]}; `key` the run's PRNG key;
     `metrics` holds per-step arrays (steps,), steps = ceil(N / batch_size): every example is used
     once, the last batch padded and masked out (`epoch_plan`). `teacher_logits` (kd/nasty without augmentation,
     see `fixed_teacher_logits`) replace the frozen teacher's forward pass in every step.
     Pairing of clean and adversarial images (docs/method.md §4): `aligned` gathers both with the epoch's
     permutation; `random` reproduces the reference, whose adversarial loader walks one fixed
-    permutation while the clean loader is reshuffled every epoch.
+    permutation while the clean loader is reshuffled every epoch. The `ini` step's OOD batch is
+    `ood_images[ood_rows(epoch · steps + step, B, M)]`, not augmented; `teacher` is then the
+    frozen clone and `teacher_variables` its variables.
 
     Memoised: runs built from equal arguments (modules, specs and meshes compare by value; `tx`
     from `optim.make_optimizer`, which is memoised too) share one program, compiled once per
@@ -187,13 +201,15 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     _check_pairing(pairing)
     loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh)
+    if spec.needs_ood and teacher is None:
+        raise ValueError("the ini step needs the frozen clone: make_train_epoch(..., teacher=Teacher(module=clone))")
     step = make_train_step(model, tx, spec, mesh, teacher)
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def plan(data, key, epoch):
         return epoch_plan(key, epoch, data["labels"].shape[0], batch_size, pairing)
 
-    def body(state, data, teacher_variables, augment_key, index, rows, adv_rows, mask):
+    def body(state, data, teacher_variables, augment_key, epoch, index, rows, adv_rows, mask):
         images = augment(jax.random.fold_in(augment_key, index), data["images"][rows], augment_spec)
         batch = {"image": normalize(images, mean, std), "label": data["labels"][rows], "mask": mask}
         if "teacher_logits" in data:
@@ -203,11 +219,17 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
             batch["teacher_logits"] = data["teacher_logits"][rows]
         if spec.needs_adversarial:
             batch["adv_image"] = data["adv_images"][adv_rows]
+        if spec.needs_ood:
+            if "ood_images" not in data:
+                raise ValueError("the ini step needs an OOD set: data['ood_images'] (float, model-input space)")
+            global_step = epoch * steps_per_epoch(data["labels"].shape[0], batch_size) + index
+            batch["ood_image"] = data["ood_images"][ood_rows(global_step, batch_size, data["ood_images"].shape[0])]
         step_key = jax.random.fold_in(jax.random.fold_in(augment_key, Stream.STEP_NOISE), index)
         return step(state, _shard_batch(mesh, batch), teacher_variables, step_key)
 
-    def indexed_body(state, data, teacher_variables, augment_key, index, order, adv_order, mask):
-        return body(state, data, teacher_variables, augment_key, index, order[index], adv_order[index], mask[index])
+    def indexed_body(state, data, teacher_variables, augment_key, epoch, index, order, adv_order, mask):
+        return body(state, data, teacher_variables, augment_key, epoch, index, order[index], adv_order[index],
+                    mask[index])
 
     # The host loop selects step `index`'s rows inside the jitted call: an eager slice of a device
     # array costs a dispatch of its own (several ms on CPU, more than a small model's step).
@@ -217,8 +239,8 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
         augment_key, order, adv_order, mask = plan_jit(data, key, epoch)
         metrics = []
         for index in range(first_step, order.shape[0]):
-            state, step_metrics = body_jit(state, data, teacher_variables, augment_key, np.int32(index), order,
-                                           adv_order, mask)
+            state, step_metrics = body_jit(state, data, teacher_variables, augment_key, np.int32(epoch),
+                                           np.int32(index), order, adv_order, mask)
             metrics.append(step_metrics)
             if stop is not None and stop():
                 break
@@ -230,7 +252,7 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     @functools.partial(jax.jit, donate_argnums=(0,))
     def scan_epoch(state: TrainState, data, teacher_variables, key, epoch):
         augment_key, order, adv_order, mask = plan(data, key, epoch)
-        return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, augment_key, *xs), state,
+        return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, augment_key, epoch, *xs), state,
                             (jnp.arange(order.shape[0]), order, adv_order, mask))
 
     def train_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None):

@@ -1,4 +1,4 @@
-"""Per-device train steps: one function, five objectives (docs/method.md §2).
+"""Per-device train steps: one function, eight kinds (docs/method.md §2, §11.1-11.2).
 
 A step kind is a pair (target, objective): the *target* is computed before differentiation
 and is a constant of the update; the *objective* scores the trained model's training-mode
@@ -13,6 +13,12 @@ logits on the clean batch against it.
 | `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         |
 | `l1`    | given logits (`teacher_logits` of the batch)           | mean_k abs(logits − target) (DFME clone) |
 | `meco`  | a worst-case batch z (SVGD from the clean batch)        | `meco.meco_loss` (docs/method.md §11.2)  |
+
+The `ini` kind (InI, docs/method.md §11.1, `ini.victim_gradient`) is not a (target, objective)
+pair: it combines four losses against a frozen, untrained clone (the `teacher` slot holds
+`Teacher(module=clone)`, whose `transform` is not used, and `teacher_variables` the clone's
+initial variables) on the batch and an OOD batch (`ood_image`), with second-order terms and
+PCGrad over the per-task gradients, which are averaged over the devices before the projection.
 
 "Inference mode" means BatchNorm running statistics, no statistics update, and the *current*
 (pre-update) parameters. Which running statistics the model's own target (ast, stt) uses is
@@ -47,8 +53,9 @@ import optax
 
 from .. import losses, meco
 from ..rng import example_keys  # re-exported: `ast_jax.train.example_keys`
+from .ini import InISettings, victim_gradient
 
-STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", "meco")
+STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", "ini", "meco")
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
@@ -70,8 +77,9 @@ class StepSpec:
 
     `omega` weighs the loss's divergence term (ω of eqs. 1 and 5 and of the Nasty Teacher); `k` the number of
     classes the sparse target keeps (ast/stt); `target_statistics` (one of `TARGET_STATISTICS`)
-    the running statistics of the ast/stt target; `meco` the MeCo step's settings (used by the
-    meco kind only).
+    the running statistics of the ast/stt target; `ini` the InI settings (weights, loss forms,
+    PCGrad) of the `ini` kind and `meco` the MeCo step's settings of the `meco` kind, each
+    ignored by the other kinds.
     """
 
     kind: str
@@ -80,6 +88,7 @@ class StepSpec:
     k: int | None = None
     divergence: str = "epd"
     target_statistics: str = "before_step"
+    ini: InISettings = InISettings()
     meco: meco.MecoSettings = meco.MecoSettings()
 
     def __post_init__(self):
@@ -101,6 +110,11 @@ class StepSpec:
     @property
     def needs_adversarial(self) -> bool:
         return self.kind == "ast"
+
+    @property
+    def needs_ood(self) -> bool:
+        """Whether the step takes an OOD batch (`ood_image`) and the frozen clone (`ini`)."""
+        return self.kind == "ini"
 
 
 def identity(logits: jax.Array) -> jax.Array:
@@ -209,13 +223,31 @@ def _meco_objective(settings: meco.MecoSettings, model, state: TrainState, batch
     return objective
 
 
+def _objective_gradients(objective, params, batch: dict, mask, share, axis_name):
+    """Gradient of `objective(params) -> (loss, (clean training-mode logits, batch_stats))` at
+    `params`, the new BatchNorm statistics and the metrics, averaged over `axis_name`."""
+    def loss_fn(params):
+        loss, aux = objective(params)
+        return share * loss, aux
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    metrics = {"loss": loss, "accuracy": share * losses.batch_mean(correct, mask)}
+    if axis_name is not None:
+        grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
+    return grads, batch_stats, metrics
+
+
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
                state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None, *,
                axis_name: str | None = None):
-    """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']}).
+    """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']
+    [, 'ood_image']}).
 
     `key` is the step's PRNG key, the same on every device, for step kinds that draw random
-    numbers (meco; per example through `example_keys`); the other kinds ignore it.
+    numbers (per example through `example_keys`: meco's perturbations; `ini`'s PCGrad task
+    orders); the other kinds ignore it. `ini` takes the frozen clone as `teacher` and its variables as
+    `teacher_variables`, and the OOD batch as `ood_image`.
 
     Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
     valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
@@ -224,26 +256,24 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     forward pass (see `loop.make_train_epoch`).
 
     Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
-    logits on the clean batch).
+    logits; `ini` adds its four unweighted losses, see `ini.victim_gradient`).
     """
     mask = batch.get("mask")
     if mask is None:
         mask = jnp.ones(batch["label"].shape, bool)
     share = _share_of_valid_examples(mask, axis_name)
-    if spec.kind == "meco":
-        objective = _meco_objective(spec.meco, model, state, batch, mask, key, axis_name)
+    if spec.needs_ood:
+        if teacher is None or teacher_variables is None:
+            raise ValueError("the ini step needs the frozen clone: teacher=Teacher(module=clone) and the clone's "
+                             "initial variables as teacher_variables")
+        grads, batch_stats, metrics = victim_gradient(model, teacher.module, state.params, state.batch_stats,
+                                                      teacher_variables, batch, mask, share, key, spec.ini, axis_name)
     else:
-        objective = _distillation_objective(spec, model, teacher, state, batch, mask, teacher_variables)
-
-    def loss_fn(params):
-        loss, aux = objective(params)
-        return share * loss, aux
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    correct = jnp.argmax(logits, -1) == batch["label"]
-    metrics = {"loss": loss, "accuracy": share * losses.batch_mean(correct, mask)}
-    if axis_name is not None:
-        grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
+        if spec.kind == "meco":
+            objective = _meco_objective(spec.meco, model, state, batch, mask, key, axis_name)
+        else:
+            objective = _distillation_objective(spec, model, teacher, state, batch, mask, teacher_variables)
+        grads, batch_stats, metrics = _objective_gradients(objective, state.params, batch, mask, share, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
