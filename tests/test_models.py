@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ast_jax.models import MODEL_NAMES, create
-from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_patches, conv_lowering, max_pool_2x2
+from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_matrix, conv_lowering, max_pool_2x2
 
 from conftest import PARAM_COUNTS  # noqa: E402
 
@@ -202,12 +202,12 @@ def _conv_float64(x, w, stride, padding):
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding", [(2, 3, 1, 1), (4, 3, 2, 1), (5, 3, 1, 1), (4, 1, 2, 0)])
-def test_conv_as_patches_is_the_convolution(size, kernel, stride, padding):
+def test_conv_as_matrix_is_the_convolution(size, kernel, stride, padding):
     rng = np.random.default_rng(size + kernel + stride)
     x = rng.normal(size=(3, size, size, 5)).astype(np.float32)
     w = rng.normal(size=(kernel, kernel, 5, 7)).astype(np.float32)
     pads = ((padding, padding), (padding, padding))
-    got = conv_as_patches(jnp.asarray(x), jnp.asarray(w), (stride, stride), pads)
+    got = conv_as_matrix(jnp.asarray(x), jnp.asarray(w), (stride, stride), pads)
     np.testing.assert_allclose(np.asarray(got), _conv_float64(x, w, stride, padding), rtol=1e-5, atol=1e-5)
 
     def loss(conv):
@@ -215,19 +215,19 @@ def test_conv_as_patches_is_the_convolution(size, kernel, stride, padding):
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))))
 
     want = jax.grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
-    for g, h in zip(jax.grad(loss(conv_as_patches), argnums=(0, 1))(x, w), want):
+    for g, h in zip(jax.grad(loss(conv_as_matrix), argnums=(0, 1))(x, w), want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-4, atol=1e-5)
 
 
 def test_conv_lowering_takes_patches_only_where_the_kernel_overhangs_the_output_on_cpu():
     on_cpu = jax.default_backend() == "cpu"
-    assert (conv_lowering(3, 1, 1, 1, (2, 2)) is conv_as_patches) == on_cpu  # 2x2 map: kernel overhangs it
-    assert (conv_lowering(3, 2, 1, 1, (4, 4)) is conv_as_patches) == on_cpu  # 4x4 -> 2x2, stride 2
+    assert (conv_lowering(3, 1, 1, 1, (2, 2)) is conv_as_matrix) == on_cpu  # 2x2 map: kernel overhangs it
+    assert (conv_lowering(3, 2, 1, 1, (4, 4)) is conv_as_matrix) == on_cpu  # 4x4 -> 2x2, stride 2
     assert conv_lowering(3, 1, 1, 1, (4, 4)) is None
     assert conv_lowering(1, 2, 0, 1, (4, 4)) is None
     assert conv_lowering(3, 1, 1, 4, (2, 2)) is None  # grouped: XLA's
     with pytest.raises(ValueError, match="dense, undilated"):
-        conv_as_patches(jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), feature_group_count=4)
+        conv_as_matrix(jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), feature_group_count=4)
 
 
 def test_max_pool_2x2_routes_the_gradient_to_the_first_maximum():

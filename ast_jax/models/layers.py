@@ -5,7 +5,7 @@ conventions live in one place:
 
 * explicit symmetric padding ``((p, p), (p, p))`` (never ``'SAME'``), depthwise/grouped convs
   through ``feature_group_count``; on CPU, a convolution whose kernel is larger than its output
-  map runs as patches + one matrix product (:func:`conv_lowering`, the same sums);
+  map runs as one matrix product on the flattened map (:func:`conv_lowering`, the same sums);
 * :class:`BatchNorm`, ``torch.nn.BatchNorm1d/2d`` exactly: ``momentum=0.1`` and ``eps=1e-5``,
   batch statistics in float32 whatever the compute dtype, normalisation with the biased batch
   variance and the running variance updated with the unbiased one (``n / (n - 1)``), as
@@ -28,12 +28,14 @@ must be called inside a ``@nn.compact`` method: the submodules they create belon
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Layer = Callable[[jax.Array, str], jax.Array]
 
@@ -53,23 +55,38 @@ def torch_default_bias_init(fan_in: int):
     return init
 
 
-def conv_as_patches(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                    dimension_numbers=None, feature_group_count=1, precision=None):
-    """An NHWC x HWIO convolution (dense, undilated) as one matrix product over its patches.
+def _dense_conv_index(h: int, w: int, k: int, stride: int, padding: tuple) -> np.ndarray:
+    """For every (input row, input column, output row, output column), the flat kernel tap
+    ``a * k + b`` that connects them in a k x k convolution, or ``k * k`` where none does."""
+    (top, bottom), (left, right) = padding
+    ho, wo = (h + top + bottom - k) // stride + 1, (w + left + right - k) // stride + 1
+    index = np.full((h, w, ho, wo), k * k, np.int32)
+    for i, j, a, b in itertools.product(range(ho), range(wo), range(k), range(k)):
+        row, column = stride * i + a - top, stride * j + b - left
+        if 0 <= row < h and 0 <= column < w:
+            index[row, column, i, j] = a * k + b
+    return index
 
-    ``y[n, i, j, o] = sum_{a, b, c} x_pad[n, s_h i + a, s_w j + b, c] * w[a, b, c, o]``: the
-    ``kh * kw`` shifted views of the padded input are concatenated along channels in (a, b)
-    order, matching ``w.reshape(kh * kw * C, O)``.  Same signature as ``lax.conv_general_dilated``
-    (the hook of ``nn.Conv``) for the case the model zoo uses it in.
+
+def conv_as_matrix(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None):
+    """An NHWC x HWIO convolution (dense, undilated, square stride) as one matrix product on the
+    flattened map: ``y.reshape(N, Ho Wo O) = x.reshape(N, H W C) @ T(w)``.
+
+    ``T(w)[(p, q, c), (i, j, o)] = w[p - s i + pad, q - s j + pad, c, o]`` where that tap exists,
+    else 0 (the doubly block-Toeplitz matrix of the convolution): the same sums as
+    ``lax.conv_general_dilated``, gathered from the kernel instead of from shifted copies of the
+    input. Same signature (the hook of ``nn.Conv``); meant for tiny maps, where T is small.
     """
     if feature_group_count != 1 or any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
-        raise ValueError("conv_as_patches takes dense, undilated convolutions only")
-    kh, kw, cin, cout = rhs.shape
-    sh, sw = window_strides
-    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    views = [x[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :] for a in range(kh) for b in range(kw)]
-    return jnp.dot(jnp.concatenate(views, axis=-1), rhs.reshape(kh * kw * cin, cout), precision=precision)
+        raise ValueError("conv_as_matrix takes dense, undilated convolutions only")
+    n, h, w, c = lhs.shape
+    k, _, _, o = rhs.shape
+    index = _dense_conv_index(h, w, k, window_strides[0], padding)
+    taps = jnp.concatenate([rhs.reshape(k * k, c, o), jnp.zeros((1, c, o), rhs.dtype)])
+    ho, wo = index.shape[2:]
+    matrix = taps[index].transpose(0, 1, 4, 2, 3, 5).reshape(h * w * c, ho * wo * o)
+    return jnp.dot(lhs.reshape(n, h * w * c), matrix, precision=precision).reshape(n, ho, wo, o)
 
 
 def conv_lowering(kernel_size: int, stride: int, padding: int, groups: int, input_hw: tuple[int, int]):
@@ -77,14 +94,14 @@ def conv_lowering(kernel_size: int, stride: int, padding: int, groups: int, inpu
 
     XLA:CPU rewrites a convolution whose kernel overhangs its whole output map (the 3x3 convs
     that make or take the 2x2 maps of the CNN and ResNetC-20 at 8x8 input), or the gradient of
-    one, into a convolution its fast kernels do not take: 64 x 2x2 x 64->128 took 2.8 ms forward
-    and 6.1 ms with both gradients, against 0.33 and 1.4 ms as patches + a matrix product (2-core
-    CPU, benchmarks/README.md). Everywhere else, and on every other backend, XLA's convolution is
-    as fast or faster, so it is kept.
+    one, into a convolution its fast kernels do not take: 64 x 2x2 x 64->128 took 6.0 ms forward
+    and 12.7 ms with both gradients, against 0.27 and 0.75 ms as one matrix product on the
+    flattened map (:func:`conv_as_matrix`; 2-core CPU, benchmarks/README.md). Everywhere else,
+    and on every other backend, XLA's convolution is as fast or faster, so it is kept.
     """
     output_hw = [(size + 2 * padding - kernel_size) // stride + 1 for size in input_hw]
     if jax.default_backend() == "cpu" and groups == 1 and kernel_size > min(output_hw):
-        return conv_as_patches
+        return conv_as_matrix
     return None
 
 
