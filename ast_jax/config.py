@@ -21,6 +21,11 @@ Schema (every key always present; :data:`SCHEMA` lists them)::
     config.stt.{temperature, omega, k, ratio, divergence}
     config.stingy.{k, ratio, temperature, omega}
     config.kd.{temperature, omega}
+    config.teachers: tuple[str, ...]    # the study's teachers, from TEACHER_NAMES (base first)
+    config.ini.{delta, gamma, epsilon, isolation, induction, gradient, pcgrad, max_grad_norm,
+                ood_set, ood_images}    # the InI teacher (docs/method.md §11.1)
+    config.meco.{scale, eps_range, dro_steps, step_size, distance_weight, utility_weight, form}
+    config.teacher_train.<teacher>.<any key of train>        # partial override of `train`
     config.students: tuple[str, ...]
     config.student_train.<architecture>.<any key of train>   # partial override of `train`
     config.matrix.{victims, attacks, clone, seeds, batch_size}  # `ast-jax matrix` (not in the study's record)
@@ -58,7 +63,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import ml_collections
 from absl import flags
@@ -72,9 +77,10 @@ from .train.optim import OPTIMIZERS
 from .train.steps import PAIRINGS, TARGET_STATISTICS
 
 __all__ = [
-    "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "REFERENCE_VALUES", "SCHEMA", "VARIANTS",
+    "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "INI_CIFAR_TRAIN", "INI_DEFAULTS",
+    "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN", "REFERENCE_VALUES", "SCHEMA", "TEACHER_NAMES", "THESIS_TEACHERS", "VARIANTS",
     "apply_overrides", "check_variant", "configs_dir", "load_config", "resolve_config_path", "sparsity_k",
-    "study_config", "to_json", "train_config_for", "validate",
+    "study_config", "teacher_train_config", "to_json", "train_config_for", "validate",
 ]
 
 VARIANTS: tuple[str, ...] = ("thesis", "reference")
@@ -83,7 +89,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 #: Sections that carry a sparsity given as exactly one of ``k`` (absolute) or ``ratio`` (of C).
 SPARSE_SECTIONS: tuple[str, ...] = ("ast", "stt", "stingy")
 #: Sections whose keys are names the config chooses (architectures, attack cells).
-FREE_FORM_SECTIONS: tuple[str, ...] = ("student_train", "attacks")
+FREE_FORM_SECTIONS: tuple[str, ...] = ("student_train", "teacher_train", "attacks")
 #: Sections of the attack matrix: they are not part of the study's record (`study_record`), so
 #: changing them never refuses a work directory the pipeline already uses.
 MATRIX_SECTIONS: tuple[str, ...] = ("matrix", "attacks")
@@ -172,8 +178,36 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+#: Every teacher a study can have: the thesis's (docs/method.md §3) and the training-time defences of
+#: docs/method.md §11 (InI, MeCo). `stingy` is the base teacher's sparse release, trained by nobody.
+TEACHER_NAMES: tuple[str, ...] = ("base", "stingy", "ast", "nasty", "stt", "ini", "meco")
+#: The thesis's study, the default `config.teachers`.
+THESIS_TEACHERS: tuple[str, ...] = TEACHER_NAMES[:5]
 #: The study's teachers as matrix victims (docs/method.md §10.5).
-TEACHER_VICTIMS: tuple[str, ...] = ("base", "stingy", "ast", "nasty", "stt")
+TEACHER_VICTIMS: tuple[str, ...] = THESIS_TEACHERS
+#: InI's defaults (docs/method.md §11.1): the authors' loss weights and forms; the OOD set is one of
+#: the query sets (`ast_jax.data.query_sets`), photo crops by default, `ood_images` of them.
+INI_DEFAULTS: dict[str, Any] = dict(delta=1.0, gamma=0.3, epsilon=1000.0, isolation="code", induction="code",
+                                    gradient="code", pcgrad=True, max_grad_norm=10.0, ood_set="photos",
+                                    ood_images=10_000)
+#: InI's schedule (docs/method.md §11.1, CIFAR): SGD lr 0.1, momentum 0.5, weight decay 1e-3,
+#: batch 128, 150 epochs with lr x0.1 every 50.
+INI_CIFAR_TRAIN: dict[str, Any] = dict(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-3, batch_size=128,
+                                       epochs=150, milestones=(50, 100), lr_decay=0.1)
+#: InI on MNIST / Fashion-MNIST (docs/method.md §11.1): the same SGD, 50 epochs with lr x0.1 every 20.
+INI_MNIST_TRAIN: dict[str, Any] = dict(INI_CIFAR_TRAIN, epochs=50, milestones=(20, 40))
+#: MeCo's defaults (docs/method.md §11.2), the authors' code; `eps_range` is ε's uniform range.
+MECO_DEFAULTS: dict[str, Any] = dict(scale=0.5, eps_range=(0.3, 0.6), dro_steps=1, step_size=1e-4,
+                                     distance_weight=0.2, utility_weight=0.001, form="code")
+#: MeCo's CIFAR schedule (docs/method.md §11.2): SGD lr 0.1 x0.1 at 80/120/160, momentum 0.9, weight
+#: decay 5e-4, batch 64, 199 epochs (the authors attack epoch 195; the study takes the last).
+MECO_CIFAR_TRAIN: dict[str, Any] = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=64,
+                                        epochs=199, milestones=(80, 120, 160), lr_decay=0.1)
+#: MeCo on MNIST (docs/method.md §11.2): Adam 1e-3, batch 64, 49 epochs, no decay.
+MECO_MNIST_TRAIN: dict[str, Any] = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, epochs=49,
+                                        milestones=())
+#: The CIFAR studies' teacher schedules of the training-time defences (`config.teacher_train`).
+CIFAR_DEFENCE_TRAIN: dict[str, dict[str, Any]] = {"ini": INI_CIFAR_TRAIN, "meco": MECO_CIFAR_TRAIN}
 
 
 def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -> tuple[str, ...]:
@@ -278,6 +312,10 @@ def _skeleton() -> ml_collections.ConfigDict:
     c.stt.divergence = "epd"
     c.stingy = _sparse_section(temperature=1.0, omega=0.0)
     c.kd = ml_collections.ConfigDict(dict(temperature=1.0, omega=0.9))  # thesis eq. 1: omega 0.9
+    c.teachers = THESIS_TEACHERS
+    c.ini = ml_collections.ConfigDict(INI_DEFAULTS)
+    c.meco = ml_collections.ConfigDict(MECO_DEFAULTS)
+    c.teacher_train = ml_collections.ConfigDict()  # free-form: teacher name -> keys of `train`
     c.students = ("resnet18",)
     c.student_train = ml_collections.ConfigDict()  # free-form: architecture -> keys of `train`
     # The stealing-attack matrix (`ast-jax matrix`, docs/method.md §10.5): victims as
@@ -306,6 +344,7 @@ SCHEMA: dict[str, tuple[str, ...]] = _sections(_skeleton())
 def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[str], ast: Mapping[str, Any],
                  ast_reference: Mapping[str, Any] | None = None, variant: str = "thesis",
                  student_train: Mapping[str, Mapping[str, Any]] | None = None,
+                 teacher_train: Mapping[str, Mapping[str, Any]] | None = None,
                  attacks: Mapping[str, Mapping[str, Any]] | None = None,
                  **sections: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """The (unlocked) config of one study; the config files call this and nothing else.
@@ -322,6 +361,7 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
         says "—" (the thesis values are then kept).
       variant: "thesis" or "reference" (see the module docstring).
       student_train: architecture -> partial override of `train` (e.g. the CNN recipe).
+      teacher_train: teacher name -> partial override of `train` (e.g. InI's and MeCo's schedules).
       attacks: attack cell name -> {kind, settings} for the matrix (`ast_jax.attacks.DEFAULTS[kind]`
         fills the settings not given).
       **sections: further partial updates by section name (`train`, `pgd`, `data`, `nasty`,
@@ -346,12 +386,13 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
     # (unless the study sets them explicitly).
     given = sections.get("stingy", {})
     _set_values(c.stingy, {key: c.kd[key] for key in ("temperature", "omega") if key not in given}, "config.stingy")
-    for architecture, override in (student_train or {}).items():
-        # Typed as `train` (e.g. lr 1 -> 1.0); keys `train` lacks are left for `validate` to name.
-        entry = ml_collections.ConfigDict({key: c.train[key] for key in override if key in c.train})
-        for key, value in override.items():
-            _assign(entry, key, value, f"config.student_train.{architecture}.{key}")
-        c.student_train[architecture] = entry
+    for section, overrides in (("student_train", student_train), ("teacher_train", teacher_train)):
+        for name, override in (overrides or {}).items():
+            # Typed as `train` (e.g. lr 1 -> 1.0); keys `train` lacks are left for `validate` to name.
+            entry = ml_collections.ConfigDict({key: c.train[key] for key in override if key in c.train})
+            for key, value in override.items():
+                _assign(entry, key, value, f"config.{section}.{name}.{key}")
+            c[section][name] = entry
     for cell, settings in (attacks or {}).items():
         c.attacks[cell] = ml_collections.ConfigDict(attack_cell(settings))
     if variant == "reference":
@@ -683,27 +724,65 @@ def validate(config: ml_collections.ConfigDict) -> None:
             if len(set(students)) != len(students):
                 chk.fail(f"config.students lists an architecture twice: {students}")
 
-        student_train = get("student_train")
-        if not isinstance(student_train, ml_collections.ConfigDict):
-            chk.fail(f"config.student_train must be a section, got {student_train!r}")
-        else:
-            for architecture, override in student_train.items():
-                prefix = f"config.student_train.{architecture}"
-                if architecture not in MODEL_NAMES:
-                    chk.fail(f"{prefix}: unknown architecture {architecture!r}; valid: {', '.join(MODEL_NAMES)}")
-                    continue
-                if not isinstance(override, ml_collections.ConfigDict):
-                    chk.fail(f"{prefix} must be a section of train keys, got {override!r}")
-                    continue
-                unknown = [k for k in override.keys() if k not in SCHEMA["train"]]
-                for k in unknown:
-                    chk.fail(f"unknown config key {prefix}.{k}; valid keys: {', '.join(SCHEMA['train'])}")
-                if not unknown:
-                    _check_train(chk, train_config_for(config, architecture), prefix)
+        _check_train_overrides(chk, config, "student_train", MODEL_NAMES, "architecture",
+                               lambda name: train_config_for(config, name))
+        _check_teachers(chk, config)
         _check_matrix(chk, config, dataset if dataset in DATASETS else None, num_classes)
     except _Missing as missing:
         chk.fail(str(missing))
     chk.raise_if_any()
+
+
+def _check_train_overrides(chk: _Checker, config: ml_collections.ConfigDict, section: str, valid: Sequence[str],
+                           what: str, train_for: Callable[[str], ml_collections.ConfigDict]) -> None:
+    """`config.<section>.<name>`: `name` one of `valid`, each a section of `train` keys whose
+    merged schedule (`train_for(name)`) is valid."""
+    overrides = chk.get(section)
+    if not isinstance(overrides, ml_collections.ConfigDict):
+        chk.fail(f"config.{section} must be a section, got {overrides!r}")
+        return
+    for name, override in overrides.items():
+        prefix = f"config.{section}.{name}"
+        if name not in valid:
+            chk.fail(f"{prefix}: unknown {what} {name!r}; valid: {', '.join(valid)}")
+            continue
+        if not isinstance(override, ml_collections.ConfigDict):
+            chk.fail(f"{prefix} must be a section of train keys, got {override!r}")
+            continue
+        unknown = [k for k in override.keys() if k not in SCHEMA["train"]]
+        for k in unknown:
+            chk.fail(f"unknown config key {prefix}.{k}; valid keys: {', '.join(SCHEMA['train'])}")
+        if not unknown:
+            _check_train(chk, train_for(name), prefix)
+
+
+def _check_teachers(chk: _Checker, config: ml_collections.ConfigDict) -> None:
+    """`config.teachers` (from TEACHER_NAMES, base first, no repeats), `ini`, `meco`, `teacher_train`."""
+    from .data.query_sets import QUERY_SETS
+    from .meco import MecoSettings
+    from .train import InISettings
+
+    teachers = chk.get("teachers")
+    if not isinstance(teachers, tuple) or not teachers or teachers[0] != "base":
+        chk.fail(f"config.teachers must be a tuple of teachers that starts with 'base' (every other teacher is "
+                 f"compared with it), got {teachers!r}")
+    else:
+        for i, teacher in enumerate(teachers):
+            chk.choice(f"config.teachers[{i}]", teacher, TEACHER_NAMES)
+        if len(set(teachers)) != len(teachers):
+            chk.fail(f"config.teachers lists a teacher twice: {teachers}")
+    ini = {key: chk.get(f"ini.{key}") for key in INI_DEFAULTS}
+    chk.choice("config.ini.ood_set", ini.pop("ood_set"), QUERY_SETS)
+    chk.integer("config.ini.ood_images", ini.pop("ood_images"))
+    for section, settings_class, values in (("ini", InISettings, ini),
+                                            ("meco", MecoSettings, {k: chk.get(f"meco.{k}") for k in MECO_DEFAULTS})):
+        try:
+            settings_class(**values)
+        except (ValueError, TypeError) as error:
+            chk.fail(f"config.{section}: {error}")
+    trained = [name for name in TEACHER_NAMES if name != "stingy"]
+    _check_train_overrides(chk, config, "teacher_train", trained, "trained teacher",
+                           lambda name: teacher_train_config(config, name))
 
 
 def _check_matrix(chk: _Checker, config: ml_collections.ConfigDict, dataset: str | None,
@@ -759,18 +838,28 @@ def _check_matrix(chk: _Checker, config: ml_collections.ConfigDict, dataset: str
 # Helpers for the pipeline
 # --------------------------------------------------------------------------------------------
 
-def train_config_for(config: ml_collections.ConfigDict, architecture: str) -> ml_collections.ConfigDict:
-    """`config.train` with `config.student_train[architecture]` applied: a locked copy.
-
-    Architectures without an entry get a copy of `config.train` as is.
-    """
+def _train_with(config: ml_collections.ConfigDict, section: str, name: str) -> ml_collections.ConfigDict:
+    """`config.train` with `config.<section>[name]` applied (when there is one): a locked copy."""
     train = copy.deepcopy(config.train.to_dict())
-    override = config.student_train.get(architecture) if architecture in config.student_train else None
+    override = config[section].get(name) if name in config[section] else None
     if override is not None:
         train.update(override.to_dict())
     result = ml_collections.ConfigDict(train)
     result.lock()
     return result
+
+
+def train_config_for(config: ml_collections.ConfigDict, architecture: str) -> ml_collections.ConfigDict:
+    """`config.train` with `config.student_train[architecture]` applied: a locked copy.
+
+    Architectures without an entry get a copy of `config.train` as is.
+    """
+    return _train_with(config, "student_train", architecture)
+
+
+def teacher_train_config(config: ml_collections.ConfigDict, teacher: str) -> ml_collections.ConfigDict:
+    """`config.train` with `config.teacher_train[teacher]` applied (InI's and MeCo's own schedules)."""
+    return _train_with(config, "teacher_train", teacher)
 
 
 def sparsity_k(section: Any, num_classes: int) -> int:

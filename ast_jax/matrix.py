@@ -38,7 +38,8 @@ from .checkpoints import WorkdirConflictError
 from .config import sparsity_k, to_json
 from .data import load_query_set
 from .io import atomic_write, is_writer, read_json
-from .pipeline import TEACHERS, Study, fingerprint, teacher_fingerprint, train_teacher
+from .pipeline import (TEACHERS, Study, fingerprint, released_logits, released_teacher, teacher_fingerprint,
+                       teacher_input_defense, train_teacher)
 from .train import make_predict, to_host
 
 MATRIX_DIR = "matrix"
@@ -164,9 +165,13 @@ class _Matrix:
     def outputs(self, victim: Victim) -> tuple[np.ndarray, np.ndarray]:
         """(clean, released) probabilities of `victim` on the test set, float64."""
         if victim.label not in self._outputs:
-            logits = to_host(self.predict_victim(victim_variables(self.study, victim), self.study.test.images))
+            variables = victim_variables(self.study, victim)
+            logits = to_host(self.predict_victim(variables, self.study.test.images))
             clean = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
             released = victim_defense(self.study, victim)(clean)
+            if victim.teacher == "meco":  # its randomised release: fresh perturbations per query
+                teacher, _ = released_teacher(self.study, "meco")
+                released = jax.nn.softmax(released_logits(self.study, teacher, variables, self.study.test.images), -1)
             self._outputs[victim.label] = (np.asarray(clean, np.float64), np.asarray(released, np.float64))
         return self._outputs[victim.label]
 
@@ -216,7 +221,7 @@ class _Matrix:
         kind = settings.pop("kind")
         victim = cell.victim
         release = victim_release(self.model, victim_variables(study, victim), study.dataset.mean, study.dataset.std,
-                                 victim_defense(study, victim))
+                                 victim_defense(study, victim), teacher_input_defense(study, victim.teacher))
         box = BlackBox(release, image_shape=study.dataset.image_shape, num_classes=study.num_classes,
                        mesh=study.mesh, batch_size=study.config.matrix.batch_size, seed=cell.seed,
                        labels_only=defenses.labels_only(victim.defense))

@@ -317,15 +317,16 @@ def meco_loss(forward: Forward, running_stats, images, worst, h_images, h_worst,
 
 
 def input_defense(settings: MecoSettings = MecoSettings()) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """`defend(x, key) = x + s·h(x)` on normalised images, fresh ω and ε per image from `key`.
+    """`defend(x, key, axis_name=None) = x + s·h(x)` on normalised images, fresh ω and ε per image
+    from `key` (per example through `example_keys` over the mesh axis `axis_name`).
 
     The black box's input-side defence (`blackbox.victim_release(..., input_defense=...)`): the
     victim then releases σ(T(x + s·h(x))) (MeCo §4.2), and the box's per-call keys make every
     query draw anew.
     """
 
-    def defend(images, key):
-        return images + settings.scale * perturbation(key, images, settings.eps_range)
+    def defend(images, key, axis_name=None):
+        return images + settings.scale * perturbation(key, images, settings.eps_range, axis_name)
 
     return defend
 

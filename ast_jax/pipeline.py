@@ -1,7 +1,7 @@
 """The study of docs/method.md §3 as resumable stages in one work directory.
 
     <workdir>/study.json                     the study's config (another config is refused)
-    <workdir>/teachers/<name>/               base, ast, nasty, stt: checkpointed training runs
+    <workdir>/teachers/<name>/               base, ast, nasty, stt, ini, meco: checkpointed training runs
     <workdir>/adversarial/<fingerprint>.npy  PGD training set of the base teacher (+ .json)
     <workdir>/students/<teacher>-<arch>/     students distilled from each teacher (kd step)
     <workdir>/report.{md,json,csv}, outputs.png
@@ -9,7 +9,10 @@
 
 Every stage is skipped when its output is complete and resumes when interrupted (training runs
 resume from their last checkpoint). The Stingy Teacher (`stingy`) needs no training: it is the
-base teacher releasing sparse outputs.
+base teacher releasing sparse outputs. `config.teachers` names the study's teachers: the
+thesis's five by default, and the training-time defences InI (`ini`) and MeCo (`meco`,
+released through its randomised input perturbation) where a config adds them (docs/method.md
+§11). Teachers train with `config.train` and their own `config.teacher_train.<name>` keys.
 
 Validation first. `open_study` checks the config, the data, the device count (every batch size
 of every architecture the command trains), the batch sizes against the training set, the PyTorch
@@ -22,6 +25,7 @@ what it was built from (`inputs`):
     every stage          train_data: sha256 of the training images and labels
     ast                  adversarial_set: the PGD set's name (itself a fingerprint, see below)
     nasty                base_teacher: fingerprint of the base teacher's parameters
+    ini                  ood_set: fingerprint of the OOD images (a query set)
     students/<t>-<arch>  teacher: fingerprint of teacher t's parameters (the base's for stingy)
 
 A teacher's fingerprint is a sha256 of its variables, so an imported PyTorch teacher is
@@ -55,19 +59,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checkpoints, losses, models
+from . import checkpoints, losses, meco, models
 from .checkpoints import WorkdirConflictError
-from .config import sparsity_k, study_record, to_json, train_config_for, validate
+from .blackbox import victim_release
+from .config import TEACHER_NAMES, sparsity_k, study_record, teacher_train_config, to_json, train_config_for, validate
 from .data import (ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, dataset_spec, load_split, normalize,
                    to_unit_float)
 from .io import UnreadableFileError, atomic_write, is_writer, load_npy, read_json, save_npy
+from .data.query_sets import load_query_set
 from .rng import Stream
-from .train import (RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_pgd_attack, make_mesh,
-                    make_predict, to_host)
-from .train.loop import AXIS, check_batch_size, steps_per_epoch
+from .train import (InISettings, RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_pgd_attack,
+                    make_mesh, make_predict, to_host)
+from .train.loop import AXIS, check_batch_size, host_batched_map, steps_per_epoch
 
-TRAINED_TEACHERS = ("base", "ast", "nasty", "stt")
-TEACHERS = ("base", "stingy", "ast", "nasty", "stt")
+TEACHERS = TEACHER_NAMES
+TRAINED_TEACHERS = tuple(name for name in TEACHERS if name != "stingy")
 STUDY_RECORD = "study.json"
 
 
@@ -137,6 +143,13 @@ def _train_key(config, architecture: str, field: str) -> str:
         else f"config.train.{field}"
 
 
+def _teacher_train_key(config, teacher: str, field: str) -> str:
+    """The config key that sets `field` of teacher `teacher`'s training."""
+    override = config.teacher_train.get(teacher) if teacher in config.teacher_train else None
+    return f"config.teacher_train.{teacher}.{field}" if override is not None and field in override \
+        else f"config.train.{field}"
+
+
 def check_study(config, dataset: DatasetSpec, train: ArraySplit, mesh, *, students: Sequence[str],
                 teacher: str | None = None) -> None:
     """Every check against the devices, the data and the files that needs no compute (ValueError, one line).
@@ -151,13 +164,16 @@ def check_study(config, dataset: DatasetSpec, train: ArraySplit, mesh, *, studen
     for student in students:
         if student not in models.MODEL_NAMES:
             raise ValueError(f"unknown student architecture {student!r}; valid: {', '.join(models.MODEL_NAMES)}")
-    for architecture in dict.fromkeys((config.teacher.model, *students)):
-        train_config = train_config_for(config, architecture)
+    schedules = [(train_config_for(config, architecture), functools.partial(_train_key, config, architecture))
+                 for architecture in dict.fromkeys(students)]
+    schedules += [(teacher_train_config(config, name), functools.partial(_teacher_train_key, config, name))
+                   for name in TRAINED_TEACHERS]  # any of them can be trained (`ast-jax train --stage`)
+    for train_config, key in schedules:
         for field in ("batch_size", "eval_batch_size"):
-            check_batch_size(train_config[field], mesh, _train_key(config, architecture, field))
+            check_batch_size(train_config[field], mesh, key(field))
         if train_config.batch_size > len(train):
-            raise ValueError(f"{_train_key(config, architecture, 'batch_size')}={train_config.batch_size} exceeds "
-                             f"the {len(train)} training images; use at most {len(train)}")
+            raise ValueError(f"{key('batch_size')}={train_config.batch_size} exceeds the {len(train)} training "
+                             f"images; use at most {len(train)}")
     check_batch_size(config.pgd.batch_size, mesh, "config.pgd.batch_size")
     if config.teacher.torch_checkpoint:
         _check_torch_teacher(config, dataset, train.images.shape[1:])
@@ -197,9 +213,9 @@ def _stage_inputs(study: Study, **inputs: str) -> dict:
     return {"train_data": study.train_data, **inputs}
 
 
-def require_finished(study: Study, directory: str, architecture: str, command: str) -> None:
+def require_finished(study: Study, directory: str, train_config, command: str) -> None:
     """Without compute (`report`), a stage that has not finished is a MissingStageError naming `command`."""
-    if not study.compute and not _finished(directory, train_config_for(study.config, architecture), len(study.train)):
+    if not study.compute and not _finished(directory, train_config, len(study.train)):
         raise MissingStageError(f"{os.path.relpath(directory, study.workdir)} (run `ast-jax {command}`)")
 
 
@@ -227,18 +243,17 @@ def _finished(directory: str, train_config, num_examples: int) -> bool:
             and os.path.isdir(os.path.join(directory, "checkpoints", str(last_step))))
 
 
-def _fit(study: Study, stage: str, directory: str, architecture: str, spec: StepSpec, inputs: dict, *,
-         adv_images=None, pairing: str = "aligned", teacher: Teacher | None = None,
+def _fit(study: Study, stage: str, directory: str, architecture: str, train_config, spec: StepSpec, inputs: dict, *,
+         adv_images=None, pairing: str = "aligned", ood_images=None, teacher: Teacher | None = None,
          teacher_variables=None) -> RunResult:
     if directory in study.runs:
         return study.runs[directory]
     config = study.config
     data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
-                   adv_images=adv_images, pairing=pairing)
+                   adv_images=adv_images, pairing=pairing, ood_images=ood_images)
     record = {"stage": stage, "study": study_record(config), "inputs": inputs}
-    run = TrainingRun(directory=directory, record=record, model=study.model(architecture),
-                      train_config=train_config_for(config, architecture), spec=spec, seed=config.seed, data=data,
-                      teacher=teacher, teacher_variables=teacher_variables)
+    run = TrainingRun(directory=directory, record=record, model=study.model(architecture), train_config=train_config,
+                      spec=spec, seed=config.seed, data=data, teacher=teacher, teacher_variables=teacher_variables)
     study.runs[directory] = fit(run, mesh=study.mesh, log=_stage_log(study, stage))
     return study.runs[directory]
 
@@ -257,7 +272,32 @@ def teacher_spec(study: Study, name: str) -> StepSpec:
         # STT is the AST step with a clean input (thesis §5): it follows the AST step's statistics ordering.
         return StepSpec("stt", c.stt.temperature, c.stt.omega, sparsity_k(c.stt, study.num_classes), c.stt.divergence,
                         target_statistics=c.ast.target_statistics)
+    if name == "ini":
+        return StepSpec("ini", ini=InISettings(**{k: v for k, v in c.ini.items() if k not in ("ood_set", "ood_images")}))
+    if name == "meco":
+        return StepSpec("meco", meco=meco_settings(study))
     raise ValueError(f"unknown trained teacher {name!r}; valid: {', '.join(TRAINED_TEACHERS)}")
+
+
+def meco_settings(study: Study) -> meco.MecoSettings:
+    return meco.MecoSettings(**study.config.meco.to_dict())
+
+
+def ini_clone(study: Study) -> tuple[Teacher, dict]:
+    """InI's surrogate clone: the teacher's architecture at a fresh initialisation (its own seed
+    stream), never trained, always queried in inference mode (docs/method.md §11.1)."""
+    module = study.model(study.config.teacher.model)
+    key = jax.random.fold_in(jax.random.PRNGKey(study.config.seed), Stream.INI_CLONE)
+    variables = module.init(key, jnp.zeros((1, *study.train.images.shape[1:]), jnp.float32), train=False)
+    return Teacher(module), jax.device_get(variables)
+
+
+def ood_set(study: Study):
+    """InI's OOD images (`config.ini.ood_set`, `ood_images` of them, the victim's shape): a query set."""
+    c = study.config
+    return load_query_set(c.ini.ood_set, image_shape=study.train.images.shape[1:], num_images=c.ini.ood_images,
+                          seed=c.seed, data_dir=c.data.data_dir or None, victim_examples=c.data.train_examples,
+                          victim_seed=c.seed)
 
 
 def import_base_teacher(study: Study) -> RunResult:
@@ -284,21 +324,27 @@ def train_teacher(study: Study, name: str) -> RunResult:
     if name == "base" and study.config.teacher.torch_checkpoint:
         return import_base_teacher(study)
     spec = teacher_spec(study, name)
-    architecture = study.config.teacher.model
+    architecture, train_config = study.config.teacher.model, teacher_train_config(study.config, name)
     directory = os.path.join(study.workdir, "teachers", name)
-    require_finished(study, directory, architecture, f"train --stage {name}")
+    require_finished(study, directory, train_config, f"train --stage {name}")
     inputs = _stage_inputs(study)
+    kwargs = {}
     if name == "ast":
         inputs = _stage_inputs(study, adversarial_set=adversarial_set_name(study))
     elif name == "nasty":
         inputs = _stage_inputs(study, base_teacher=teacher_fingerprint(study, "base"))
+    elif name == "ini":
+        ood = ood_set(study)
+        inputs = _stage_inputs(study, ood_set=ood.fingerprint)
+        clone, clone_variables = ini_clone(study)
+        kwargs = dict(ood_images=np.asarray(normalize(to_unit_float(ood.images), study.dataset.mean, study.dataset.std)),
+                      teacher=clone, teacher_variables=clone_variables)
     check_stage(study, name, directory, inputs)
-    kwargs = {}
     if name == "ast":
         kwargs = dict(adv_images=adversarial_set(study), pairing=study.config.ast.pairing)
     elif name == "nasty":
         kwargs = dict(teacher=Teacher(study.model(architecture)), teacher_variables=train_teacher(study, "base").variables)
-    return _fit(study, name, directory, architecture, spec, inputs, **kwargs)
+    return _fit(study, name, directory, architecture, train_config, spec, inputs, **kwargs)
 
 
 def teacher_fingerprint(study: Study, name: str) -> str:
@@ -412,12 +458,40 @@ def adversarial_set(study: Study) -> np.ndarray:
 
 
 def released_teacher(study: Study, name: str) -> tuple[Teacher, dict]:
-    """(Teacher, variables) as the attacker queries it: `stingy` is the base with sparse outputs."""
+    """(Teacher, variables) as the attacker queries it: `stingy` is the base with sparse outputs;
+    `meco` perturbs every query afresh (x + s·h(x), docs/method.md §11.2)."""
     module = study.model(study.config.teacher.model)
     if name == "stingy":
         k = sparsity_k(study.config.stingy, study.num_classes)
         return Teacher(module, functools.partial(losses.sparse_topk, k=k)), train_teacher(study, "base").variables
-    return Teacher(module), train_teacher(study, name).variables
+    return Teacher(module, input_defense=teacher_input_defense(study, name)), train_teacher(study, name).variables
+
+
+def teacher_input_defense(study: Study, name: str):
+    """The randomised input perturbation teacher `name` releases through: MeCo's, else None."""
+    return meco.input_defense(meco_settings(study)) if name == "meco" else None
+
+
+def release_key(study: Study) -> jax.Array:
+    """The key of a randomised release's answers in the report and the matrix (`Stream.MECO_EVAL`)."""
+    return jax.random.fold_in(jax.random.PRNGKey(study.config.seed), Stream.MECO_EVAL)
+
+
+def released_logits(study: Study, released: Teacher, variables, images: np.ndarray) -> np.ndarray:
+    """Teacher `released`'s logits on uint8 `images` (N, classes), float32, in batches of the eval
+    batch size. A randomised release (MeCo) draws batch b's perturbations from
+    `fold_in(release_key(study), b)`: the same numbers every time, and those of `meco.utility`
+    over the same batches."""
+    config, dataset = study.config, study.dataset
+    predict = make_predict(released.module, study.mesh, batch_size=config.train.eval_batch_size,
+                           mean=dataset.mean, std=dataset.std)
+    if not released.is_random:
+        return to_host(released.transform(predict(variables, images)))
+    key = release_key(study)
+    mean, std = jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32)
+    logits = jax.jit(lambda index, x: released.logits(variables, normalize(to_unit_float(x), mean, std),
+                                                      jax.random.fold_in(key, index)))
+    return to_host(host_batched_map(logits, study.mesh, config.train.eval_batch_size, images))
 
 
 def distill_spec(study: Study, teacher: str) -> StepSpec:
@@ -430,19 +504,21 @@ def distill_student(study: Study, teacher: str, architecture: str) -> RunResult:
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
     stage, directory = f"{teacher}->{architecture}", os.path.join(study.workdir, "students", f"{teacher}-{architecture}")
-    require_finished(study, directory, architecture, f"distill --teacher {teacher} --student {architecture}")
+    train_config = train_config_for(study.config, architecture)
+    require_finished(study, directory, train_config, f"distill --teacher {teacher} --student {architecture}")
     released, variables = released_teacher(study, teacher)
     inputs = _stage_inputs(study, teacher=teacher_fingerprint(study, teacher))
     check_stage(study, stage, directory, inputs)
-    return _fit(study, stage, directory, architecture, distill_spec(study, teacher), inputs,
+    return _fit(study, stage, directory, architecture, train_config, distill_spec(study, teacher), inputs,
                 teacher=released, teacher_variables=variables)
 
 
 def run(study: Study) -> list[str]:
     """Every stage of the study, then the report; returns the report's paths."""
-    for name in TRAINED_TEACHERS:
-        train_teacher(study, name)
-    for teacher in TEACHERS:
+    for name in study.config.teachers:
+        if name != "stingy":
+            train_teacher(study, name)
+    for teacher in study.config.teachers:
         for architecture in study.config.students:
             distill_student(study, teacher, architecture)
     return write_report(study)
@@ -471,22 +547,27 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
     study = dataclasses.replace(study, compute=False)  # shares the session's runs and fingerprints
     config, test, missing = study.config, study.test, []
     temperature = config.kd.temperature
-    predict = make_predict(study.model(config.teacher.model), study.mesh, batch_size=config.train.eval_batch_size,
-                           mean=study.dataset.mean, std=study.dataset.std)
     images, labels = study.train.images[:num_figure_images], study.train.labels[:num_figure_images]
     clean = normalize(to_unit_float(images), study.dataset.mean, study.dataset.std)
-    teacher_accuracy, stats, figure = {}, {}, {}
-    for name in TEACHERS:
+    figure_key = release_key(study)
+    teacher_accuracy, stats, figure, utility = {}, {}, {}, {}
+    for name in config.teachers:
         teacher = _finished_or_missing(missing, released_teacher, study, name)
         if teacher is None:
             continue
         released, variables = teacher
-        logits = to_host(released.transform(predict(variables, test.images)))
+        logits = released_logits(study, released, variables, test.images)
         teacher_accuracy[name] = float(np.mean(np.argmax(logits, -1) == test.labels))
         stats[name] = report.output_statistics(logits, test.labels, temperature, seed=config.seed)
-        figure[name] = np.asarray(losses.softmax_t(released.logits(variables, clean), temperature))
+        figure[name] = np.asarray(losses.softmax_t(released.logits(variables, clean, figure_key), temperature))
+        if released.is_random:
+            utility[name] = meco.utility(
+                victim_release(released.module, variables, study.dataset.mean, study.dataset.std,
+                               input_defense=released.input_defense),
+                victim_release(released.module, variables, study.dataset.mean, study.dataset.std), test.images,
+                test.labels, release_key(study), config.train.eval_batch_size)
     student_accuracy = {}
-    for teacher in TEACHERS:
+    for teacher in config.teachers:
         for architecture in config.students:
             student = _finished_or_missing(missing, distill_student, study, teacher, architecture)
             if student is not None and teacher in teacher_accuracy:
@@ -497,13 +578,18 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
         base = train_teacher(study, "base").variables
         adv_logits = study.model(config.teacher.model).apply(base, adv[:num_figure_images], train=False)
         figure["base (adversarial)"] = np.asarray(losses.softmax_t(adv_logits, temperature))
-    order = [name for name in ("base", "base (adversarial)", "stingy", "nasty", "stt", "ast") if name in figure]
+    order = [name for name in ("base", "base (adversarial)", "stingy", "nasty", "stt", "ast", "ini", "meco")
+             if name in figure]
     if order and is_writer():
         report.plot_outputs(os.path.join(study.workdir, "outputs.png"), np.asarray(to_unit_float(images)),
                             {name: figure[name] for name in order}, labels)
     notes = [f"Accuracies on the {len(test.labels)}-image test split after the last epoch; "
              f"output statistics of sigma_T at the attack's temperature T = {temperature:g}; "
              f"outputs.png: the first {num_figure_images} training images."]
+    for name, figures in utility.items():
+        notes.append(f"{name} is evaluated through its randomised release (fresh perturbation per query): "
+                     f"test accuracy {figures['accuracy']:.4f} (clean {figures['clean_accuracy']:.4f}), "
+                     f"mean l1 between released and clean probabilities {figures['l1']:.4f}")
     if missing:
         study.log("[report] missing: " + "; ".join(missing))
         notes.append("missing: " + "; ".join(missing))

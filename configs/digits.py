@@ -9,6 +9,16 @@ omega sweep measured to choose them: docs/digits-schedule.md (starting point: do
 
 from ast_jax.config import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
 
+#: InI's and MeCo's schedules scaled to the demo's (docs/method.md §11; trained where `config.teachers`
+#: names them, as in configs/digits_defences.py): InI's SGD (momentum 0.5, weight decay 1e-3) at the
+#: demo's batch 64 and lr 0.05 for its 30 epochs, lr x0.1 at 12 and 24 (the MNIST schedule's 20 and
+#: 40 of 50); MeCo's MNIST recipe, Adam 1e-3, batch 64, for 30 epochs.
+DEFENCE_TRAIN = {
+    "ini": dict(optimizer="sgd", lr=0.05, momentum=0.5, weight_decay=1e-3, batch_size=64, epochs=30,
+                milestones=(12, 24), lr_decay=0.1),
+    "meco": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, epochs=30, milestones=()),
+}
+
 #: `ast-jax matrix` (docs/method.md §10.5): every teacher, and the base teacher behind every kind of
 #: output defence: DCP at beta .3/.9/1.5 and Reverse Sigmoid at .04/.64 (the ends and middle of the
 #: small-data grid .3-1.5 and .04-.64, to fit the CPU budget; the whole grid is
@@ -41,6 +51,7 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=10.0, omega=0.05, k=2),
         ast_reference=None,  # no authors' values for digits: keep the thesis-variant values
         student_train={"cnn": dict(CNN_STUDENT_TRAIN, epochs=20)},
+        teacher_train=DEFENCE_TRAIN,
         matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="cnn", seeds=(0, 1, 2), batch_size=512),
         attacks=MATRIX_ATTACKS,
     )

@@ -24,11 +24,14 @@ Why these values:
     STT 85.98 / 84.15 / 82.58 / 84.38 / 84.01%, so AST costs its student 3.40 points (README).
     With 20 epochs (x0.1 at 10, 16; 2026-11-22, earlier code): AST student -1.14 points, no
     effect. The full study is untried.
+  * InI and MeCo (docs/method.md §11): their papers' MNIST/Fashion-MNIST schedules
+    (`config.teacher_train`); they join the study with
+    `--config.teachers="('base','stingy','ast','nasty','stt','ini','meco')"` (untried here).
   * `reference` variant: no authors' values exist; only the PGD space, the pairing and the ST
     distillation (T 20, omega 0.9) change.
 """
 
-from ast_jax.config import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
+from ast_jax.config import CNN_STUDENT_TRAIN, INI_MNIST_TRAIN, MECO_MNIST_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
 
 #: `ast-jax matrix` (docs/method.md §10.5), the offline cells: every teacher and output defence; KD,
 #: Knockoff soft/hard with 10,000 queries of F-B (Fashion-MNIST images outside the victim's subset:
@@ -61,6 +64,7 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=10.0, omega=0.05, k=2),
         ast_reference=None,  # no authors' values for Fashion-MNIST: keep the docs/method.md §9-based ones
         student_train={"cnn": dict(CNN_STUDENT_TRAIN, epochs=25)},
+        teacher_train={"ini": INI_MNIST_TRAIN, "meco": MECO_MNIST_TRAIN},
         matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="cnn", seeds=(0, 1, 2)),
         attacks=MATRIX_ATTACKS,
     )

@@ -1,6 +1,10 @@
 """Shared test fixtures: a tiny BatchNorm model and tiny image data (fast to compile on CPU)."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -60,6 +64,16 @@ def tiny_net():
 @pytest.fixture
 def make_split():
     return tiny_split
+
+
+def four_device_result(script: str):
+    """Run the test module `script` as a program on 4 forced CPU devices; its last output line, parsed
+    as JSON (the module measures everything at once: one subprocess, one compile per program)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(script))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # XLA's backend optimisations roughly double CPU compile time and do not matter for equivalence checks.

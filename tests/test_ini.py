@@ -2,9 +2,6 @@
 the clipped sum against NumPy, padding, 1 against 4 devices, and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -12,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
-import torch.nn.functional as F
 
 from ast_jax.data import AugmentSpec
 from ast_jax.train import InISettings, StepSpec, Teacher, init_state, make_mesh, make_train_epoch, ood_rows, train_step
 from ast_jax.train import ini
+
+from conftest import four_device_result
 
 IN, HIDDEN, CLASSES = 4, 5, 3
 
@@ -35,44 +32,44 @@ def _mlp_params(seed):
     return MLP().init(jax.random.PRNGKey(seed), jnp.zeros((1, IN)))["params"]
 
 
-def _torch_params(params):
-    """The MLP's parameters as float64 leaf tensors, in the order W1, b1, W2, b2."""
-    return [torch.tensor(np.asarray(leaf, np.float64), requires_grad=True) for leaf in _as_torch_order(params)]
-
-
-def _torch_mlp(p, x):
-    return torch.tanh(x @ p[0] + p[1]) @ p[2] + p[3]
-
-
 def _as_torch_order(params):
     return [params["hidden"]["kernel"], params["hidden"]["bias"], params["out"]["kernel"], params["out"]["bias"]]
 
 
-def _flat(tensors):
-    return torch.cat([t.flatten() for t in tensors])
-
-
-def _kl(p_logits, q_logits):
-    """KL(σ(a) ‖ σ(b)) per row, float64 PyTorch."""
-    return (F.softmax(p_logits, -1) * (F.log_softmax(p_logits, -1) - F.log_softmax(q_logits, -1))).sum(-1)
-
-
-def _twin_losses(form, victim, clone, x, y, valid, x_o):
+def _twin_losses(form, victim_params, clone_params, x, y, valid, x_o):
     """The four losses and their victim-parameter gradients in float64 PyTorch, written from the formulas."""
-    v, c = _torch_mlp(victim, x[valid]), _torch_mlp(clone, x[valid])
-    v_o, c_o = _torch_mlp(victim, x_o), _torch_mlp(clone, x_o)
-    y = y[valid]
-    thief = _kl(c, v).mean() if form == "code" else -(F.softmax(v, -1) * F.log_softmax(c, -1)).sum(-1).mean()
-    thief_grad = _flat(torch.autograd.grad(thief, clone, create_graph=True))
-    label_grad = _flat(torch.autograd.grad(F.cross_entropy(c, y), clone, retain_graph=True)).detach()
+    import torch
+    import torch.nn.functional as F
+
+    def leaves(params):  # float64 leaf tensors, in the order W1, b1, W2, b2
+        return [torch.tensor(np.asarray(leaf, np.float64), requires_grad=True) for leaf in _as_torch_order(params)]
+
+    def mlp(p, inputs):
+        return torch.tanh(inputs @ p[0] + p[1]) @ p[2] + p[3]
+
+    def flat(tensors):
+        return torch.cat([t.flatten() for t in tensors])
+
+    def kl(p_logits, q_logits):  # KL(σ(a) ‖ σ(b)) per row
+        return (F.softmax(p_logits, -1) * (F.log_softmax(p_logits, -1) - F.log_softmax(q_logits, -1))).sum(-1)
+
+    victim, clone = leaves(victim_params), leaves(clone_params)
+    x, x_o = torch.tensor(x, dtype=torch.float64), torch.tensor(x_o, dtype=torch.float64)
+    valid = torch.tensor(valid)
+    v, c = mlp(victim, x[valid]), mlp(clone, x[valid])
+    v_o, c_o = mlp(victim, x_o), mlp(clone, x_o)
+    y = torch.tensor(y)[valid]
+    thief = kl(c, v).mean() if form == "code" else -(F.softmax(v, -1) * F.log_softmax(c, -1)).sum(-1).mean()
+    thief_grad = flat(torch.autograd.grad(thief, clone, create_graph=True))
+    label_grad = flat(torch.autograd.grad(F.cross_entropy(c, y), clone, retain_graph=True)).detach()
     iso = thief_grad @ label_grad / (thief_grad.norm() * label_grad.norm())
     if form == "code":
         log_p = F.log_softmax(v_o, -1)
         ig = (c_o.detach() - (log_p - log_p.mean(-1, keepdim=True))).abs().mean()
-        gm = _flat(torch.autograd.grad(_kl(c_o, v_o).mean(), clone, create_graph=True)).abs().mean()
+        gm = flat(torch.autograd.grad(kl(c_o, v_o).mean(), clone, create_graph=True)).abs().mean()
     else:
-        ig = _kl(v_o, c_o.detach()).mean()
-        gm = _flat(torch.autograd.grad(_kl(v_o, c_o).mean(), clone, create_graph=True)).norm()
+        ig = kl(v_o, c_o.detach()).mean()
+        gm = flat(torch.autograd.grad(kl(v_o, c_o).mean(), clone, create_graph=True)).norm()
     out = {}
     for name, loss in (("iso", iso), ("ig", ig), ("gm", gm)):
         grads = torch.autograd.grad(loss, victim, retain_graph=True)
@@ -106,6 +103,7 @@ def _assert_close(got, want, rtol):
 def test_losses_and_victim_gradients_match_float64_torch_twin(form):
     """L_iso, L_ig, L_gm and their gradients in θ_V (through the second-order terms) equal the
     float64 PyTorch formulas (torch.autograd.grad with create_graph); padded rows are left out."""
+    pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     x, x_o = rng.normal(size=(6, IN)).astype(np.float32), rng.normal(size=(5, IN)).astype(np.float32)
     y = rng.integers(0, CLASSES, 6)
@@ -113,8 +111,7 @@ def test_losses_and_victim_gradients_match_float64_torch_twin(form):
     x[~valid] *= 50.0  # padding that would change every loss if it counted
     victim, clone = _mlp_params(1), _mlp_params(2)
     got = _jax_losses(form, victim, clone, jnp.asarray(x), jnp.asarray(y), jnp.asarray(valid), jnp.asarray(x_o))
-    want = _twin_losses(form, _torch_params(victim), _torch_params(clone), torch.tensor(x, dtype=torch.float64),
-                        torch.tensor(y), torch.tensor(valid), torch.tensor(x_o, dtype=torch.float64))
+    want = _twin_losses(form, victim, clone, x, y, valid, x_o)
     for name in ("iso", "ig", "gm"):
         _assert_close(got[name][0], want[name][0], 1e-5)
         for g, w in zip(got[name][1], want[name][1], strict=True):
@@ -279,11 +276,7 @@ def _max_diff(a, b, relative=False) -> float:
 
 @pytest.fixture(scope="module")
 def measured() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(__file__))
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return four_device_result(__file__)
 
 
 @pytest.mark.parametrize("name", ["default", "paper-clipped"])

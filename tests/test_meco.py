@@ -2,9 +2,6 @@
 formulas, the meco step on 1 and 4 devices, the randomised release, and the refusals."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +13,7 @@ from ast_jax.blackbox import BlackBox, victim_release
 from ast_jax.rng import example_keys
 from ast_jax.train import StepSpec, make_mesh
 
-from conftest import TinyNet, tiny_split
+from conftest import TinyNet, four_device_result, tiny_split
 
 DEVICE_TOLERANCE = 1e-5
 
@@ -250,11 +247,7 @@ def _compare_worst_case() -> dict:
 
 @pytest.fixture(scope="module")
 def measured() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(__file__))
-    assert out.returncode == 0, out.stderr[-3000:]
-    steps, worst_case = json.loads(out.stdout.strip().splitlines()[-1])
+    steps, worst_case = four_device_result(__file__)
     return {**steps, "worst_case": worst_case}
 
 

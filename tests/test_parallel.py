@@ -8,12 +8,11 @@ bound is stated per step and per epoch of a short run. A long run can end a test
 All comparisons are measured once (module fixture); each case is its own test."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from conftest import four_device_result
 
 KINDS = ("ce", "kd", "ast", "stt", "nasty")
 STEP_TOLERANCE = 2e-7  # one step: float32 rounding of differently ordered sums (measured <= 6e-8)
@@ -137,11 +136,7 @@ def _compare_adversarial_sets() -> dict:
 @pytest.fixture(scope="module")
 def measured() -> dict:
     """Every comparison, measured once in a subprocess with 4 forced CPU devices."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(__file__))
-    assert out.returncode == 0, out.stderr[-3000:]
-    training, zoo, attacks = json.loads(out.stdout.strip().splitlines()[-1])
+    training, zoo, attacks = four_device_result(__file__)
     return {"training": training, "zoo": zoo, "attacks": attacks}
 
 

@@ -67,7 +67,9 @@ class RunData:
     (the `ast` step); `pairing`: how clean and adversarial images are paired (`loop.make_train_epoch`);
     `targets`: fixed target logits aligned with `train` (N, classes), e.g. the log-probabilities a
     black box released for a stealing attack's transfer set: the kd and l1 steps then need no
-    teacher (only without augmentation, since the targets belong to the un-augmented images).
+    teacher (only without augmentation, since the targets belong to the un-augmented images);
+    `ood_images`: the out-of-distribution set in model-input space, any number of images of the
+    training images' shape (the `ini` step, cycled by `loop.ood_rows`).
     """
 
     train: ArraySplit
@@ -78,6 +80,7 @@ class RunData:
     adv_images: np.ndarray | None = None
     pairing: str = "aligned"
     targets: np.ndarray | None = None
+    ood_images: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,9 @@ def fit(run: TrainingRun, *, mesh=None, loop: str = "auto", log: Callable[[str],
     spec, data = run.spec, run.data
     if spec.needs_adversarial and data.adv_images is None:
         raise ValueError("the ast step needs the adversarial training set (RunData.adv_images)")
+    if spec.needs_ood and (data.ood_images is None or run.teacher is None or run.teacher_variables is None):
+        raise ValueError("the ini step needs an OOD set (RunData.ood_images) and the frozen clone "
+                         "(TrainingRun.teacher and teacher_variables)")
     if spec.needs_teacher and data.targets is None and (run.teacher is None or run.teacher_variables is None):
         raise ValueError(f"the {spec.kind} step needs a frozen teacher and its variables, or fixed targets")
     if data.targets is not None and not data.augment_spec.is_identity:
@@ -273,16 +279,20 @@ def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples
 
 
 def _device_inputs(run: TrainingRun, mesh, config) -> tuple[dict, dict | None]:
-    """(data, teacher_variables) on the devices: the training arrays and, for kd/nasty without
-    augmentation, the teacher's fixed logits (or the given `RunData.targets`)."""
+    """(data, teacher_variables) on the devices: the training arrays (the OOD set for ini) and, for
+    kd/nasty without augmentation, the teacher's fixed logits (or the given `RunData.targets`);
+    a randomised teacher (`Teacher.is_random`) is queried anew in every step."""
     data = {"images": run.data.train.images, "labels": run.data.train.labels}
     if run.spec.needs_adversarial:
         data["adv_images"] = run.data.adv_images
+    if run.spec.needs_ood:
+        data["ood_images"] = run.data.ood_images
     if run.data.targets is not None:
         data["teacher_logits"] = run.data.targets
     data = replicate(mesh, data)
     teacher_variables = replicate(mesh, run.teacher_variables) if run.teacher_variables is not None else None
-    if run.spec.needs_teacher and run.data.augment_spec.is_identity and run.data.targets is None:
+    if (run.spec.needs_teacher and run.data.augment_spec.is_identity and run.data.targets is None
+            and not run.teacher.is_random):
         data["teacher_logits"] = fixed_teacher_logits(run.teacher, teacher_variables, data["images"], mesh,
                                                       batch_size=config.eval_batch_size, mean=run.data.mean,
                                                       std=run.data.std)

@@ -128,12 +128,25 @@ class Teacher:
     `transform` is the pluggable output defence: identity for an undefended teacher,
     `functools.partial(losses.sparse_topk, k=k)` for the Stingy Teacher. A defence that releases
     probabilities returns their logarithm (log-probabilities are valid logits).
+    `input_defense(images, key, axis_name)`, when set, changes each query before the forward pass
+    with fresh randomness per query (MeCo's x + s·h(x), `meco.input_defense`): its outputs then
+    differ between queries of the same image, so they are never computed once for a whole run.
     """
 
     module: nn.Module
     transform: Callable[[jax.Array], jax.Array] = identity
+    input_defense: Callable | None = None
 
-    def logits(self, variables, images: jax.Array) -> jax.Array:
+    @property
+    def is_random(self) -> bool:
+        return self.input_defense is not None
+
+    def logits(self, variables, images: jax.Array, key: jax.Array | None = None,
+               axis_name: str | None = None) -> jax.Array:
+        if self.is_random:
+            if key is None:
+                raise ValueError("a teacher with an input defence draws from the step's key: pass key=")
+            images = self.input_defense(images, key, axis_name)
         return self.transform(self.module.apply(variables, images, train=False))
 
 
@@ -144,7 +157,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
     return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), tx.init(params))
 
 
-def _target_logits(spec: StepSpec, model, teacher, params, batch_stats, batch, teacher_variables):
+def _target_logits(spec: StepSpec, model, teacher, params, batch_stats, batch, teacher_variables, key, axis_name):
     """The constant the objective scores against (gradients stopped); `batch_stats` are the
     running statistics the model's own target (ast, stt) is computed with."""
     if spec.kind == "ce":
@@ -152,7 +165,7 @@ def _target_logits(spec: StepSpec, model, teacher, params, batch_stats, batch, t
     if spec.needs_teacher:
         if "teacher_logits" in batch:  # the frozen teacher's outputs on these exact images, computed once
             return batch["teacher_logits"]
-        return teacher.logits(teacher_variables, batch["image"])
+        return jax.lax.stop_gradient(teacher.logits(teacher_variables, batch["image"], key, axis_name))
     images = batch["adv_image"] if spec.kind == "ast" else batch["image"]
     own = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
     return jax.lax.stop_gradient(own)
@@ -193,14 +206,15 @@ def _training_forward(model: nn.Module, params, mask) -> meco.Forward:
     return forward
 
 
-def _distillation_objective(spec: StepSpec, model, teacher, state: TrainState, batch, mask, teacher_variables):
+def _distillation_objective(spec: StepSpec, model, teacher, state: TrainState, batch, mask, teacher_variables, key,
+                            axis_name):
     """`objective(params) -> (loss, (clean training-mode logits, batch_stats))` of the target kinds."""
 
     def objective(params):
         logits, batch_stats = _training_forward(model, params, mask)(state.batch_stats, batch["image"])
         target_stats = batch_stats if spec.target_statistics == "after_train_forward" else state.batch_stats
         target = _target_logits(spec, model, teacher, jax.lax.stop_gradient(params), target_stats, batch,
-                                teacher_variables)
+                                teacher_variables, key, axis_name)
         return _objective(spec, logits, target, batch["label"], mask), (logits, batch_stats)
 
     return objective
@@ -272,7 +286,8 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
         if spec.kind == "meco":
             objective = _meco_objective(spec.meco, model, state, batch, mask, key, axis_name)
         else:
-            objective = _distillation_objective(spec, model, teacher, state, batch, mask, teacher_variables)
+            objective = _distillation_objective(spec, model, teacher, state, batch, mask, teacher_variables, key,
+                                                axis_name)
         grads, batch_stats, metrics = _objective_gradients(objective, state.params, batch, mask, share, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
