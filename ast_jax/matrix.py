@@ -169,8 +169,8 @@ class _Matrix:
             logits = to_host(self.predict_victim(variables, self.study.test.images))
             clean = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
             released = victim_defense(self.study, victim)(clean)
-            if victim.teacher == "meco":  # its randomised release: fresh perturbations per query
-                teacher, _ = released_teacher(self.study, "meco")
+            teacher, _ = released_teacher(self.study, victim.teacher)
+            if teacher.is_random:  # a randomised release (MeCo): fresh perturbations per query
                 released = jax.nn.softmax(released_logits(self.study, teacher, variables, self.study.test.images), -1)
             self._outputs[victim.label] = (np.asarray(clean, np.float64), np.asarray(released, np.float64))
         return self._outputs[victim.label]

@@ -336,14 +336,15 @@ def train_teacher(study: Study, name: str) -> RunResult:
     elif name == "ini":
         ood = ood_set(study)
         inputs = _stage_inputs(study, ood_set=ood.fingerprint)
-        clone, clone_variables = ini_clone(study)
-        kwargs = dict(ood_images=np.asarray(normalize(to_unit_float(ood.images), study.dataset.mean, study.dataset.std)),
-                      teacher=clone, teacher_variables=clone_variables)
     check_stage(study, name, directory, inputs)
     if name == "ast":
         kwargs = dict(adv_images=adversarial_set(study), pairing=study.config.ast.pairing)
     elif name == "nasty":
         kwargs = dict(teacher=Teacher(study.model(architecture)), teacher_variables=train_teacher(study, "base").variables)
+    elif name == "ini":
+        clone, clone_variables = ini_clone(study)
+        kwargs = dict(ood_images=np.asarray(normalize(to_unit_float(ood.images), study.dataset.mean, study.dataset.std)),
+                      teacher=clone, teacher_variables=clone_variables)
     return _fit(study, name, directory, architecture, train_config, spec, inputs, **kwargs)
 
 
