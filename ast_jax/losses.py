@@ -136,18 +136,21 @@ def resolve_k(num_classes: int, *, k: int | None = None, ratio: float | None = N
     return k
 
 
-def sparse_topk(logits: jax.Array, k: int) -> jax.Array:
+def sparse_topk(logits: jax.Array, k) -> jax.Array:
     """Sparsity function S(z, k) (thesis §2.5, §4.1): keep the k largest logits of each row.
 
-    All other entries become -inf, so sigma_T(S(z, k)) has exactly k non-zero entries. Selection
-    is by top-k index, so ties never let more than k entries survive (docs/method.md §2).
+    All other entries become -inf, so sigma_T(S(z, k)) has exactly k non-zero entries. An entry
+    is kept when its rank (position in the row sorted by decreasing logit, ties in index order,
+    as `lax.top_k` orders them) is below k, so ties never let more than k entries survive
+    (docs/method.md §2). `k` may be a traced integer (a batch of runs with different sparsity
+    shares one program, `train.batch`); a Python integer is checked to lie in [1, classes].
     """
     num_classes = logits.shape[-1]
-    if not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
+    if isinstance(k, numbers.Number) and (not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes):
         raise ValueError(f"k must be an integer in [1, {num_classes}] (the number of classes), got {k}")
-    _, indices = jax.lax.top_k(logits, k)
-    keep = jnp.any(indices[..., :, None] == jnp.arange(num_classes), axis=-2)
-    return jnp.where(keep, logits, -jnp.inf)
+    order = jnp.argsort(-logits, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1, stable=True)
+    return jnp.where(rank < k, logits, -jnp.inf)
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature, omega, where=None) -> jax.Array:

@@ -133,11 +133,32 @@ def _compare_adversarial_sets() -> dict:
     return diffs
 
 
+def _compare_run_meshes() -> dict:
+    """Two runs (other seed, ω, τ, k, lr, adversarial set) as one batch on the 2 x 2 (run, data)
+    mesh and on the 4-device data mesh, against each run alone on one device (`fit_batch`)."""
+    import tempfile
+
+    import jax
+    from ast_jax.train import fit, fit_batch, make_mesh
+    from test_batch import RUNS, _max_difference, _run
+
+    quiet = lambda _: None  # noqa: E731
+    with tempfile.TemporaryDirectory() as root:
+        alone = [fit(_run(f"{root}/alone{i}", *RUNS[i]), mesh=make_mesh(jax.devices()[:1]), log=quiet)
+                 for i in range(2)]
+        diffs = {}
+        for name, mesh in (("run_and_data", make_mesh(run_devices=2)), ("data", make_mesh())):
+            batch = fit_batch([_run(f"{root}/{name}{i}", *RUNS[i]) for i in range(2)], mesh=mesh, log=quiet)
+            diffs[name] = [_max_difference(a, b) for a, b in zip(alone, batch)]
+        diffs["runs_differ"] = _max_difference(*alone)
+    return diffs
+
+
 @pytest.fixture(scope="module")
 def measured() -> dict:
     """Every comparison, measured once in a subprocess with 4 forced CPU devices."""
-    training, zoo, attacks = four_device_result(__file__)
-    return {"training": training, "zoo": zoo, "attacks": attacks}
+    training, zoo, attacks, run_meshes = four_device_result(__file__)
+    return {"training": training, "zoo": zoo, "attacks": attacks, "run_meshes": run_meshes}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -174,5 +195,24 @@ def test_adversarial_set_matches_across_devices_and_loops(measured, name):
     assert diff.get("vs_pgd", 0.0) < 1e-5, diff
 
 
+@pytest.mark.parametrize("mesh", ["run_and_data", "data"])
+def test_a_batch_of_runs_spread_over_devices_matches_each_run_alone(measured, mesh):
+    """Runs split over the mesh axis `run` (and each run's batch over `data`), or all runs on every device."""
+    from test_batch import TOLERANCE
+
+    diffs = measured["run_meshes"]
+    assert diffs["runs_differ"] > 100 * TOLERANCE, diffs
+    assert max(diffs[mesh]) < TOLERANCE, diffs
+
+
+def test_a_run_mesh_must_divide_the_devices():
+    import jax
+    from ast_jax.train import make_mesh
+
+    with pytest.raises(ValueError, match="must divide"):
+        make_mesh(run_devices=jax.device_count() + 1)
+
+
 if __name__ == "__main__":
-    print(json.dumps([_compare_device_counts(), _compare_zoo_batchnorm(), _compare_adversarial_sets()]))
+    print(json.dumps([_compare_device_counts(), _compare_zoo_batchnorm(), _compare_adversarial_sets(),
+                      _compare_run_meshes()]))

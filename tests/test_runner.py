@@ -86,7 +86,7 @@ def test_signal_inside_an_epoch_checkpoints_that_step_and_resumes_exactly(tmp_pa
     def signalling(*args, **kwargs):
         train_epoch = make_train_epoch(*args, **kwargs)
 
-        def epoch_with_signal(state, data, teacher_variables, key, epoch, first_step, stop):
+        def epoch_with_signal(state, data, teacher_variables, key, epoch, first_step, stop, hypers):
             count = iter(range(first_step + 1, STEPS_PER_EPOCH + 1))
 
             def stop_after_signal():
@@ -94,7 +94,7 @@ def test_signal_inside_an_epoch_checkpoints_that_step_and_resumes_exactly(tmp_pa
                     signal.raise_signal(signal.SIGTERM)
                 return stop()
 
-            return train_epoch(state, data, teacher_variables, key, epoch, first_step, stop_after_signal)
+            return train_epoch(state, data, teacher_variables, key, epoch, first_step, stop_after_signal, hypers=hypers)
 
         return epoch_with_signal
 

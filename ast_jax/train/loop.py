@@ -28,12 +28,40 @@ from ..rng import Stream
 from .steps import PAIRINGS, StepSpec, Teacher, TrainState, train_step
 
 AXIS = "data"
+#: The mesh axis a batch of runs (`make_train_epoch(..., batched=True)`) is spread over.
+RUN_AXIS = "run"
+#: Per-run arrays of a batched epoch's `data` (a leading run axis); the other arrays are shared.
+RUN_ARRAYS = ("adv_images", "teacher_logits")
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named `data` over `devices` (default: every device of every process)."""
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    return Mesh(devices, (AXIS,))
+def make_mesh(devices=None, run_devices: int = 1) -> Mesh:
+    """A mesh over `devices` (default: every device of every process).
+
+    With `run_devices` = 1 it is 1-D, named `data`; otherwise 2-D, (`run`, `data`) of shape
+    (run_devices, devices / run_devices): a batch of runs is split over `run`, each run's batch
+    over `data`. `run_devices` must divide the number of devices.
+    """
+    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+    if run_devices == 1:
+        return Mesh(devices, (AXIS,))
+    if run_devices < 1 or devices.size % run_devices:
+        raise ValueError(f"run_devices={run_devices} must divide the {devices.size} devices; pick a divisor")
+    return Mesh(devices.reshape(run_devices, -1), (RUN_AXIS, AXIS))
+
+
+def data_devices(mesh: Mesh) -> int:
+    """How many devices one run's batch is split over (the size of the mesh axis `data`)."""
+    return mesh.shape[AXIS]
+
+
+def run_devices(mesh: Mesh) -> int:
+    """How many devices a batch of runs is split over (1 without a `run` axis)."""
+    return mesh.shape.get(RUN_AXIS, 1)
+
+
+def run_partition(mesh: Mesh, *axes) -> P:
+    """The partition of an array with a leading run axis (over `run` if the mesh has one)."""
+    return P(RUN_AXIS if RUN_AXIS in mesh.axis_names else None, *axes)
 
 
 def replicate(mesh: Mesh, tree):
@@ -55,13 +83,15 @@ def to_host(array) -> np.ndarray:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-    if batch_size % mesh.size:
-        raise ValueError(f"{name}={batch_size} must be divisible by the number of devices ({mesh.size}); "
-                         f"pick a multiple of {mesh.size}")
+    devices = data_devices(mesh)
+    if batch_size % devices:
+        raise ValueError(f"{name}={batch_size} must be divisible by the number of devices ({devices}); "
+                         f"pick a multiple of {devices}")
 
 
-def _shard_batch(mesh: Mesh, tree):
-    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P(AXIS)))
+def _shard_batch(mesh: Mesh, tree, batched: bool = False):
+    spec = run_partition(mesh, AXIS) if batched else P(AXIS)
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
 
 LOOPS = ("auto", "scan", "host")
@@ -143,18 +173,30 @@ def ood_rows(global_step, batch_size: int, num_ood: int):
     return ((global_step * batch_size + jnp.arange(batch_size)) % num_ood).astype(jnp.int32)
 
 
-def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None):
-    """`step(state, batch, teacher_variables=None, key=None) -> (state, metrics)`: `train_step`
-    data-parallel over `mesh`.
+def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None, *, batched: bool = False):
+    """`step(state, batch, teacher_variables=None, key=None, hypers=None) -> (state, metrics)`:
+    `train_step` data-parallel over `mesh`.
 
     The per-device program runs under `jax.shard_map` with the batch split over the axis
     `data` and the state, the teacher and the step's key replicated; gradients, metrics and BatchNorm statistics
     are averaged with `lax.pmean` inside `train_step`. Not jitted: callers jit it (with the
     state donated) or call it inside their own jitted program.
+
+    `batched=True` trains a batch of runs: every argument has a leading run axis (the batch
+    (runs, B, ...)), split over the mesh axis `run` where the mesh has one, and `train_step` is
+    `jax.vmap`ped over the runs each device holds; its `lax.pmean`s stay over `data`, so each run
+    gets the update it would get alone.
     """
-    sharded = jax.shard_map(functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS), mesh=mesh,
-                            in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()), check_vma=False)
-    return lambda state, batch, teacher_variables=None, key=None: sharded(state, batch, teacher_variables, key)
+    per_device = functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS)
+    if batched:
+        runs = run_partition(mesh)
+        sharded = jax.shard_map(jax.vmap(per_device), mesh=mesh, in_specs=(runs, run_partition(mesh, AXIS), runs, runs, runs),
+                                out_specs=(runs, runs), check_vma=False)
+    else:
+        sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(), P()), out_specs=(P(), P()),
+                                check_vma=False)
+    return lambda state, batch, teacher_variables=None, key=None, hypers=None: sharded(state, batch, teacher_variables,
+                                                                                       key, hypers)
 
 
 def _per_channel(values) -> tuple:
@@ -163,17 +205,20 @@ def _per_channel(values) -> tuple:
 
 
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
-                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto"):
+                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto",
+                     batched: bool = False):
     """See `_make_train_epoch` (memoised on its arguments)."""
     return _make_train_epoch(model, tx, spec, mesh, batch_size=int(batch_size), augment_spec=augment_spec,
                              mean=_per_channel(mean), std=_per_channel(std), teacher=teacher, pairing=pairing,
-                             loop=_resolve_loop(loop))
+                             loop=_resolve_loop(loop), batched=bool(batched))
 
 
 @functools.lru_cache(maxsize=64)
 def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
-                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto"):
-    """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None) -> (state, metrics)`.
+                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto",
+                     batched: bool = False):
+    """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None, *, hypers=None)
+    -> (state, metrics)`.
 
     `data` = {'images': uint8 (N,H,W,C), 'labels': int32 (N,)[, 'adv_images': float (N,H,W,C)
     in model-input space][, 'teacher_logits': float (N, classes)][, 'ood_images': float
@@ -197,19 +242,30 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     resumed epoch continues where it stopped: its order depends only on (key, epoch)); the host
     loop returns early after a step for which `stop()` is true, the scan only at the epoch's end
     (`stop` is not consulted). `metrics` holds the steps that ran.
+
+    `batched=True` trains a batch of R runs as one program (`make_train_step(..., batched=True)`):
+    `state`, `key` (one per run: each run its own data order, augmentation and noise),
+    `teacher_variables`, `hypers` (`steps.HYPERS`, one value per run) and the `RUN_ARRAYS` of
+    `data` carry a leading run axis; the other arrays of `data` are shared. `metrics` are then
+    (steps, R). Each run equals the same run trained alone, up to float32 rounding.
     """
     _check_pairing(pairing)
     loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh)
     if spec.needs_ood and teacher is None:
         raise ValueError("the ini step needs the frozen clone: make_train_epoch(..., teacher=Teacher(module=clone))")
-    step = make_train_step(model, tx, spec, mesh, teacher)
+    step = make_train_step(model, tx, spec, mesh, teacher, batched=batched)
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
-    def plan(data, key, epoch):
+    def run_plan(data, key, epoch):
         return epoch_plan(key, epoch, data["labels"].shape[0], batch_size, pairing)
 
-    def body(state, data, teacher_variables, augment_key, epoch, index, rows, adv_rows, mask):
+    # Batched: one plan per run, steps first ((steps, R, B) rows), so that step `index` is `[index]` either way.
+    plan = jax.vmap(run_plan, in_axes=(None, 0, None), out_axes=(0, 1, 1, 1)) if batched else run_plan
+
+    def run_batch(data, run_arrays, augment_key, epoch, index, rows, adv_rows, mask):
+        """One run's batch of step `index` and the step's key."""
+        data = {**data, **run_arrays}
         images = augment(jax.random.fold_in(augment_key, index), data["images"][rows], augment_spec)
         batch = {"image": normalize(images, mean, std), "label": data["labels"][rows], "mask": mask}
         if "teacher_logits" in data:
@@ -224,22 +280,29 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
                 raise ValueError("the ini step needs an OOD set: data['ood_images'] (float, model-input space)")
             global_step = epoch * steps_per_epoch(data["labels"].shape[0], batch_size) + index
             batch["ood_image"] = data["ood_images"][ood_rows(global_step, batch_size, data["ood_images"].shape[0])]
-        step_key = jax.random.fold_in(jax.random.fold_in(augment_key, Stream.STEP_NOISE), index)
-        return step(state, _shard_batch(mesh, batch), teacher_variables, step_key)
+        return batch, jax.random.fold_in(jax.random.fold_in(augment_key, Stream.STEP_NOISE), index)
 
-    def indexed_body(state, data, teacher_variables, augment_key, epoch, index, order, adv_order, mask):
-        return body(state, data, teacher_variables, augment_key, epoch, index, order[index], adv_order[index],
+    make_batch = jax.vmap(run_batch, in_axes=(None, 0, 0, None, None, 0, 0, 0)) if batched else run_batch
+
+    def body(state, data, teacher_variables, hypers, augment_key, epoch, index, rows, adv_rows, mask):
+        shared = {name: array for name, array in data.items() if name not in RUN_ARRAYS}
+        run_arrays = {name: array for name, array in data.items() if name in RUN_ARRAYS}
+        batch, step_key = make_batch(shared, run_arrays, augment_key, epoch, index, rows, adv_rows, mask)
+        return step(state, _shard_batch(mesh, batch, batched), teacher_variables, step_key, hypers)
+
+    def indexed_body(state, data, teacher_variables, hypers, augment_key, epoch, index, order, adv_order, mask):
+        return body(state, data, teacher_variables, hypers, augment_key, epoch, index, order[index], adv_order[index],
                     mask[index])
 
     # The host loop selects step `index`'s rows inside the jitted call: an eager slice of a device
     # array costs a dispatch of its own (several ms on CPU, more than a small model's step).
     plan_jit, body_jit = jax.jit(plan), jax.jit(indexed_body, donate_argnums=(0,))
 
-    def host_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None):
+    def host_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None, *, hypers=None):
         augment_key, order, adv_order, mask = plan_jit(data, key, epoch)
         metrics = []
         for index in range(first_step, order.shape[0]):
-            state, step_metrics = body_jit(state, data, teacher_variables, augment_key, np.int32(epoch),
+            state, step_metrics = body_jit(state, data, teacher_variables, hypers, augment_key, np.int32(epoch),
                                            np.int32(index), order, adv_order, mask)
             metrics.append(step_metrics)
             if stop is not None and stop():
@@ -250,15 +313,15 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
         return host_epoch
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def scan_epoch(state: TrainState, data, teacher_variables, key, epoch):
+    def scan_epoch(state: TrainState, data, teacher_variables, hypers, key, epoch):
         augment_key, order, adv_order, mask = plan(data, key, epoch)
-        return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, augment_key, epoch, *xs), state,
+        return jax.lax.scan(lambda s, xs: body(s, data, teacher_variables, hypers, augment_key, epoch, *xs), state,
                             (jnp.arange(order.shape[0]), order, adv_order, mask))
 
-    def train_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None):
+    def train_epoch(state: TrainState, data, teacher_variables, key, epoch, first_step=0, stop=None, *, hypers=None):
         if first_step:  # the rest of an epoch interrupted under the host loop
-            return host_epoch(state, data, teacher_variables, key, epoch, first_step)
-        return scan_epoch(state, data, teacher_variables, key, epoch)
+            return host_epoch(state, data, teacher_variables, key, epoch, first_step, hypers=hypers)
+        return scan_epoch(state, data, teacher_variables, hypers, key, epoch)
 
     return train_epoch
 
@@ -325,12 +388,12 @@ def host_batched_map(fn, mesh: Mesh, batch_size: int, images) -> jax.Array:
     path, see `default_loop`), each batch data-parallel over the mesh; the last one is padded to a
     multiple of the device count only, and the padding dropped from the result."""
     sharding = NamedSharding(mesh, P(AXIS))
-    if images.shape[0] <= batch_size and not images.shape[0] % mesh.size:  # one batch: no slicing (an eager op)
+    if images.shape[0] <= batch_size and not images.shape[0] % data_devices(mesh):  # one batch: no slicing (an eager op)
         return fn(np.int32(0), jax.device_put(images, sharding))
     out = []
     for index, start in enumerate(range(0, images.shape[0], batch_size)):
         batch = images[start:start + batch_size]
-        pad = -batch.shape[0] % mesh.size
+        pad = -batch.shape[0] % data_devices(mesh)
         if pad:
             batch = jnp.concatenate([jnp.asarray(batch), jnp.zeros((pad, *batch.shape[1:]), batch.dtype)])
         result = fn(np.int32(index), jax.device_put(batch, sharding))

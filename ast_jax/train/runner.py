@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +31,10 @@ from .. import checkpoints
 from ..data import ArraySplit, AugmentSpec
 from ..losses import cross_entropy
 from ..rng import Stream
-from .loop import (fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate,
+from .loop import (run_partition, fixed_teacher_logits, make_mesh, make_predict, make_train_epoch, replicate, run_devices,
                    steps_per_epoch as epoch_steps, to_host)
 from .optim import make_optimizer
-from .steps import StepSpec, Teacher, init_state
+from .steps import HYPERS, StepSpec, Teacher, init_state
 
 DIVERGENCE_FACTOR = 1e3
 """A step's loss above this many times max(1, |the run's first step's loss|) stops the run."""
@@ -181,6 +182,41 @@ def fit(run: TrainingRun, *, mesh=None, loop: str = "auto", log: Callable[[str],
     completed epoch; the row of an epoch resumed from inside averages the steps run after the
     resume. Epoch 1's row holds `reference_loss`, the first step's loss that `check_losses` uses.
     """
+    return fit_batch([run], mesh=mesh, loop=loop, log=log)[0]
+
+
+def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto",
+              log: Callable[[str], None] = print) -> list[RunResult]:
+    """Train runs that differ only in their seeds, the `steps.HYPERS` of their specs (temperature,
+    ω, k), their learning rates and their per-run inputs (adversarial set, teacher, targets) as one
+    program, vmapped over a leading run axis (`loop.make_train_epoch(..., batched=True)`).
+
+    Each run keeps its own directory, checkpoints, metrics and lock, exactly as `fit` writes them
+    (`fit` is this function on one run), so a run of a batch can be resumed or read on its own.
+    A resumed batch restores each run's latest checkpoint: finished runs are loaded, not
+    retrained, and runs that stopped at different steps continue in groups of equal progress.
+    The number of runs must be a multiple of the mesh's `run` axis. Everything else as in `fit`;
+    a diverged run stops the whole batch (the message names its directory).
+    """
+    runs = list(runs)
+    _check_batch(runs)
+    for run in runs:
+        _check_run(run)
+    mesh = mesh or make_mesh()
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            stack.enter_context(checkpoints.workdir_lock(run.directory))
+        stop = stack.enter_context(_stop_signals())
+        for run in runs:
+            checkpoints.claim(run.directory, run.record)
+        managers = [checkpoints.manager(run.directory) for run in runs]
+        for mngr in managers:
+            stack.callback(mngr.close)
+            stack.callback(mngr.wait_until_finished)
+        return _train_batch(runs, mesh, loop, log, managers, stop)
+
+
+def _check_run(run: TrainingRun) -> None:
     spec, data = run.spec, run.data
     if spec.needs_adversarial and data.adv_images is None:
         raise ValueError("the ast step needs the adversarial training set (RunData.adv_images)")
@@ -191,86 +227,183 @@ def fit(run: TrainingRun, *, mesh=None, loop: str = "auto", log: Callable[[str],
         raise ValueError(f"the {spec.kind} step needs a frozen teacher and its variables, or fixed targets")
     if data.targets is not None and not data.augment_spec.is_identity:
         raise ValueError("fixed targets (RunData.targets) belong to the un-augmented images: train without augmentation")
-    with checkpoints.workdir_lock(run.directory), _stop_signals() as stop:
-        checkpoints.claim(run.directory, run.record)
-        mngr = checkpoints.manager(run.directory)
-        try:
-            return _train(run, mesh or make_mesh(), loop, log, mngr, stop)
-        finally:
-            mngr.wait_until_finished()
-            mngr.close()
 
 
-def _train(run: TrainingRun, mesh, loop: str, log, mngr, stop) -> RunResult:
-    spec, data, config, directory = run.spec, run.data, run.train_config, run.directory
-    batch_size, epochs = config.batch_size, config.epochs
+def _static_spec(spec: StepSpec) -> StepSpec:
+    """`spec` without the values a batch may vary (`HYPERS`)."""
+    return dataclasses.replace(spec, temperature=1.0, omega=0.0, k=None if spec.k is None else 1)
+
+
+def _batch_signature(run: TrainingRun) -> dict:
+    """What every run of a batch must share: model, step, schedule (but the lr), data, teacher module."""
+    data = run.data
+    train = {key: value for key, value in run.train_config.to_dict().items() if key != "lr"}
+    return {"model": run.model, "spec": _static_spec(run.spec), "train": train, "teacher": run.teacher,
+            "augment": data.augment_spec, "pairing": data.pairing, "mean": data.mean, "std": data.std,
+            "per_run": (data.adv_images is None, data.targets is None, run.teacher_variables is None)}
+
+
+def _same_array(a, b) -> bool:
+    return a is b or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
+
+
+def _check_batch(runs: list[TrainingRun]) -> None:
+    """Refuse a batch whose runs cannot share one program (ValueError naming the first difference)."""
+    if not runs:
+        raise ValueError("fit_batch needs at least one run")
+    directories = [run.directory for run in runs]
+    if len(set(directories)) < len(runs):
+        raise ValueError(f"two runs of a batch share a directory: {directories}")
+    first, first_signature = runs[0], _batch_signature(runs[0])
+    for run in runs[1:]:
+        signature = _batch_signature(run)
+        differs = [key for key in first_signature if signature[key] != first_signature[key]]
+        shared = [("train", run.data.train.images, first.data.train.images),
+                  ("train labels", run.data.train.labels, first.data.train.labels),
+                  ("test", run.data.test.images, first.data.test.images),
+                  ("ood_images", run.data.ood_images, first.data.ood_images)]
+        differs += [name for name, a, b in shared if not (a is None and b is None) and not _same_array(a, b)]
+        if differs:
+            raise ValueError(f"runs {first.directory} and {run.directory} cannot train as one batch: they differ in "
+                             f"{', '.join(differs)} (a batch may vary only the seed, {', '.join(HYPERS[:3])}, the lr "
+                             f"and per-run inputs); train them in separate batches")
+
+
+def _batch_hypers(runs: list[TrainingRun]) -> dict:
+    """The `HYPERS` that differ between the runs, one value per run (the others stay in the spec)."""
+    first = runs[0]
+    values = {"temperature": [run.spec.temperature for run in runs], "omega": [run.spec.omega for run in runs],
+              "lr_scale": [float(run.train_config.lr) / float(first.train_config.lr) for run in runs]}
+    if first.spec.k is not None:
+        values["k"] = [run.spec.k for run in runs]
+    dtypes = {"k": np.int32}
+    return {name: np.asarray(v, dtypes.get(name, np.float32)) for name, v in values.items() if len(set(v)) > 1}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(tree, runs: int) -> list:
+    """The runs of a tree with a leading run axis, as `runs` trees (one jitted call, not R x leaves slices)."""
+    return [jax.tree.map(lambda x: x[r], tree) for r in range(runs)]
+
+
+def _train_batch(runs: list[TrainingRun], mesh, loop: str, log, managers, stop) -> list[RunResult]:
+    first = runs[0]
+    config, data = first.train_config, first.data
+    tx = make_optimizer(config, epoch_steps(len(data.train.labels), config.batch_size))  # the state's structure
+    replicated = NamedSharding(mesh, P())
+    states, done = [], []
+    for run, mngr in zip(runs, managers):
+        init = functools.partial(init_state, run.model, tx,
+                                 jax.random.fold_in(jax.random.PRNGKey(run.seed), Stream.PARAMS_INIT),
+                                 data.train.images.shape[1:])
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                jax.eval_shape(init))
+        state = checkpoints.restore_latest(mngr, abstract, warn=log)
+        states.append(jax.device_get(init() if state is None else state))
+        done.append(int(states[-1].step))
+    results = [None] * len(runs)
+    for progress in sorted(set(done)):  # runs that stopped at the same step continue together
+        members = [i for i, d in enumerate(done) if d == progress]
+        group = _train_group([runs[i] for i in members], [states[i] for i in members],
+                             [managers[i] for i in members], progress, mesh, loop, log, stop)
+        for i, result in zip(members, group):
+            results[i] = result
+    return results
+
+
+def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop) -> list[RunResult]:
+    """Train runs that have all run `done` steps to the end, as one batch (the learning rates as
+    multiples of the first run's, `_batch_hypers`)."""
+    first = runs[0]
+    spec, data, config = first.spec, first.data, first.train_config
+    batch_size, epochs, count = config.batch_size, config.epochs, len(runs)
+    if count % run_devices(mesh):
+        raise ValueError(f"a batch of {count} runs cannot be split over the mesh's {run_devices(mesh)} run devices; "
+                         f"use a multiple of {run_devices(mesh)} runs")
     num_examples = len(data.train.labels)
     steps_per_epoch = epoch_steps(num_examples, batch_size)
     tx = make_optimizer(config, steps_per_epoch)
-    train_epoch = make_train_epoch(run.model, tx, spec, mesh, batch_size=batch_size, augment_spec=data.augment_spec,
-                                   mean=data.mean, std=data.std, teacher=run.teacher, pairing=data.pairing, loop=loop)
-    predict = make_predict(run.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std)
-
-    key = jax.random.PRNGKey(run.seed)
-    init = functools.partial(init_state, run.model, tx, jax.random.fold_in(key, Stream.PARAMS_INIT), data.train.images.shape[1:])
-    replicated = NamedSharding(mesh, P())
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(init))
-    state = checkpoints.restore_latest(mngr, abstract, warn=log)
-    state = replicate(mesh, init()) if state is None else state
-    done = int(to_host(state.step))
+    train_epoch = make_train_epoch(first.model, tx, spec, mesh, batch_size=batch_size, augment_spec=data.augment_spec,
+                                   mean=data.mean, std=data.std, teacher=first.teacher, pairing=data.pairing,
+                                   loop=loop, batched=True)
+    predict = make_predict(first.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std)
+    per_run = NamedSharding(mesh, run_partition(mesh))
+    state = jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves), *states), per_run)
+    keys = jax.device_put(jnp.stack([jax.random.PRNGKey(run.seed) for run in runs]), per_run)
+    hypers = jax.device_put(_batch_hypers(runs), per_run)
     start, first_step = divmod(done, steps_per_epoch)
+    logs = [log if count == 1 else (lambda message, name=os.path.basename(run.directory): log(f"{name}: {message}"))
+            for run in runs]
 
     def position(step: int) -> str:
         epoch, index = divmod(step, steps_per_epoch)
         return f"epoch {epoch}" if index == 0 else f"epoch {epoch + 1}, step {index} of {steps_per_epoch}"
 
-    def kept() -> str:
+    def kept(run, mngr) -> str:
         latest = mngr.latest_step()
-        return (f"No checkpoint of this run was saved in {directory}" if latest is None
-                else f"The last good checkpoint ({position(latest)}) in {directory} is kept")
+        return (f"No checkpoint of this run was saved in {run.directory}" if latest is None
+                else f"The last good checkpoint ({position(latest)}) in {run.directory} is kept")
 
-    with checkpoints.MetricsWriter(directory) as metrics_log:
-        metrics_log.keep_through(start)  # rows of epochs after the checkpoint are redone
+    def save(step: int, run_states) -> None:
+        for mngr, run_state in zip(managers, run_states):
+            checkpoints.save(mngr, step, run_state)
+
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(checkpoints.MetricsWriter(run.directory)) for run in runs]
+        for writer in writers:
+            writer.keep_through(start)  # rows of epochs after the checkpoint are redone
         if done and start < epochs:
-            log(f"resuming {directory} after {position(done)}")
-        inputs = _device_inputs(run, mesh, config) if start < epochs else None
-        reference = metrics_log.rows[0].get("reference_loss") if metrics_log.rows else None
+            for run_log, run in zip(logs, runs):
+                run_log(f"resuming {run.directory} after {position(done)}")
+        inputs = _device_inputs(runs, mesh, config) if start < epochs else None
+        references = [writer.rows[0].get("reference_loss") if writer.rows else None for writer in writers]
         run_start = time.perf_counter()
         for epoch in range(start, epochs):
             tick = time.perf_counter()
-            state, metrics = train_epoch(state, *inputs, key, epoch, first_step, stop)
-            losses = to_host(metrics["loss"])
-            reference = float(losses[0]) if reference is None else reference
-            check_losses(losses, reference, lambda i: position(epoch * steps_per_epoch + first_step + i + 1), kept())
+            state, metrics = train_epoch(state, *inputs, keys, epoch, first_step, stop, hypers=hypers)
+            losses, accuracies = to_host(metrics["loss"]), to_host(metrics["accuracy"])  # (steps, runs)
+            for r, (run, mngr) in enumerate(zip(runs, managers)):
+                references[r] = float(losses[0, r]) if references[r] is None else references[r]
+                check_losses(losses[:, r], references[r],
+                             lambda i: position(epoch * steps_per_epoch + first_step + i + 1), kept(run, mngr))
             ran = first_step + len(losses)
             seconds = time.perf_counter() - tick
-            row = {"epoch": epoch + 1, "train_loss": float(losses.mean()),
-                   "train_accuracy": float(np.mean(to_host(metrics["accuracy"]))), "epoch_seconds": seconds,
-                   "images_per_second": _real_examples(first_step, ran, batch_size, num_examples) / seconds}
+            run_states = _unstack(state, count)
             signum = stop()
             if ran < steps_per_epoch:  # a signal inside the epoch (host loop); the epoch's row is written when it ends
-                checkpoints.save(mngr, epoch * steps_per_epoch + ran, state)
-                raise _interrupted(mngr, signum, position(epoch * steps_per_epoch + ran), directory)
-            if epoch == 0:
-                row["reference_loss"] = reference
+                save(epoch * steps_per_epoch + ran, run_states)
+                raise _interrupted(managers, signum, position(epoch * steps_per_epoch + ran),
+                                   ", ".join(run.directory for run in runs))
             last = epoch + 1 == epochs
-            if last or (epoch + 1) % config.eval_every == 0:
-                row.update(evaluate(predict, {"params": state.params, "batch_stats": state.batch_stats}, data.test))
-                eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
-                log(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                             if k not in ("epoch", "reference_loss"))
-                    + f" eta={eta:.0f}s")
-            metrics_log.append(row)
+            rate = _real_examples(first_step, ran, batch_size, num_examples) / seconds
+            for r, (run, writer, run_state) in enumerate(zip(runs, writers, run_states)):
+                row = {"epoch": epoch + 1, "train_loss": float(losses[:, r].mean()),
+                       "train_accuracy": float(accuracies[:, r].mean()), "epoch_seconds": seconds,
+                       "images_per_second": rate}
+                if epoch == 0:
+                    row["reference_loss"] = references[r]
+                if last or (epoch + 1) % config.eval_every == 0:
+                    row.update(evaluate(predict, {"params": run_state.params, "batch_stats": run_state.batch_stats},
+                                        data.test))
+                    eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
+                    logs[r](f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                                      if k not in ("epoch", "reference_loss"))
+                            + f" eta={eta:.0f}s")
+                writer.append(row)
             if last or (epoch + 1) % config.checkpoint_every == 0 or signum:
-                checkpoints.save(mngr, (epoch + 1) * steps_per_epoch, state)
+                save((epoch + 1) * steps_per_epoch, run_states)
             if signum and not last:
-                raise _interrupted(mngr, signum, position((epoch + 1) * steps_per_epoch), directory)
+                raise _interrupted(managers, signum, position((epoch + 1) * steps_per_epoch),
+                                   ", ".join(run.directory for run in runs))
             first_step = 0
-        history = metrics_log.rows
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    evaluated = [row["test_accuracy"] for row in history if "test_accuracy" in row]
-    final = evaluated[-1] if evaluated else evaluate(predict, variables, data.test)["test_accuracy"]
-    return RunResult(variables, history, final, max(evaluated, default=final))
+        histories = [writer.rows for writer in writers]
+    results = []
+    for run_state, history in zip(_unstack(state, count), histories):
+        variables = {"params": run_state.params, "batch_stats": run_state.batch_stats}
+        evaluated = [row["test_accuracy"] for row in history if "test_accuracy" in row]
+        final = evaluated[-1] if evaluated else evaluate(predict, variables, data.test)["test_accuracy"]
+        results.append(RunResult(variables, history, final, max(evaluated, default=final)))
+    return results
 
 
 def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples: int) -> int:
@@ -278,29 +411,40 @@ def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples
     return min(end_step * batch_size, num_examples) - min(first_step * batch_size, num_examples)
 
 
-def _device_inputs(run: TrainingRun, mesh, config) -> tuple[dict, dict | None]:
-    """(data, teacher_variables) on the devices: the training arrays (the OOD set for ini) and, for
-    kd/nasty without augmentation, the teacher's fixed logits (or the given `RunData.targets`);
-    a randomised teacher (`Teacher.is_random`) is queried anew in every step."""
-    data = {"images": run.data.train.images, "labels": run.data.train.labels}
-    if run.spec.needs_adversarial:
-        data["adv_images"] = run.data.adv_images
-    if run.spec.needs_ood:
-        data["ood_images"] = run.data.ood_images
-    if run.data.targets is not None:
-        data["teacher_logits"] = run.data.targets
+def _device_inputs(runs: list[TrainingRun], mesh, config) -> tuple[dict, dict | None]:
+    """(data, teacher_variables) on the devices: the shared training arrays (the OOD set for ini)
+    replicated, and the `RUN_ARRAYS` and teacher variables stacked over the runs: the adversarial
+    sets, and for kd/nasty without augmentation each teacher's fixed logits (or the given
+    `RunData.targets`); a randomised teacher (`Teacher.is_random`) is queried anew in every step."""
+    first = runs[0]
+    data = {"images": first.data.train.images, "labels": first.data.train.labels}
+    if first.spec.needs_ood:
+        data["ood_images"] = first.data.ood_images
     data = replicate(mesh, data)
-    teacher_variables = replicate(mesh, run.teacher_variables) if run.teacher_variables is not None else None
-    if (run.spec.needs_teacher and run.data.augment_spec.is_identity and run.data.targets is None
-            and not run.teacher.is_random):
-        data["teacher_logits"] = fixed_teacher_logits(run.teacher, teacher_variables, data["images"], mesh,
-                                                      batch_size=config.eval_batch_size, mean=run.data.mean,
-                                                      std=run.data.std)
+    per_run = NamedSharding(mesh, run_partition(mesh))
+
+    def stacked(arrays):
+        return jax.device_put(np.stack([np.asarray(a) for a in arrays]), per_run)
+
+    teacher_variables = None
+    if first.teacher_variables is not None:
+        teacher_variables = jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves),
+                                                        *(run.teacher_variables for run in runs)), per_run)
+    if first.spec.needs_adversarial:
+        data["adv_images"] = stacked([run.data.adv_images for run in runs])
+    if first.data.targets is not None:
+        data["teacher_logits"] = stacked([run.data.targets for run in runs])
+    elif first.spec.needs_teacher and first.data.augment_spec.is_identity and not first.teacher.is_random:
+        data["teacher_logits"] = stacked([
+            to_host(fixed_teacher_logits(run.teacher, replicate(mesh, run.teacher_variables), data["images"], mesh,
+                                         batch_size=config.eval_batch_size, mean=run.data.mean, std=run.data.std))
+            for run in runs])
     return data, teacher_variables
 
 
-def _interrupted(mngr, signum: int, where: str, directory: str) -> RunInterrupted:
-    """Wait for the checkpoint just started, then the exception that ends the run."""
-    mngr.wait_until_finished()
-    return RunInterrupted(f"stopped by {signal.Signals(signum).name}: checkpoint saved in {directory} after {where}; "
+def _interrupted(managers, signum: int, where: str, directories: str) -> RunInterrupted:
+    """Wait for the checkpoints just started, then the exception that ends the run."""
+    for mngr in managers:
+        mngr.wait_until_finished()
+    return RunInterrupted(f"stopped by {signal.Signals(signum).name}: checkpoint saved in {directories} after {where}; "
                           f"run the same command again to resume", signum)

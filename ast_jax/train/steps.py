@@ -59,6 +59,8 @@ STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", "ini", "meco")
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
+#: Per-run values a step takes as data (`train_step`'s `hypers`) rather than from its StepSpec.
+HYPERS = ("temperature", "omega", "k", "lr_scale")
 
 
 @flax.struct.dataclass
@@ -171,16 +173,17 @@ def _target_logits(spec: StepSpec, model, teacher, params, batch_stats, batch, t
     return jax.lax.stop_gradient(own)
 
 
-def _objective(spec: StepSpec, logits, target, labels, where):
+def _objective(spec: StepSpec, logits, target, labels, where, hypers: dict):
+    temperature, omega = hypers.get("temperature", spec.temperature), hypers.get("omega", spec.omega)
     if spec.kind == "ce":
         return losses.batch_mean(losses.cross_entropy(logits, labels), where)
     if spec.kind == "kd":
-        return losses.kd_loss(logits, target, labels, spec.temperature, spec.omega, where)
+        return losses.kd_loss(logits, target, labels, temperature, omega, where)
     if spec.kind == "nasty":
-        return losses.nasty_loss(logits, target, labels, spec.temperature, spec.omega, where)
+        return losses.nasty_loss(logits, target, labels, temperature, omega, where)
     if spec.kind == "l1":
         return losses.batch_mean(jnp.mean(jnp.abs(logits - target), axis=-1), where)
-    return losses.ast_loss(logits, target, labels, spec.temperature, spec.omega, spec.k, spec.divergence, where)
+    return losses.ast_loss(logits, target, labels, temperature, omega, hypers.get("k", spec.k), spec.divergence, where)
 
 
 def _share_of_valid_examples(mask, axis_name: str | None):
@@ -207,7 +210,7 @@ def _training_forward(model: nn.Module, params, mask) -> meco.Forward:
 
 
 def _distillation_objective(spec: StepSpec, model, teacher, state: TrainState, batch, mask, teacher_variables, key,
-                            axis_name):
+                            hypers: dict, axis_name):
     """`objective(params) -> (loss, (clean training-mode logits, batch_stats))` of the target kinds."""
 
     def objective(params):
@@ -215,7 +218,7 @@ def _distillation_objective(spec: StepSpec, model, teacher, state: TrainState, b
         target_stats = batch_stats if spec.target_statistics == "after_train_forward" else state.batch_stats
         target = _target_logits(spec, model, teacher, jax.lax.stop_gradient(params), target_stats, batch,
                                 teacher_variables, key, axis_name)
-        return _objective(spec, logits, target, batch["label"], mask), (logits, batch_stats)
+        return _objective(spec, logits, target, batch["label"], mask, hypers), (logits, batch_stats)
 
     return objective
 
@@ -253,8 +256,8 @@ def _objective_gradients(objective, params, batch: dict, mask, share, axis_name)
 
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
-               state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None, *,
-               axis_name: str | None = None):
+               state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None,
+               hypers: dict | None = None, *, axis_name: str | None = None):
     """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']
     [, 'ood_image']}).
 
@@ -262,6 +265,12 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     numbers (per example through `example_keys`: meco's perturbations; `ini`'s PCGrad task
     orders); the other kinds ignore it. `ini` takes the frozen clone as `teacher` and its variables as
     `teacher_variables`, and the OOD batch as `ood_image`.
+
+    `hypers` ({name: scalar}, possibly traced; see `HYPERS`) overrides the spec's `temperature`,
+    `omega` and `k` and scales the update by `lr_scale`: a batch of runs that differ only in these
+    values shares one program (`loop.make_train_epoch(..., batched=True)`). The optimizers of
+    `optim` are linear in the learning rate (SGD with momentum and coupled decay, Adam), so
+    `lr_scale` · update(lr) is the update at lr · `lr_scale`, up to float32 rounding.
 
     Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
     valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
@@ -272,6 +281,10 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
     logits; `ini` adds its four unweighted losses, see `ini.victim_gradient`).
     """
+    hypers = dict(hypers or {})
+    unknown = set(hypers) - set(HYPERS)
+    if unknown:
+        raise ValueError(f"unknown run hyperparameters {sorted(unknown)}; valid: {', '.join(HYPERS)}")
     mask = batch.get("mask")
     if mask is None:
         mask = jnp.ones(batch["label"].shape, bool)
@@ -287,8 +300,10 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
             objective = _meco_objective(spec.meco, model, state, batch, mask, key, axis_name)
         else:
             objective = _distillation_objective(spec, model, teacher, state, batch, mask, teacher_variables, key,
-                                                axis_name)
+                                                hypers, axis_name)
         grads, batch_stats, metrics = _objective_gradients(objective, state.params, batch, mask, share, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if "lr_scale" in hypers:
+        updates = jax.tree.map(lambda u: (u * hypers["lr_scale"]).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
