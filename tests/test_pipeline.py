@@ -225,7 +225,7 @@ def test_late_checks_run_before_the_work_directory_is_claimed(tmp_path, capsys, 
 
     from ast_jax import pipeline
 
-    monkeypatch.setattr(pipeline, "make_mesh", lambda: types.SimpleNamespace(size=4))  # 4 devices
+    monkeypatch.setattr(pipeline, "make_mesh", lambda: types.SimpleNamespace(size=4, shape={"data": 4}))  # 4 devices
     command = ["train"]
     if override.startswith("torch:"):
         kind = override.split(":")[1]
