@@ -368,29 +368,32 @@ def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop) 
                              lambda i: position(epoch * steps_per_epoch + first_step + i + 1), kept(run, mngr))
             ran = first_step + len(losses)
             seconds = time.perf_counter() - tick
-            run_states = _unstack(state, count)
             signum = stop()
+            last = epoch + 1 == epochs
+            evaluate_now = last or (epoch + 1) % config.eval_every == 0
+            save_now = last or (epoch + 1) % config.checkpoint_every == 0 or signum
+            # the runs are sliced out of the batch only for a checkpoint or an evaluation
+            run_states = _unstack(state, count) if save_now or evaluate_now or ran < steps_per_epoch else None
             if ran < steps_per_epoch:  # a signal inside the epoch (host loop); the epoch's row is written when it ends
                 save(epoch * steps_per_epoch + ran, run_states)
                 raise _interrupted(managers, signum, position(epoch * steps_per_epoch + ran),
                                    ", ".join(run.directory for run in runs))
-            last = epoch + 1 == epochs
             rate = _real_examples(first_step, ran, batch_size, num_examples) / seconds
-            for r, (run, writer, run_state) in enumerate(zip(runs, writers, run_states)):
+            for r, writer in enumerate(writers):
                 row = {"epoch": epoch + 1, "train_loss": float(losses[:, r].mean()),
                        "train_accuracy": float(accuracies[:, r].mean()), "epoch_seconds": seconds,
                        "images_per_second": rate}
                 if epoch == 0:
                     row["reference_loss"] = references[r]
-                if last or (epoch + 1) % config.eval_every == 0:
-                    row.update(evaluate(predict, {"params": run_state.params, "batch_stats": run_state.batch_stats},
-                                        data.test))
+                if evaluate_now:
+                    variables = {"params": run_states[r].params, "batch_stats": run_states[r].batch_stats}
+                    row.update(evaluate(predict, variables, data.test))
                     eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
                     logs[r](f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                                       if k not in ("epoch", "reference_loss"))
                             + f" eta={eta:.0f}s")
                 writer.append(row)
-            if last or (epoch + 1) % config.checkpoint_every == 0 or signum:
+            if save_now:
                 save((epoch + 1) * steps_per_epoch, run_states)
             if signum and not last:
                 raise _interrupted(managers, signum, position((epoch + 1) * steps_per_epoch),
