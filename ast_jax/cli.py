@@ -1,4 +1,4 @@
-"""`ast-jax` command line: train, attack-set, distill, pipeline, report, demo, matrix.
+"""`ast-jax` command line: train, attack-set, distill, pipeline, report, demo, matrix, sweep.
 
 Every command takes `--config NAME[:variant]` (a config of the repository's `configs/`, e.g.
 `cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR`; any
@@ -26,6 +26,7 @@ import traceback
 
 DEMO_CONFIG = "digits"
 DEMO_WORKDIR = "ast_jax_demo"
+DEMO_SEEDS = (0, 1, 2)
 ERROR_LOG = "ast-jax-error.log"
 OVERRIDE_HELP = "Override any config value with --config.KEY=VALUE or --config.KEY VALUE"
 
@@ -58,11 +59,21 @@ def _parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher", choices=TEACHERS, required=True)
     distill.add_argument("--student", action="append",
                          help="student architecture (repeatable; default: the config's students)")
-    command("pipeline", "run the whole study: teachers, PGD set, students, report")
+    seeds_help = ("comma-separated seeds, e.g. 0,1,2: the study once per seed in <workdir>/seed-<s>, trained "
+                  "together, and a report over the seeds (mean ± std, 95%% interval)")
+    pipeline = command("pipeline", "run the whole study: teachers, PGD set, students, report")
+    pipeline.add_argument("--seeds", type=_seeds, help=seeds_help + " (default: config.seed alone, in <workdir>)")
     command("report", "write report.md/json/csv and outputs.png from the study's runs")
-    command("demo", "the whole study on the embedded digits set (CPU, a few minutes)", demo=True)
+    demo = command("demo", "the whole study on the embedded digits set (CPU, a few minutes)", demo=True)
+    demo.add_argument("--seeds", type=_seeds, default=DEMO_SEEDS,
+                      help=seeds_help + f" (default {','.join(map(str, DEMO_SEEDS))})")
     matrix = command("matrix", "every configured stealing attack on every victim (teachers and output defences)")
     matrix.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: config.matrix.seeds)")
+    sweep = command("sweep", "a grid of AST teachers over seeds, with their students: sweep.md/json/csv, sweep.png")
+    sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                       help="a config key under ast., pgd. or teacher_train.ast. and its values (repeatable; the "
+                            "grid is every combination), e.g. --grid ast.omega=0.01,0.05 --grid ast.temperature=4,20")
+    sweep.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds (default 0)")
     return parser
 
 
@@ -87,11 +98,30 @@ def _print_table(paths) -> None:
     print("report: " + ", ".join(paths))
 
 
-def run(args, study) -> None:
-    """Runs command `args.command` on the opened `study`."""
-    from . import pipeline
+def open_command(args, config):
+    """What `args.command` runs on: a `pipeline.Study`, or for `sweep` and `--seeds` a
+    `sweep.Sweep` / the list of seed studies (every check passes before the work directory is claimed)."""
+    from . import pipeline, sweep
 
-    config = study.config
+    if args.command == "sweep":
+        return sweep.open_sweep(config, args.workdir, sweep.parse_grid(args.grid), args.seeds)
+    if args.command in ("pipeline", "demo") and args.seeds is not None:
+        return sweep.open_seed_studies(config, args.workdir, args.seeds)
+    return pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),
+                               teacher=getattr(args, "teacher", None))
+
+
+def run(args, opened) -> None:
+    """Runs command `args.command` on what `open_command` opened."""
+    from . import pipeline, sweep
+
+    if args.command == "sweep":
+        _print_table(sweep.run_sweep(opened))
+        return
+    if isinstance(opened, list):
+        _print_table(sweep.run_seeds(opened, args.workdir))
+        return
+    study, config = opened, opened.config
     if args.command == "train":
         result = pipeline.train_teacher(study, args.stage)
         imported = args.stage == "base" and config.teacher.torch_checkpoint
@@ -246,7 +276,6 @@ def main(argv=None) -> int:
     from .train import RunInterrupted
 
     try:
-        from . import pipeline
         from .checkpoints import workdir_lock
         from .config import load_config
 
@@ -255,11 +284,10 @@ def main(argv=None) -> int:
         config = load_config(args.config, overrides)
         check_workdir(args.workdir)
         enable_compilation_cache()
-        study = pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),
-                                    teacher=getattr(args, "teacher", None))
+        opened = open_command(args, config)
         claimed = True
         with workdir_lock(args.workdir):  # one run per work directory at a time
-            run(args, study)
+            run(args, opened)
     except RunInterrupted as stopped:  # SIGINT/SIGTERM: checkpoint saved, exit 130/143
         print(f"ast-jax: {stopped}", file=sys.stderr)
         return stopped.exit_code

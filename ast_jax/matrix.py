@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import time
-from io import BytesIO
 from typing import Any, Callable, Mapping
 
 import jax
@@ -38,6 +37,7 @@ from .checkpoints import WorkdirConflictError
 from .config import sparsity_k, to_json
 from .data import load_query_set
 from .io import atomic_write, is_writer, read_json
+from .report import plot_heatmaps
 from .pipeline import (TEACHERS, Study, fingerprint, released_logits, released_teacher, teacher_fingerprint,
                        teacher_input_defense, train_teacher)
 from .train import make_predict, to_host
@@ -295,28 +295,12 @@ def csv_text(summary: list[dict]) -> str:
 
 def heatmap(path: str, summary: list[dict]) -> None:
     """Victims × attacks, the clone's mean test accuracy, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     victims = list(dict.fromkeys(e["victim"] for e in summary))
     attacks = list(dict.fromkeys(e["attack"] for e in summary))
     grid = np.full((len(victims), len(attacks)), np.nan)
     for e in summary:
         grid[victims.index(e["victim"]), attacks.index(e["attack"])] = 100 * e["clone_accuracy"]
-    figure, axes = plt.subplots(figsize=(1.2 * len(attacks) + 3, 0.4 * len(victims) + 1.5))
-    image = axes.imshow(grid, cmap="viridis", aspect="auto")
-    axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    axes.set_yticks(range(len(victims)), victims)
-    for (i, j), value in np.ndenumerate(grid):
-        axes.text(j, i, f"{value:.1f}", ha="center", va="center", color="w", fontsize=8)
-    figure.colorbar(image, label="clone test accuracy (%)")
-    figure.tight_layout()
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write(path, buffer.getvalue())
+    plot_heatmaps(path, [{"values": grid, "rows": victims, "cols": attacks, "label": "clone test accuracy (%)"}])
 
 
 def run_matrix(study: Study, seeds=None, log: Callable[[str], None] | None = None) -> list[str]:

@@ -68,8 +68,8 @@ from .data import (ArraySplit, AugmentSpec, DatasetSpec, class_balanced_subset, 
 from .io import UnreadableFileError, atomic_write, is_writer, load_npy, read_json, save_npy
 from .data.query_sets import load_query_set
 from .rng import Stream
-from .train import (InISettings, RunData, RunResult, StepSpec, Teacher, TrainingRun, evaluate, fit, make_pgd_attack,
-                    make_mesh, make_predict, to_host)
+from .train import (InISettings, RunData, RunResult, StepSpec, Teacher, TrainingRun, batch_conflicts, evaluate,
+                    fit_batch, make_pgd_attack, make_mesh, make_predict, to_host)
 from .train.loop import AXIS, check_batch_size, host_batched_map, steps_per_epoch
 
 TEACHERS = TEACHER_NAMES
@@ -99,6 +99,7 @@ class Study:
     runs: dict = dataclasses.field(default_factory=dict)  # stage directory -> RunResult, this session
     fingerprints: dict = dataclasses.field(default_factory=dict)  # teacher name -> parameter fingerprint
     compute: bool = True  # False: load finished stages only (MissingStageError for the others)
+    base: "Study | None" = None  # a sweep cell's seed study: its base teacher, PGD sets and base students
 
     @property
     def num_classes(self) -> int:
@@ -243,19 +244,83 @@ def _finished(directory: str, train_config, num_examples: int) -> bool:
             and os.path.isdir(os.path.join(directory, "checkpoints", str(last_step))))
 
 
-def _fit(study: Study, stage: str, directory: str, architecture: str, train_config, spec: StepSpec, inputs: dict, *,
-         adv_images=None, pairing: str = "aligned", ood_images=None, teacher: Teacher | None = None,
-         teacher_variables=None) -> RunResult:
-    if directory in study.runs:
-        return study.runs[directory]
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A training stage ready to fit: its study, its name in the log (`ast`, `base->cnn`) and its run."""
+
+    study: Study
+    name: str
+    run: TrainingRun
+
+
+def _stage(study: Study, stage: str, directory: str, architecture: str, train_config, spec: StepSpec, inputs: dict,
+           *, adv_images=None, pairing: str = "aligned", ood_images=None, teacher: Teacher | None = None,
+           teacher_variables=None) -> Stage:
     config = study.config
     data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
                    adv_images=adv_images, pairing=pairing, ood_images=ood_images)
     record = {"stage": stage, "study": study_record(config), "inputs": inputs}
     run = TrainingRun(directory=directory, record=record, model=study.model(architecture), train_config=train_config,
                       spec=spec, seed=config.seed, data=data, teacher=teacher, teacher_variables=teacher_variables)
-    study.runs[directory] = fit(run, mesh=study.mesh, log=_stage_log(study, stage))
-    return study.runs[directory]
+    return Stage(study, stage, run)
+
+
+def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> None:
+    """Fit the stages this session has not fitted yet in as few programs as possible.
+
+    Stages whose runs may share a batch (`train.batch_conflicts`: the same model, step kind and
+    schedule; seeds, ω, τ, k, lr and per-run inputs may differ) train as one vmapped program
+    (`train.fit_batch`), whatever study they belong to; a stage named twice is fitted once. Each
+    result lands in its study's `runs`. `progress` hears of every epoch and every finished run.
+    """
+    pending = list({stage.run.directory: stage for stage in stages
+                    if stage.run.directory not in stage.study.runs}.values())
+    groups: list[list[Stage]] = []
+    for stage in pending:
+        group = next((g for g in groups if not batch_conflicts(g[0].run, stage.run)), None)
+        if group is None:
+            groups.append([stage])
+        else:
+            group.append(stage)
+    for group in groups:
+        first = group[0]
+        log = _stage_log(first.study, ",".join(dict.fromkeys(stage.name for stage in group)))
+        results = fit_batch([stage.run for stage in group], mesh=first.study.mesh, log=log,
+                            progress=None if progress is None else progress.trained)
+        for stage, result in zip(group, results):
+            stage.study.runs[stage.run.directory] = result
+        if progress is not None:
+            progress.finished(len(group))
+
+
+class Progress:
+    """One line about a command's training runs: runs done of all, images/s and the ETA.
+
+    `trained(images)` after every epoch of a batch, `finished(runs)` after every batch; the line
+    is logged at most every `every_seconds` and after every batch. The rate counts this
+    session's images; the ETA divides the images still to train by it.
+    """
+
+    def __init__(self, log: Callable[[str], None], runs: int, images: int, every_seconds: float = 30.0):
+        self.log, self.runs, self.images, self.every_seconds = log, runs, images, every_seconds
+        self.runs_done = self.images_done = 0
+        self.start = self.last = time.perf_counter()
+
+    def line(self) -> str:
+        rate = self.images_done / max(time.perf_counter() - self.start, 1e-9)
+        eta = f"{max(self.images - self.images_done, 0) / rate:.0f}s" if rate > 0 else "unknown"
+        return f"runs {self.runs_done}/{self.runs} done, {rate:.0f} images/s, eta {eta}"
+
+    def trained(self, images: int) -> None:
+        self.images_done += images
+        if time.perf_counter() - self.last >= self.every_seconds:
+            self.last = time.perf_counter()
+            self.log(self.line())
+
+    def finished(self, runs: int) -> None:
+        self.runs_done += runs
+        self.last = time.perf_counter()
+        self.log(self.line())
 
 
 def teacher_spec(study: Study, name: str) -> StepSpec:
@@ -316,16 +381,37 @@ def import_base_teacher(study: Study) -> RunResult:
     return study.runs[path]
 
 
+def _owner(study: Study, teacher: str) -> Study:
+    """The study whose work directory holds teacher `teacher`'s runs: a sweep cell's base study
+    for the base teacher and the Stingy Teacher (docs/method.md §12), else `study` itself."""
+    return study.base if study.base is not None and teacher in ("base", "stingy") else study
+
+
+def teacher_directory(study: Study, name: str) -> str:
+    return os.path.join(_owner(study, name).workdir, "teachers", name)
+
+
 def train_teacher(study: Study, name: str) -> RunResult:
     """Train (or resume, or load) teacher `name`; the base teacher and the PGD set come first.
 
     With `config.teacher.torch_checkpoint` set, the base teacher is imported instead of trained.
     """
-    if name == "base" and study.config.teacher.torch_checkpoint:
-        return import_base_teacher(study)
+    study = _owner(study, name)
+    directory = teacher_directory(study, name)
+    if directory not in study.runs:
+        if name == "base" and study.config.teacher.torch_checkpoint:
+            return import_base_teacher(study)
+        fit_stages([teacher_stage(study, name)])
+    return study.runs[directory]
+
+
+def teacher_stage(study: Study, name: str) -> Stage:
+    """The training stage of teacher `name` (its inputs checked; the base teacher and the PGD set
+    it needs are made first)."""
+    study = _owner(study, name)
     spec = teacher_spec(study, name)
     architecture, train_config = study.config.teacher.model, teacher_train_config(study.config, name)
-    directory = os.path.join(study.workdir, "teachers", name)
+    directory = teacher_directory(study, name)
     require_finished(study, directory, train_config, f"train --stage {name}")
     inputs = _stage_inputs(study)
     kwargs = {}
@@ -345,7 +431,7 @@ def train_teacher(study: Study, name: str) -> RunResult:
         clone, clone_variables = ini_clone(study)
         kwargs = dict(ood_images=np.asarray(normalize(to_unit_float(ood.images), study.dataset.mean, study.dataset.std)),
                       teacher=clone, teacher_variables=clone_variables)
-    return _fit(study, name, directory, architecture, train_config, spec, inputs, **kwargs)
+    return _stage(study, name, directory, architecture, train_config, spec, inputs, **kwargs)
 
 
 def teacher_fingerprint(study: Study, name: str) -> str:
@@ -434,7 +520,7 @@ def adversarial_set(study: Study) -> np.ndarray:
     """
     base = train_teacher(study, "base")
     name = adversarial_set_name(study)
-    directory = os.path.join(study.workdir, "adversarial")
+    directory = os.path.join((study.base or study).workdir, "adversarial")
     path, record_path = os.path.join(directory, f"{name}.npy"), os.path.join(directory, f"{name}.json")
     if os.path.exists(path):
         adv = load_npy(path)
@@ -500,28 +586,79 @@ def distill_spec(study: Study, teacher: str) -> StepSpec:
     return StepSpec("kd", section.temperature, section.omega)
 
 
+def student_directory(study: Study, teacher: str, architecture: str) -> str:
+    return os.path.join(_owner(study, teacher).workdir, "students", f"{teacher}-{architecture}")
+
+
 def distill_student(study: Study, teacher: str, architecture: str) -> RunResult:
     """The stealing attack: distil `architecture` from `teacher`'s released outputs (eq. 1)."""
+    study = _owner(study, teacher)
+    directory = student_directory(study, teacher, architecture)
+    if directory not in study.runs:
+        fit_stages([student_stage(study, teacher, architecture)])
+    return study.runs[directory]
+
+
+def student_stage(study: Study, teacher: str, architecture: str) -> Stage:
+    """The training stage of `architecture` distilled from `teacher` (its teacher trained first)."""
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; valid: {', '.join(TEACHERS)}")
-    stage, directory = f"{teacher}->{architecture}", os.path.join(study.workdir, "students", f"{teacher}-{architecture}")
+    study = _owner(study, teacher)
+    stage, directory = f"{teacher}->{architecture}", student_directory(study, teacher, architecture)
     train_config = train_config_for(study.config, architecture)
     require_finished(study, directory, train_config, f"distill --teacher {teacher} --student {architecture}")
     released, variables = released_teacher(study, teacher)
     inputs = _stage_inputs(study, teacher=teacher_fingerprint(study, teacher))
     check_stage(study, stage, directory, inputs)
-    return _fit(study, stage, directory, architecture, train_config, distill_spec(study, teacher), inputs,
-                teacher=released, teacher_variables=variables)
+    return _stage(study, stage, directory, architecture, train_config, distill_spec(study, teacher), inputs,
+                  teacher=released, teacher_variables=variables)
+
+
+def _planned_runs(studies: Sequence[Study]) -> dict[str, tuple]:
+    """Stage directory -> (training config, images in the training set) of every run `train_studies` trains."""
+    planned = {}
+    for study in studies:
+        config = study.config
+        for name in config.teachers:
+            if name != "stingy" and not (name == "base" and config.teacher.torch_checkpoint):
+                planned[teacher_directory(study, name)] = (teacher_train_config(config, name), len(study.train))
+            for architecture in config.students:
+                planned[student_directory(study, name, architecture)] = (train_config_for(config, architecture),
+                                                                         len(study.train))
+    return planned
+
+
+def _images_to_train(directory: str, train_config, num_examples: int) -> int:
+    """Examples a run still has to train: its epochs after the last one `metrics.jsonl` records."""
+    rows = checkpoints.read_metrics(directory) if os.path.isdir(directory) else []
+    return max(train_config.epochs - (rows[-1]["epoch"] if rows else 0), 0) * num_examples
+
+
+def train_studies(studies: Sequence[Study]) -> None:
+    """Every teacher and student of `studies`, each kind batched across the studies (`fit_stages`).
+
+    Order: the base teachers, the PGD sets (one study at a time), the other teachers, the students.
+    Studies that share a base study (a sweep's cells) train its base teacher and its students once.
+    A progress line (`Progress`) follows the runs this call trains.
+    """
+    planned = {directory: plan for directory, plan in _planned_runs(studies).items()
+               if not _finished(directory, plan[0], plan[1])}
+    progress = Progress(lambda message: studies[0].log(f"[progress] {message}"), len(planned),
+                        sum(_images_to_train(d, *plan) for d, plan in planned.items()))
+    with_base = [s for s in studies if "base" in s.config.teachers and not s.config.teacher.torch_checkpoint]
+    fit_stages([teacher_stage(s, "base") for s in with_base], progress)
+    for study in studies:
+        if "ast" in study.config.teachers:
+            adversarial_set(study)
+    fit_stages([teacher_stage(s, name) for s in studies for name in s.config.teachers
+                if name not in ("base", "stingy")], progress)
+    fit_stages([student_stage(s, teacher, architecture) for s in studies for teacher in s.config.teachers
+                for architecture in s.config.students], progress)
 
 
 def run(study: Study) -> list[str]:
     """Every stage of the study, then the report; returns the report's paths."""
-    for name in study.config.teachers:
-        if name != "stingy":
-            train_teacher(study, name)
-    for teacher in study.config.teachers:
-        for architecture in study.config.students:
-            distill_student(study, teacher, architecture)
+    train_studies([study])
     return write_report(study)
 
 

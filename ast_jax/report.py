@@ -11,11 +11,14 @@ Pure computations (float64, no I/O):
 - `result_rows`: teacher / student accuracies with the student's change against the student of
   the base teacher, defensiveness D, degradation P and D/P (thesis Tables 6.1-6.3, docs/method.md §2).
 - `markdown_table`, `stats_table`: the two tables as GitHub markdown.
+- `seed_spread`, `summarise_seeds`, `spread_table`, `spread_csv`: result rows over seeds.
 
 Writers (the only functions here that touch the file system; every file is written atomically
 with `ast_jax.io.atomic_write`, with the process's ordinary permissions):
 
 - `write_report`: `report.md`, `report.json` and `report.csv` in one directory.
+- `write_spread_report`: the same over seeds (`summarise_seeds`: mean ± std and 95% intervals).
+- `plot_heatmaps`: PNG heatmaps (a sweep's grid, the attack matrix).
 - `plot_outputs`: a PNG grid of images and output distributions with their entropies (thesis
   Figures 6.1-6.3). Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch).
 
@@ -317,6 +320,88 @@ def result_rows(
     return rows
 
 
+SPREAD_KEYS = ("teacher_accuracy", "student_accuracy", "student_change", "D", "P")
+"""The row fields `summarise_seeds` gives as mean ± std with a 95% interval."""
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Mean, sample std (n - 1 in the denominator) and the half-width of the 95% Student-t
+    interval of the mean, t_{0.975, n-1} · std / √n, over `n` seeds (std and half-width None
+    for one seed: a single run has no spread)."""
+    from scipy import stats
+
+    x = np.asarray(values, np.float64)
+    if x.size < 2:
+        return {"mean": float(x.mean()), "std": None, "ci95": None, "n": int(x.size)}
+    std = float(x.std(ddof=1))
+    return {"mean": float(x.mean()), "std": std, "ci95": float(stats.t.ppf(0.975, x.size - 1) * std / math.sqrt(x.size)),
+            "n": int(x.size)}
+
+
+def summarise_seeds(rows_by_seed: Mapping[int, Sequence[Mapping]]) -> list[dict]:
+    """Per (teacher, student) over seeds: each `SPREAD_KEYS` field as its mean, `<key>_std` and
+    `<key>_ci95` (`seed_spread`; None where a seed lacks the field), `D_over_P` as mean D over
+    mean P (None when mean P <= 0: the ratio of means, since a single seed's D/P is undefined
+    whenever its P <= 0) and `seeds`, in the first seed's row order."""
+    groups: dict[tuple, list[tuple[int, Mapping]]] = {}
+    for seed, rows in rows_by_seed.items():
+        for row in rows:
+            groups.setdefault((row["teacher"], row["student"]), []).append((seed, row))
+    summary = []
+    for (teacher, student), members in groups.items():
+        entry = {"teacher": teacher, "student": student, "seeds": [seed for seed, _ in members]}
+        for key in SPREAD_KEYS:
+            values = [row[key] for _, row in members]
+            spread = seed_spread(values) if values and None not in values else {"mean": None, "std": None,
+                                                                                "ci95": None}
+            entry[key], entry[f"{key}_std"], entry[f"{key}_ci95"] = spread["mean"], spread["std"], spread["ci95"]
+        d, p = entry["D"], entry["P"]
+        entry["D_over_P"] = d / p if d is not None and p is not None and p > 0 else None
+        summary.append(entry)
+    return summary
+
+
+def _spread_cell(entry: Mapping, key: str, signed: bool = False) -> str:
+    """`mean ± std [± ci95]` in % (points when `signed`)."""
+    mean, std, ci = entry.get(key), entry.get(f"{key}_std"), entry.get(f"{key}_ci95")
+    if mean is None:
+        return _DASH
+    text = _pts(mean) if signed else _pct(mean)
+    return text if std is None else f"{text} ± {100 * std:.2f} [±{100 * ci:.2f}]"
+
+
+def spread_table(summary: Sequence[Mapping], leading: Sequence[str] = ()) -> str:
+    """`summarise_seeds` rows as markdown: the `leading` fields (a sweep's grid keys) first, then
+    mean ± std [95% half-width] of each `SPREAD_KEYS` field and the ratio of means D/P."""
+    header = [*leading, "Teacher", "Teacher acc. (%)", "Student", "Student acc. (%)",
+              "Change vs base-teacher student (pts)", "D (pts)", "P (pts)", "D/P", "Seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for e in summary:
+        p = e.get("P")
+        ratio = NO_DEGRADATION if p is not None and p <= 0 else (
+            _DASH if e.get("D_over_P") is None else f"{e['D_over_P']:.2f}")
+        cells = [*(_DASH if e.get(key) is None else _md_cell(e[key]) for key in leading), _md_cell(e["teacher"]), _spread_cell(e, "teacher_accuracy"),
+                 _DASH if e["student"] is None else _md_cell(e["student"]), _spread_cell(e, "student_accuracy"),
+                 _spread_cell(e, "student_change", True), _spread_cell(e, "D", True), _spread_cell(e, "P", True), ratio,
+                 ",".join(str(seed) for seed in e["seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spread_csv(summary: Sequence[Mapping], leading: Sequence[str] = ()) -> str:
+    """CSV of `summarise_seeds` rows: `leading`, teacher, student, each spread field with _std and
+    _ci95, D_over_P, seeds (space-separated); None empty."""
+    columns = [*leading, "teacher", "student", *(f"{k}{s}" for k in SPREAD_KEYS for s in ("", "_std", "_ci95")),
+               "D_over_P", "seeds"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for e in summary:
+        writer.writerow({k: "" if e.get(k) is None else (" ".join(map(str, e[k])) if k == "seeds" else _jsonable(e[k]))
+                         for k in columns})
+    return buf.getvalue()
+
+
 def _md_cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -578,4 +663,64 @@ def plot_outputs(path, images, outputs: Mapping[str, np.ndarray], labels, class_
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     atomic_write(os.fspath(path), buf.getvalue())
+    return os.fspath(path)
+
+
+def write_spread_report(directory, name: str, *, title: str, summary: Sequence[Mapping], notes: Iterable[str] = (),
+                        leading: Sequence[str] = (), figure: str | None = None) -> list[str]:
+    """`<name>.md/json/csv` of `summarise_seeds` rows in `directory` (atomically, process 0 only);
+    `figure` (a PNG beside them) is linked from the markdown. Returns the three paths."""
+    directory = os.fspath(directory)
+    notes = [str(n) for n in notes]
+    md = [f"# {title}", "",
+          "Accuracies in %; changes, D and P in percentage points, as mean ± sample std over the seeds "
+          "[± the half-width of the 95% Student-t interval of the mean]. Change: student accuracy minus that "
+          "of the same architecture distilled from the base teacher. D = teacher - student, P = base - teacher; "
+          f'D/P is mean D over mean P, "{NO_DEGRADATION}" when mean P <= 0.', "", spread_table(summary, leading)]
+    if notes:
+        md += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    if figure is not None:
+        md += [f"![{name}]({figure})", ""]
+    paths = [os.path.join(directory, f"{name}.{ext}") for ext in ("md", "json", "csv")]
+    if not is_writer():
+        return paths
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(paths[0], ("\n".join(md).rstrip("\n") + "\n").encode("utf-8"))
+    payload = _jsonable({"title": title, "summary": [dict(e) for e in summary], "notes": notes})
+    atomic_write(paths[1], (json.dumps(payload, sort_keys=True, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    atomic_write(paths[2], spread_csv(summary, leading).encode("utf-8"))
+    return paths
+
+
+def plot_heatmaps(path, panels: Sequence[Mapping], *, columns: int = 2, dpi: int = 100) -> str:
+    """A PNG of heatmaps, one panel per entry of `panels`: {'title', 'values' (rows, cols), 'rows',
+    'cols' (tick labels), 'xlabel', 'ylabel', 'label' (colour bar)}; each cell prints its value
+    (NaN: no value). Matplotlib's Agg canvas, written atomically by process 0. Returns `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(columns, len(panels))
+    lines = -(-len(panels) // columns)
+    width = max(max(len(panel["cols"]) for panel in panels) * 1.1 + 3, 4)
+    height = max(max(len(panel["rows"]) for panel in panels) * 0.5 + 1.8, 3)
+    figure = Figure(figsize=(width * columns, height * lines))
+    FigureCanvasAgg(figure)
+    for index, panel in enumerate(panels):
+        axes = figure.add_subplot(lines, columns, index + 1)
+        values = np.asarray(panel["values"], np.float64)
+        image = axes.imshow(values, cmap="viridis", aspect="auto")
+        axes.set_xticks(range(len(panel["cols"])), [str(c) for c in panel["cols"]], rotation=30, ha="right")
+        axes.set_yticks(range(len(panel["rows"])), [str(r) for r in panel["rows"]])
+        axes.set_xlabel(panel.get("xlabel", ""))
+        axes.set_ylabel(panel.get("ylabel", ""))
+        axes.set_title(panel.get("title", ""), fontsize=9)
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                axes.text(j, i, f"{value:.1f}", ha="center", va="center", color="w", fontsize=8)
+        figure.colorbar(image, ax=axes, label=panel.get("label", ""))
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    if is_writer():
+        atomic_write(os.fspath(path), buffer.getvalue())
     return os.fspath(path)

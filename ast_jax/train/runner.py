@@ -185,8 +185,8 @@ def fit(run: TrainingRun, *, mesh=None, loop: str = "auto", log: Callable[[str],
     return fit_batch([run], mesh=mesh, loop=loop, log=log)[0]
 
 
-def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto",
-              log: Callable[[str], None] = print) -> list[RunResult]:
+def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto", log: Callable[[str], None] = print,
+              progress: Callable[[int], None] | None = None) -> list[RunResult]:
     """Train runs that differ only in their seeds, the `steps.HYPERS` of their specs (temperature,
     ω, k), their learning rates and their per-run inputs (adversarial set, teacher, targets) as one
     program, vmapped over a leading run axis (`loop.make_train_epoch(..., batched=True)`).
@@ -196,7 +196,9 @@ def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto",
     A resumed batch restores each run's latest checkpoint: finished runs are loaded, not
     retrained, and runs that stopped at different steps continue in groups of equal progress.
     The number of runs must be a multiple of the mesh's `run` axis. Everything else as in `fit`;
-    a diverged run stops the whole batch (the message names its directory).
+    a diverged run stops the whole batch (the message names its directory). `progress(images)`,
+    if given, is called after every epoch with the number of examples the batch trained in it
+    (summed over its runs). `batch_conflicts` says whether two runs may share a batch.
     """
     runs = list(runs)
     _check_batch(runs)
@@ -213,7 +215,7 @@ def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto",
         for mngr in managers:
             stack.callback(mngr.close)
             stack.callback(mngr.wait_until_finished)
-        return _train_batch(runs, mesh, loop, log, managers, stop)
+        return _train_batch(runs, mesh, loop, log, managers, stop, progress)
 
 
 def _check_run(run: TrainingRun) -> None:
@@ -247,6 +249,17 @@ def _same_array(a, b) -> bool:
     return a is b or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
 
 
+def batch_conflicts(first: TrainingRun, run: TrainingRun) -> list[str]:
+    """What keeps `run` out of a batch with `first` (empty: they can train as one program)."""
+    first_signature, signature = _batch_signature(first), _batch_signature(run)
+    differs = [key for key in first_signature if signature[key] != first_signature[key]]
+    shared = [("train", run.data.train.images, first.data.train.images),
+              ("train labels", run.data.train.labels, first.data.train.labels),
+              ("test", run.data.test.images, first.data.test.images),
+              ("ood_images", run.data.ood_images, first.data.ood_images)]
+    return differs + [name for name, a, b in shared if not (a is None and b is None) and not _same_array(a, b)]
+
+
 def _check_batch(runs: list[TrainingRun]) -> None:
     """Refuse a batch whose runs cannot share one program (ValueError naming the first difference)."""
     if not runs:
@@ -254,15 +267,9 @@ def _check_batch(runs: list[TrainingRun]) -> None:
     directories = [run.directory for run in runs]
     if len(set(directories)) < len(runs):
         raise ValueError(f"two runs of a batch share a directory: {directories}")
-    first, first_signature = runs[0], _batch_signature(runs[0])
+    first = runs[0]
     for run in runs[1:]:
-        signature = _batch_signature(run)
-        differs = [key for key in first_signature if signature[key] != first_signature[key]]
-        shared = [("train", run.data.train.images, first.data.train.images),
-                  ("train labels", run.data.train.labels, first.data.train.labels),
-                  ("test", run.data.test.images, first.data.test.images),
-                  ("ood_images", run.data.ood_images, first.data.ood_images)]
-        differs += [name for name, a, b in shared if not (a is None and b is None) and not _same_array(a, b)]
+        differs = batch_conflicts(first, run)
         if differs:
             raise ValueError(f"runs {first.directory} and {run.directory} cannot train as one batch: they differ in "
                              f"{', '.join(differs)} (a batch may vary only the seed, {', '.join(HYPERS[:3])}, the lr "
@@ -286,7 +293,7 @@ def _unstack(tree, runs: int) -> list:
     return [jax.tree.map(lambda x: x[r], tree) for r in range(runs)]
 
 
-def _train_batch(runs: list[TrainingRun], mesh, loop: str, log, managers, stop) -> list[RunResult]:
+def _train_batch(runs: list[TrainingRun], mesh, loop: str, log, managers, stop, progress) -> list[RunResult]:
     first = runs[0]
     config, data = first.train_config, first.data
     tx = make_optimizer(config, epoch_steps(len(data.train.labels), config.batch_size))  # the state's structure
@@ -302,16 +309,16 @@ def _train_batch(runs: list[TrainingRun], mesh, loop: str, log, managers, stop) 
         states.append(jax.device_get(init() if state is None else state))
         done.append(int(states[-1].step))
     results = [None] * len(runs)
-    for progress in sorted(set(done)):  # runs that stopped at the same step continue together
-        members = [i for i, d in enumerate(done) if d == progress]
+    for steps_done in sorted(set(done)):  # runs that stopped at the same step continue together
+        members = [i for i, d in enumerate(done) if d == steps_done]
         group = _train_group([runs[i] for i in members], [states[i] for i in members],
-                             [managers[i] for i in members], progress, mesh, loop, log, stop)
+                             [managers[i] for i in members], steps_done, mesh, loop, log, stop, progress)
         for i, result in zip(members, group):
             results[i] = result
     return results
 
 
-def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop) -> list[RunResult]:
+def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop, progress) -> list[RunResult]:
     """Train runs that have all run `done` steps to the end, as one batch (the learning rates as
     multiples of the first run's, `_batch_hypers`)."""
     first = runs[0]
@@ -332,8 +339,8 @@ def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop) 
     keys = jax.device_put(jnp.stack([jax.random.PRNGKey(run.seed) for run in runs]), per_run)
     hypers = jax.device_put(_batch_hypers(runs), per_run)
     start, first_step = divmod(done, steps_per_epoch)
-    logs = [log if count == 1 else (lambda message, name=os.path.basename(run.directory): log(f"{name}: {message}"))
-            for run in runs]
+    names = _run_names([run.directory for run in runs])
+    logs = [log if count == 1 else (lambda message, name=name: log(f"{name}: {message}")) for name in names]
 
     def position(step: int) -> str:
         epoch, index = divmod(step, steps_per_epoch)
@@ -378,7 +385,10 @@ def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop) 
                 save(epoch * steps_per_epoch + ran, run_states)
                 raise _interrupted(managers, signum, position(epoch * steps_per_epoch + ran),
                                    ", ".join(run.directory for run in runs))
-            rate = _real_examples(first_step, ran, batch_size, num_examples) / seconds
+            examples = _real_examples(first_step, ran, batch_size, num_examples)
+            rate = examples / seconds
+            if progress is not None:
+                progress(examples * count)
             for r, writer in enumerate(writers):
                 row = {"epoch": epoch + 1, "train_loss": float(losses[:, r].mean()),
                        "train_accuracy": float(accuracies[:, r].mean()), "epoch_seconds": seconds,
@@ -407,6 +417,12 @@ def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop) 
         final = evaluated[-1] if evaluated else evaluate(predict, variables, data.test)["test_accuracy"]
         results.append(RunResult(variables, history, final, max(evaluated, default=final)))
     return results
+
+
+def _run_names(directories: list[str]) -> list[str]:
+    """Each directory relative to the folder they all share (how a batch's log lines name its runs)."""
+    common = os.path.commonpath([os.path.abspath(d) for d in directories])
+    return [os.path.relpath(os.path.abspath(d), common) for d in directories]
 
 
 def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples: int) -> int:
