@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -133,3 +135,17 @@ def peak_bf16_tflops(*names: str) -> float | None:
             if key in name.lower():
                 return peak
     return None
+
+
+def results_dir(out: str, device_name: str, files, overwrite: bool) -> Path:
+    """OUT/DEVICE_NAME; SystemExit naming the `files` that exist there unless `overwrite`."""
+    directory = Path(out) / device_name
+    existing = [str(directory / name) for name in files if (directory / name).exists()]
+    if existing and not overwrite:
+        raise SystemExit(f"error: refusing to overwrite {', '.join(existing)}; pass --overwrite to replace them")
+    return directory
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, with the time of day."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

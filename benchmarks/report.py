@@ -28,7 +28,7 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _table(header, rows) -> list[str]:
+def table(header, rows) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
@@ -48,7 +48,7 @@ def step_table(records: list[dict]) -> list[str]:
              *_per_path(r, "images_per_s"), *_speedups(r), fmt(r["gflop_per_step"]), fmt(r["jax"]["tflops"]),
              " / ".join(_per_path(r, "peak_bytes", 1 / MIB, 0)), fmt(r["jax"]["compiled_bytes"], 1 / MIB, 0)]
             for r in records]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def epoch_table(records: list[dict]) -> list[str]:
@@ -57,7 +57,7 @@ def epoch_table(records: list[dict]) -> list[str]:
     rows = [[r["model"], r["step"], r["batch_size"], r["precision"], r["epoch_images"],
              *_per_path(r, "epoch_s"), *_per_path(r, "epoch_images_per_s"),
              *_speedups(r, "epoch_"), r["jax"]["epoch_loop"]] for r in records]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def pgd_table(records: list[dict]) -> list[str]:
@@ -67,7 +67,7 @@ def pgd_table(records: list[dict]) -> list[str]:
     rows = [[r["model"], r["precision"], r["batch_size"], r["images"], r["steps"], *_per_path(r, "seconds"),
              *_per_path(r, "images_per_s"), *_speedups(r), fmt(r["gflop"]), " / ".join(_per_path(r, "tflops")),
              " / ".join(_per_path(r, "peak_fraction", 100))] for r in records]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _notes(results: dict) -> list[str]:

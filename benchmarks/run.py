@@ -27,8 +27,9 @@ import torch
 
 from ast_jax.models import MODEL_NAMES
 
-from . import jax_path, report, torch_path
-from .common import PRECISIONS, STEP_SPECS, Case, fixed_batch, initial_weights, peak_bf16_tflops, synthetic_data
+from . import common, jax_path, report, torch_path
+from .common import (PRECISIONS, STEP_SPECS, Case, fixed_batch, initial_weights, log, peak_bf16_tflops,
+                     synthetic_data)
 
 FULL = dict(models="resnet18,resnet50,preresnet20", steps="ce,kd,ast,nasty", batch_sizes="128,512",
             precisions="float32,bfloat16", image_size=32, iters=20, warmup=5, pgd_images=50000, pgd_steps=40,
@@ -80,11 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def results_dir(args: argparse.Namespace) -> Path:
-    directory = Path(args.out) / args.device_name
-    existing = [str(directory / name) for name in report.FILES if (directory / name).exists()]
-    if existing and not args.overwrite:
-        raise SystemExit(f"error: refusing to overwrite {', '.join(existing)}; pass --overwrite to replace them")
-    return directory
+    return common.results_dir(args.out, args.device_name, report.FILES, args.overwrite)
 
 
 def environment(args: argparse.Namespace, argv: list[str], torch_device: torch.device, notes: list[str]) -> dict:
@@ -134,10 +131,6 @@ def pgd_record(name: str, precision: str, batch_size: int, images: int, steps: i
               "gflop": flops / 1e9, **results}
     _speedups(record, "seconds")
     return record
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _torch_step(modules, case: Case, batch, epoch_data, args) -> dict:

@@ -1,0 +1,54 @@
+"""benchmarks/batched.py: the --smoke run writes both throughputs of every R and never replaces its results.
+
+No timing is asserted beyond being positive (2 shared CPU cores); about 20 s.
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
+
+from benchmarks import batched  # noqa: E402
+
+
+def test_smoke_run_writes_both_throughputs_and_never_replaces_them(tmp_path):
+    argv = ["--smoke", "--out", str(tmp_path), "--device-name", "smoke"]
+    batched.main(argv)
+    out = tmp_path / "smoke"
+    results = json.loads((out / "batched.json").read_text())
+
+    env = results["environment"]
+    assert env["command"] == "python -m benchmarks.batched " + " ".join(argv)
+    assert env["device_kind"] and env["platform"] and env["cpu_count"] >= 1 and env["versions"]["jax"] and env["date"]
+    [case] = results["cases"]
+    assert (case["case"], case["step"], case["batch_size"], case["epoch_images"], case["epochs"]) == \
+        ("digits-cnn", "kd", 16, 32, 1)
+    assert [row["runs"] for row in case["rows"]] == [1, 2]
+    for row in case["rows"]:
+        assert row["batched_images_per_s"] > 0 and row["sequential_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["batched_images_per_s"] / row["sequential_images_per_s"])
+        assert row["batched_images_per_s"] == pytest.approx(row["runs"] * 32 / row["batched_s"])
+        assert len({(h["temperature"], h["omega"]) for h in row["hypers"]}) == row["runs"]  # a sweep's runs differ
+    hlo = case["hlo_convolutions"]
+    assert hlo["batched"]["runs"] == 2 and hlo["batched"]["convolutions"] == hlo["unbatched"]["convolutions"] > 0
+    assert hlo["unbatched"]["grouped"] == 0
+    if env["platform"] == "cpu":  # XLA:CPU keeps the vmapped convolutions grouped
+        assert hlo["batched"]["grouped"] == hlo["batched"]["convolutions"]
+    assert "| digits-cnn | cnn | kd | 16 | 32 | 2 |" in (out / "batched.md").read_text()
+
+    before = (out / "batched.json").read_bytes()
+    with pytest.raises(SystemExit, match=re.escape(str(out / "batched.json"))):
+        batched.main(argv)
+    assert (out / "batched.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv", [["--cases", "mnist"], ["--runs", "0"], ["--runs", "two"],
+                                  ["--cases", "digits-cnn", "--epoch-images", "8"]])
+def test_bad_arguments_are_refused(argv):
+    with pytest.raises(SystemExit):
+        batched.parse_args(["--device-name", "x", *argv])
