@@ -26,7 +26,6 @@ import traceback
 
 DEMO_CONFIG = "digits"
 DEMO_WORKDIR = "ast_jax_demo"
-DEMO_SEEDS = (0, 1, 2)
 ERROR_LOG = "ast-jax-error.log"
 OVERRIDE_HELP = "Override any config value with --config.KEY=VALUE or --config.KEY VALUE"
 
@@ -65,15 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--seeds", type=_seeds, help=seeds_help + " (default: config.seed alone, in <workdir>)")
     command("report", "write report.md/json/csv and outputs.png from the study's runs")
     demo = command("demo", "the whole study on the embedded digits set (CPU, a few minutes)", demo=True)
-    demo.add_argument("--seeds", type=_seeds, default=DEMO_SEEDS,
-                      help=seeds_help + f" (default {','.join(map(str, DEMO_SEEDS))})")
+    demo.add_argument("--seeds", type=_seeds, help=seeds_help + " (default: seed 0 alone, in <workdir>; README.md "
+                                                                 "says why)")
     matrix = command("matrix", "every configured stealing attack on every victim (teachers and output defences)")
     matrix.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: config.matrix.seeds)")
     sweep = command("sweep", "a grid of AST teachers over seeds, with their students: sweep.md/json/csv, sweep.png")
-    sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+    sweep.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
                        help="a config key under ast., pgd. or teacher_train.ast. and its values (repeatable; the "
-                            "grid is every combination), e.g. --grid ast.omega=0.01,0.05 --grid ast.temperature=4,20")
-    sweep.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds (default 0)")
+                            "grid is every combination), e.g. --grid ast.omega=0.01,0.05 --grid ast.temperature=4,20 "
+                            "(default: config.sweep.grid)")
+    sweep.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: config.sweep.seeds)")
     return parser
 
 
@@ -104,7 +104,8 @@ def open_command(args, config):
     from . import pipeline, sweep
 
     if args.command == "sweep":
-        return sweep.open_sweep(config, args.workdir, sweep.parse_grid(args.grid), args.seeds)
+        return sweep.open_sweep(config, args.workdir, sweep.parse_grid(args.grid or config.sweep.grid),
+                                args.seeds or config.sweep.seeds)
     if args.command in ("pipeline", "demo") and args.seeds is not None:
         return sweep.open_seed_studies(config, args.workdir, args.seeds)
     return pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),

@@ -90,9 +90,10 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 SPARSE_SECTIONS: tuple[str, ...] = ("ast", "stt", "stingy")
 #: Sections whose keys are names the config chooses (architectures, attack cells).
 FREE_FORM_SECTIONS: tuple[str, ...] = ("student_train", "teacher_train", "attacks")
-#: Sections of the attack matrix: they are not part of the study's record (`study_record`), so
-#: changing them never refuses a work directory the pipeline already uses.
-MATRIX_SECTIONS: tuple[str, ...] = ("matrix", "attacks")
+#: Sections of the commands that run many studies on one (the attack matrix, the sweep): they are
+#: not part of the study's record (`study_record`), so changing them never refuses a work
+#: directory the pipeline already uses.
+COMMAND_SECTIONS: tuple[str, ...] = ("matrix", "attacks", "sweep")
 
 #: Training defaults (docs/method.md §5, thesis §5): SGD, momentum 0.9, weight decay 5e-4 (coupled L2,
 #: PyTorch style), lr 0.1, batch 128. The test set is evaluated every epoch because the thesis
@@ -323,6 +324,9 @@ def _skeleton() -> ml_collections.ConfigDict:
     # teacher's architecture), seeds and the black box's batch. Not part of the study's record.
     c.matrix = ml_collections.ConfigDict(dict(victims=("base",), attacks=(), clone="", seeds=(0,), batch_size=512))
     c.attacks = ml_collections.ConfigDict()  # free-form: cell name -> {kind, settings of ast_jax.attacks}
+    # `ast-jax sweep` without --grid / --seeds (docs/method.md §12): grid entries "KEY=V1,V2,..."
+    # (keys under ast., pgd., teacher_train.ast.) and seeds. Not part of the study's record.
+    c.sweep = ml_collections.ConfigDict(dict(grid=(), seeds=(0,)))
     return c
 
 
@@ -404,6 +408,19 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
 # --------------------------------------------------------------------------------------------
 # Loading and overrides
 # --------------------------------------------------------------------------------------------
+
+def ablation_config(study: str, ablations: Mapping[str, Sequence[str]], variant: str,
+                    seeds: Sequence[int] = (0, 1, 2)) -> ml_collections.ConfigDict:
+    """Config `study` (a name of configs/) with `config.sweep` set to ablation `variant`'s grid
+    (`ablations`: name -> grid entries "KEY=V1,V2,..."), for `ast-jax sweep --config FILE:variant`."""
+    if variant not in ablations:
+        raise ValueError(f"unknown ablation {variant!r}; valid: {', '.join(ablations)}")
+    config = load_config(study)
+    config.name = f"{config.name}-{variant}"
+    config.sweep.grid = tuple(ablations[variant])
+    config.sweep.seeds = tuple(seeds)
+    return config
+
 
 def configs_dir() -> str:
     """The repository's ``configs/``, next to the ``ast_jax`` package (a checkout or an editable install)."""
@@ -728,6 +745,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                lambda name: train_config_for(config, name))
         _check_teachers(chk, config)
         _check_matrix(chk, config, dataset if dataset in DATASETS else None, num_classes)
+        _check_sweep(chk)
     except _Missing as missing:
         chk.fail(str(missing))
     chk.raise_if_any()
@@ -783,6 +801,15 @@ def _check_teachers(chk: _Checker, config: ml_collections.ConfigDict) -> None:
     trained = [name for name in TEACHER_NAMES if name != "stingy"]
     _check_train_overrides(chk, config, "teacher_train", trained, "trained teacher",
                            lambda name: teacher_train_config(config, name))
+
+
+def _check_sweep(chk: _Checker) -> None:
+    """`config.sweep`: grid entries `KEY=V1,V2,...` (their keys are checked by `ast_jax.sweep`) and seeds."""
+    grid, seeds = chk.get("sweep.grid"), chk.get("sweep.seeds")
+    if not isinstance(grid, tuple) or not all(isinstance(g, str) and "=" in g for g in grid):
+        chk.fail(f"config.sweep.grid must be a tuple of 'KEY=V1,V2,...' strings, got {grid!r}")
+    if not isinstance(seeds, tuple) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        chk.fail(f"config.sweep.seeds must be a non-empty tuple of non-negative ints, got {seeds!r}")
 
 
 def _check_matrix(chk: _Checker, config: ml_collections.ConfigDict, dataset: str | None,
@@ -882,9 +909,9 @@ def attack_cell(settings: Mapping[str, Any]) -> dict:
 
 
 def study_record(config: ml_collections.ConfigDict) -> dict:
-    """The study's record (`study.json` and every stage's run.json): the config without the matrix sections."""
+    """The study's record (`study.json` and every stage's run.json): the config without `COMMAND_SECTIONS`."""
     plain = json.loads(to_json(config))
-    return {key: value for key, value in plain.items() if key not in MATRIX_SECTIONS}
+    return {key: value for key, value in plain.items() if key not in COMMAND_SECTIONS}
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -265,13 +265,29 @@ def _stage(study: Study, stage: str, directory: str, architecture: str, train_co
     return Stage(study, stage, run)
 
 
+def max_batch_runs() -> int | None:
+    """The most runs one program trains: 8 on CPU, where a batch is unrolled (one copy of the
+    step per run, `loop.default_run_lowering`), so its compile time grows with the runs while
+    throughput stays that of the runs one after another (benchmarks/README.md); no limit on
+    accelerators, where the runs are vmapped."""
+    return 8 if jax.default_backend() == "cpu" else None
+
+
+def _chunks(group: list, limit: int | None) -> list[list]:
+    """`group` in the fewest near-equal chunks of at most `limit` (None: one chunk)."""
+    count = 1 if limit is None else -(-len(group) // limit)
+    size = -(-len(group) // count)
+    return [group[i:i + size] for i in range(0, len(group), size)]
+
+
 def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> None:
     """Fit the stages this session has not fitted yet in as few programs as possible.
 
     Stages whose runs may share a batch (`train.batch_conflicts`: the same model, step kind and
-    schedule; seeds, ω, τ, k, lr and per-run inputs may differ) train as one vmapped program
-    (`train.fit_batch`), whatever study they belong to; a stage named twice is fitted once. Each
-    result lands in its study's `runs`. `progress` hears of every epoch and every finished run.
+    schedule; seeds, ω, τ, k, lr and per-run inputs may differ) train as one program
+    (`train.fit_batch`, at most `max_batch_runs()` runs each), whatever study they belong to; a
+    stage named twice is fitted once. Each result lands in its study's `runs`. `progress` hears
+    of every epoch and every finished run.
     """
     pending = list({stage.run.directory: stage for stage in stages
                     if stage.run.directory not in stage.study.runs}.values())
@@ -282,7 +298,7 @@ def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> N
             groups.append([stage])
         else:
             group.append(stage)
-    for group in groups:
+    for group in (chunk for g in groups for chunk in _chunks(g, max_batch_runs())):
         first = group[0]
         log = _stage_log(first.study, ",".join(dict.fromkeys(stage.name for stage in group)))
         results = fit_batch([stage.run for stage in group], mesh=first.study.mesh, log=log,

@@ -1,18 +1,21 @@
-"""A sweep's runs trained as one vmapped program against the same runs one after another:
+"""A sweep's runs trained as one program against the same runs one after another:
 `python -m benchmarks.batched --device-name NAME`.
 
-`ast_jax.train.fit_batch` trains R runs that differ in seed, temperature and ω as one program,
-vmapped over a leading run axis (`make_train_epoch(..., batched=True)`, the state, keys, hypers
-and per-run arrays stacked as `runner._train_group` and `_device_inputs` stack them). For each
-case of `--cases` and each R of `--runs`, interleaved per R in one process, this times
+`ast_jax.train.fit_batch` trains R runs that differ in seed, temperature and ω as one program
+over a leading run axis (`make_train_epoch(..., batched=True)`, the state, keys, hypers and
+per-run arrays stacked as `runner._train_group` and `_device_inputs` stack them), the step
+mapped over the runs by a run lowering (`loop.over_runs`: `vmap`, or `unroll`, one copy of the
+step per run). For each case of `--cases` and each R of `--runs`, interleaved per R in one
+process, this times
 
-* **batched**: the R runs as one batched epoch program;
+* **batched**: the R runs as one batched epoch program, per lowering of `--run-lowerings`;
 * **sequential**: the same R runs one after another, each with the unbatched program
   (`batched=False`: one run's program, no run axis), its temperature and ω given as scalar
   `hypers`, so that, like the batch, the R runs share one compiled program.
 
-`fit` trains a lone run as `fit_batch` of one run (`batched=True`, R = 1): that program is the
-batched column of the R = 1 row, whose ratio is therefore what the run axis costs a single run.
+`fit` trains a lone run as `fit_batch` of one run (`batched=True`, R = 1, the backend's
+default lowering): that program is the batched column of the R = 1 row, whose ratio is
+therefore what the run axis costs a single run.
 
 Each measurement compiles and warms up with one untimed epoch from a throwaway copy of the
 initial state, then times `--epochs` epochs from the initial state (`jax.block_until_ready`
@@ -25,7 +28,7 @@ step: `jitted.lower(...).compile().as_text()`), unbatched and batched at the lar
 many of them are grouped (`feature_group_count` or `batch_group_count` above 1): vmapping a
 convolution over runs that each have their own kernel makes it one grouped convolution with R
 groups (and its kernel gradient one with `batch_group_count` R), whose speed depends on the
-backend's grouped-convolution kernels.
+backend's grouped-convolution kernels; unrolling keeps R plain convolutions.
 
 Writes batched.json and batched.md under `--out/<device-name>/`; see benchmarks/README.md.
 """
@@ -57,7 +60,7 @@ from ast_jax.io import atomic_write
 from ast_jax.rng import Stream
 from ast_jax.train import (StepSpec, TrainState, default_loop, init_state, make_train_epoch, make_train_step,
                            replicate)
-from ast_jax.train.loop import run_partition
+from ast_jax.train.loop import RUN_LOWERINGS, default_run_lowering, run_partition
 
 from . import jax_path
 from .common import log, results_dir, timed
@@ -103,12 +106,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results", help="results go to OUT/DEVICE_NAME/")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes for the test suite: digits-cnn, R 1,2, 32 images, batch 16, 1 timed epoch")
+    parser.add_argument("--run-lowerings", default=",".join(RUN_LOWERINGS),
+                        help=f"how the batched program maps its step over the runs: comma-separated, from "
+                             f"{', '.join(RUN_LOWERINGS)} (default both)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results files")
     args = parser.parse_args(argv)
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.cases = [c for c in args.cases.split(",") if c]
+    args.run_lowerings = [lowering for lowering in args.run_lowerings.split(",") if lowering]
+    if not args.run_lowerings or set(args.run_lowerings) - set(RUN_LOWERINGS):
+        parser.error(f"--run-lowerings: choose from {', '.join(RUN_LOWERINGS)}, got {args.run_lowerings}")
     if not args.cases or set(args.cases) - set(CASES):
         parser.error(f"--cases: invalid value(s) {sorted(set(args.cases) - set(CASES)) or args.cases}; "
                      f"choose from {', '.join(CASES)}")
@@ -182,10 +191,11 @@ def stack(trees: list):
     return jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
 
 
-def epoch_program(workload: Workload, model, tx, mesh, batch_size: int, batched: bool):
+def epoch_program(workload: Workload, model, tx, mesh, batch_size: int, lowering: str | None):
+    """The epoch program: unbatched (`lowering` None) or batched over runs by `lowering` (`RUN_LOWERINGS`)."""
     info = workload.info
     return make_train_epoch(model, tx, workload.spec, mesh, batch_size=batch_size, augment_spec=info.augment,
-                            mean=info.mean, std=info.std, batched=batched)
+                            mean=info.mean, std=info.std, batched=lowering is not None, run_lowering=lowering)
 
 
 def run_epochs(train_epoch, place, data, epochs: int) -> None:
@@ -233,9 +243,11 @@ def step_batch(workload: Workload, batch_size: int) -> dict:
     return batch
 
 
-def compiled_step_text(workload: Workload, model, tx, mesh, batch_size: int, runs: int | None) -> str:
-    """HLO text of the compiled train step, unbatched (`runs` None) or batched over `runs` runs."""
-    step = jax.jit(make_train_step(model, tx, workload.spec, mesh, batched=runs is not None), donate_argnums=(0,))
+def compiled_step_text(workload: Workload, model, tx, mesh, batch_size: int, runs: int | None,
+                       lowering: str | None = None) -> str:
+    """HLO text of the compiled train step, unbatched (`runs` None) or batched over `runs` runs by `lowering`."""
+    step = jax.jit(make_train_step(model, tx, workload.spec, mesh, batched=runs is not None, run_lowering=lowering),
+                   donate_argnums=(0,))
     state = jax.eval_shape(lambda: init_state(model, tx, jax.random.PRNGKey(0), workload.info.image_shape))
     hypers = {name: jax.ShapeDtypeStruct((), jnp.float32) for name in sweep(workload.spec, 1)[0]}
     args = (state, step_batch(workload, batch_size), None, jax.eval_shape(lambda: jax.random.PRNGKey(0)), hypers)
@@ -258,28 +270,33 @@ def convolution_ops(hlo_text: str) -> dict:
 
 
 def measure_case(name: str, args: argparse.Namespace) -> dict:
-    """Batched and sequential seconds for every R of `--runs` (interleaved), and the convolution counts."""
+    """Sequential and batched seconds (per run lowering) for every R of `--runs`, interleaved, and the
+    convolutions of each compiled step."""
     workload, size = CASES[name], case_batch_size(args, name)
     info, spec = workload.info, workload.spec
     mesh, model, tx = jax_path._mesh(), jax_path._model(workload.model, info.num_classes, "float32"), jax_path.optimizer()
     shared = replicate(mesh, shared_data(workload, args.epoch_images))
-    programs = {batched: epoch_program(workload, model, tx, mesh, size, batched) for batched in (True, False)}
+    sequential = epoch_program(workload, model, tx, mesh, size, None)
+    programs = {lowering: epoch_program(workload, model, tx, mesh, size, lowering) for lowering in args.run_lowerings}
     all_runs = make_runs(workload, model, tx, args.epoch_images, max(args.runs))
     rows = []
     for count in args.runs:
         log(f"{name}: {count} run(s), batch {size}, {args.epoch_images} images, {args.epochs} epoch(s)")
         runs = all_runs.head(count)
-        seconds = {"batched_s": measure_batched(programs[True], mesh, shared, runs, args.epochs),
-                   "sequential_s": measure_sequential(programs[False], mesh, shared, runs, args.epochs)}
-        rate = {key.replace("_s", "_images_per_s"): count * args.epoch_images * args.epochs / value
-                for key, value in seconds.items()}
-        rows.append({"runs": count, **seconds, **rate,
-                     "ratio": rate["batched_images_per_s"] / rate["sequential_images_per_s"],
-                     "hypers": [{k: float(v) for k, v in h.items()} for h in runs.hypers]})
-    log(f"{name}: convolutions of the compiled train step")
-    hlo = {"unbatched": convolution_ops(compiled_step_text(workload, model, tx, mesh, size, None)),
-           "batched": {"runs": max(args.runs),
-                       **convolution_ops(compiled_step_text(workload, model, tx, mesh, size, max(args.runs)))}}
+        images = count * args.epoch_images * args.epochs
+        seconds = measure_sequential(sequential, mesh, shared, runs, args.epochs)
+        row = {"runs": count, "sequential_s": seconds, "sequential_images_per_s": images / seconds, "batched": {},
+               "hypers": [{k: float(v) for k, v in h.items()} for h in runs.hypers]}
+        for lowering, program in programs.items():
+            seconds = measure_batched(program, mesh, shared, runs, args.epochs)
+            row["batched"][lowering] = {"s": seconds, "images_per_s": images / seconds,
+                                        "ratio": images / seconds / row["sequential_images_per_s"]}
+        rows.append(row)
+    log(f"{name}: convolutions of the compiled train steps")
+    hlo = {"unbatched": convolution_ops(compiled_step_text(workload, model, tx, mesh, size, None))}
+    for lowering in args.run_lowerings:
+        hlo[lowering] = {"runs": max(args.runs), **convolution_ops(
+            compiled_step_text(workload, model, tx, mesh, size, max(args.runs), lowering))}
     return {"case": name, "model": workload.model, "step": spec.kind, "temperature": spec.temperature,
             "omega": spec.omega, "k": spec.k, "divergence": spec.divergence, "dataset": workload.dataset,
             "image_shape": list(info.image_shape), "num_classes": info.num_classes, "augment": str(info.augment),
@@ -290,7 +307,7 @@ def measure_case(name: str, args: argparse.Namespace) -> dict:
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
     device = jax_path.device()
     return {"device_name": args.device_name, "device_kind": device.device_kind, "platform": device.platform,
-            "cpu_count": os.cpu_count(), "epoch_loop": default_loop(),
+            "cpu_count": os.cpu_count(), "epoch_loop": default_loop(), "default_run_lowering": default_run_lowering(),
             "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
                          "optax": optax.__version__, "numpy": np.__version__},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -299,20 +316,25 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def markdown(results: dict) -> str:
     env, cases = results["environment"], results["cases"]
+    lowerings = list(cases[0]["rows"][0]["batched"])
     rows = [[c["case"], c["model"], c["step"], c["batch_size"], c["epoch_images"], r["runs"],
-             fmt(r["batched_images_per_s"]), fmt(r["sequential_images_per_s"]), fmt(r["ratio"], digits=2)]
+             fmt(r["sequential_images_per_s"]),
+             *(value for lowering in lowerings for value in (fmt(r["batched"][lowering]["images_per_s"]),
+                                                             fmt(r["batched"][lowering]["ratio"], digits=2)))]
             for c in cases for r in c["rows"]]
-    hlo = [[c["case"], program if program == "unbatched" else f"batched, R = {ops['runs']}", ops["convolutions"],
-            ops["grouped"]] for c in cases for program, ops in c["hlo_convolutions"].items()]
+    hlo = [[c["case"], program if program == "unbatched" else f"batched ({program}), R = {ops['runs']}",
+            ops["convolutions"], ops["grouped"]] for c in cases for program, ops in c["hlo_convolutions"].items()]
     return "\n".join([
         f"# Batched runs against sequential runs: {env['device_name']}", "",
-        f"Device: {env['device_kind']} ({env['platform']}, {env['cpu_count']} CPUs, epoch loop `{env['epoch_loop']}`); "
-        f"jax {env['versions']['jax']}; {env['date']}.", "", f"Command: `{env['command']}`", "",
-        "R runs (seeds 0 .. R-1, temperature and omega swept) trained as one vmapped program (batched) and one "
-        "after another with the unbatched program (sequential); images/s = R x images x epochs / seconds of the "
-        "timed epochs; ratio = batched / sequential.", "",
-        *table(["case", "model", "step", "batch", "images", "R", "batched img/s", "sequential img/s",
-                "batched / sequential"], rows), "",
+        f"Device: {env['device_kind']} ({env['platform']}, {env['cpu_count']} CPUs, epoch loop `{env['epoch_loop']}`, "
+        f"default run lowering `{env['default_run_lowering']}`); jax {env['versions']['jax']}; {env['date']}.", "",
+        f"Command: `{env['command']}`", "",
+        "R runs (seeds 0 .. R-1, temperature and omega swept) trained one after another with the unbatched program "
+        "(sequential) and as one batched program per run lowering (vmap: one vmapped step; unroll: one copy of the "
+        "step per run); images/s = R x images x epochs / seconds of the timed epochs; ratio = batched / sequential.",
+        "", *table(["case", "model", "step", "batch", "images", "R", "sequential img/s",
+                    *(f"{header} ({lowering})" for lowering in lowerings for header in ("batched img/s", "ratio"))],
+                   rows), "",
         "## Convolutions of the compiled train step", "",
         "Grouped: `feature_group_count` or `batch_group_count` above 1 (a vmapped convolution with one kernel per "
         "run).", "", *table(["case", "program", "convolutions", "grouped"], hlo), ""])

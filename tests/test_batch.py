@@ -1,4 +1,4 @@
-"""A batch of runs trained as one vmapped program equals each run trained alone (`train.fit_batch`)."""
+"""A batch of runs trained as one program equals each run trained alone (`train.fit_batch`)."""
 
 import dataclasses
 
@@ -8,7 +8,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from ast_jax.data import AugmentSpec
-from ast_jax.train import RunData, StepSpec, TrainingRun, fit, fit_batch
+from ast_jax.train import RunData, StepSpec, TrainingRun, fit, fit_batch, loop
+from ast_jax.train.loop import RUN_LOWERINGS
 from conftest import TinyNet, tiny_split
 
 EPOCHS = 2
@@ -45,8 +46,11 @@ def alone(tmp_path_factory):
             for i, values in enumerate(RUNS)]
 
 
-def test_each_run_of_a_batch_equals_the_run_alone(tmp_path, alone):
-    """Seeds, ω, τ, the sparsity k, the lr and the adversarial sets all differ across the batch."""
+@pytest.mark.parametrize("lowering", RUN_LOWERINGS)
+def test_each_run_of_a_batch_equals_the_run_alone(tmp_path, alone, monkeypatch, lowering):
+    """Seeds, ω, τ, the sparsity k, the lr and the adversarial sets all differ across the batch;
+    with the step vmapped (the accelerators' lowering) and unrolled (the CPU's)."""
+    monkeypatch.setattr(loop, "default_run_lowering", lambda: lowering)
     batch = fit_batch([_run(tmp_path / str(i), *values) for i, values in enumerate(RUNS)], log=lambda _: None)
     for one, together in zip(alone, batch):
         assert _max_difference(one, together) < TOLERANCE

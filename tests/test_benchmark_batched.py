@@ -30,15 +30,18 @@ def test_smoke_run_writes_both_throughputs_and_never_replaces_them(tmp_path):
         ("digits-cnn", "kd", 16, 32, 1)
     assert [row["runs"] for row in case["rows"]] == [1, 2]
     for row in case["rows"]:
-        assert row["batched_images_per_s"] > 0 and row["sequential_images_per_s"] > 0
-        assert row["ratio"] == pytest.approx(row["batched_images_per_s"] / row["sequential_images_per_s"])
-        assert row["batched_images_per_s"] == pytest.approx(row["runs"] * 32 / row["batched_s"])
+        assert row["sequential_images_per_s"] == pytest.approx(row["runs"] * 32 / row["sequential_s"])
+        assert set(row["batched"]) == {"vmap", "unroll"}
+        for batched_row in row["batched"].values():
+            assert batched_row["images_per_s"] == pytest.approx(row["runs"] * 32 / batched_row["s"])
+            assert batched_row["ratio"] == pytest.approx(batched_row["images_per_s"] / row["sequential_images_per_s"])
         assert len({(h["temperature"], h["omega"]) for h in row["hypers"]}) == row["runs"]  # a sweep's runs differ
     hlo = case["hlo_convolutions"]
-    assert hlo["batched"]["runs"] == 2 and hlo["batched"]["convolutions"] == hlo["unbatched"]["convolutions"] > 0
-    assert hlo["unbatched"]["grouped"] == 0
-    if env["platform"] == "cpu":  # XLA:CPU keeps the vmapped convolutions grouped
-        assert hlo["batched"]["grouped"] == hlo["batched"]["convolutions"]
+    convolutions = hlo["unbatched"]["convolutions"]
+    assert hlo["unbatched"]["grouped"] == 0 and convolutions > 0
+    assert hlo["vmap"]["runs"] == 2 and hlo["vmap"]["convolutions"] == convolutions  # one grouped op per convolution
+    assert hlo["vmap"]["grouped"] == convolutions
+    assert (hlo["unroll"]["convolutions"], hlo["unroll"]["grouped"]) == (2 * convolutions, 0)  # one copy per run
     assert "| digits-cnn | cnn | kd | 16 | 32 | 2 |" in (out / "batched.md").read_text()
 
     before = (out / "batched.json").read_bytes()
@@ -48,7 +51,7 @@ def test_smoke_run_writes_both_throughputs_and_never_replaces_them(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--cases", "mnist"], ["--runs", "0"], ["--runs", "two"],
-                                  ["--cases", "digits-cnn", "--epoch-images", "8"]])
+                                  ["--cases", "digits-cnn", "--epoch-images", "8"], ["--run-lowerings", "pmap"]])
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit):
         batched.parse_args(["--device-name", "x", *argv])

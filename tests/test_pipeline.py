@@ -14,7 +14,7 @@ from ast_jax.cli import main
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
-COMMANDS = ("train", "attack-set", "distill", "pipeline", "report", "demo")
+COMMANDS = ("train", "attack-set", "distill", "pipeline", "report", "demo", "matrix", "sweep")
 
 
 def _cli(args, cache_dir, **kwargs):

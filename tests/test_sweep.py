@@ -138,3 +138,16 @@ def test_pipeline_over_seeds_reports_each_seed_and_their_spread(tmp_path, capsys
     assert json.load(open(workdir / "seed-1" / "study.json"))["seed"] == 1
     # the same work directory cannot hold a single-seed study
     assert main(["pipeline", "--config", "digits", "--workdir", str(workdir), *TINY]) == 2
+
+
+def test_the_ablation_configs_are_sweeps_of_valid_cells():
+    for name, cells in [("ablations_digits:omega_tau", 9), ("ablations_digits:divergence", 2),
+                        ("ablations_cifar100:sparsity", 7), ("ablations_cifar100:omega_tau_r03", 12)]:
+        config = load_config(name)
+        grid = sweep.parse_grid(config.sweep.grid)
+        assert len(sweep.grid_cells(grid)) == cells and config.sweep.seeds == (0, 1, 2)
+        for cell in sweep.grid_cells(grid):
+            sweep.cell_config(config, cell)  # every cell's config is valid
+    assert "sweep" not in json.dumps(sweep.study_record(config))  # a sweep's grid is no part of a study's record
+    with pytest.raises(ValueError, match="unknown ablation 'omega'; valid: omega_tau"):
+        load_config("ablations_digits:omega")

@@ -95,6 +95,7 @@ def _shard_batch(mesh: Mesh, tree, batched: bool = False):
 
 
 LOOPS = ("auto", "scan", "host")
+RUN_LOWERINGS = ("vmap", "unroll")
 
 
 def default_loop() -> str:
@@ -108,6 +109,39 @@ def default_loop() -> str:
     host loop, one jitted call per step.
     """
     return "host" if jax.default_backend() == "cpu" else "scan"
+
+
+def default_run_lowering() -> str:
+    """How a batched step runs its runs: `vmap` on accelerators; `unroll` on CPU.
+
+    `vmap` makes every convolution one grouped convolution over the runs (`feature_group_count`
+    R; its kernel gradient `batch_group_count` R), and XLA:CPU's grouped convolutions are far
+    slower than R plain ones: the input and kernel gradients of a 3x3 16->16 convolution on 8
+    runs of 128 32x32 maps took 2.30 s vmapped against 0.22 s for the 8 runs one after another
+    (im2col with a batched matrix product, 1.29 s, is no way out; benchmarks/README.md). A
+    `lax.map` over the runs would be a while loop, inside which XLA:CPU's gradient convolutions
+    are slow too (`default_loop`). On CPU the step is therefore unrolled: one copy of the
+    single-run step per run in the program (compile time grows with R; the numbers are those of
+    the single run either way).
+    """
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+
+
+def over_runs(fn: Callable, lowering: str | None = None) -> Callable:
+    """`fn` mapped over the leading run axis of all its arguments and results, by `lowering`
+    (`RUN_LOWERINGS`; None: `default_run_lowering()`)."""
+    lowering = lowering or default_run_lowering()
+    if lowering not in RUN_LOWERINGS:
+        raise ValueError(f"run lowering must be one of {RUN_LOWERINGS}, got {lowering!r}")
+    if lowering == "vmap":
+        return jax.vmap(fn)
+
+    def unrolled(*args):
+        count = jax.tree.leaves(args)[0].shape[0]
+        results = [fn(*jax.tree.map(lambda x, r=r: x[r], args)) for r in range(count)]
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *results)
+
+    return unrolled
 
 
 def _resolve_loop(loop: str) -> str:
@@ -173,7 +207,8 @@ def ood_rows(global_step, batch_size: int, num_ood: int):
     return ((global_step * batch_size + jnp.arange(batch_size)) % num_ood).astype(jnp.int32)
 
 
-def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None, *, batched: bool = False):
+def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None, *, batched: bool = False,
+                    run_lowering: str | None = None):
     """`step(state, batch, teacher_variables=None, key=None, hypers=None) -> (state, metrics)`:
     `train_step` data-parallel over `mesh`.
 
@@ -184,13 +219,14 @@ def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | No
 
     `batched=True` trains a batch of runs: every argument has a leading run axis (the batch
     (runs, B, ...)), split over the mesh axis `run` where the mesh has one, and `train_step` is
-    `jax.vmap`ped over the runs each device holds; its `lax.pmean`s stay over `data`, so each run
-    gets the update it would get alone.
+    mapped over the runs each device holds (`over_runs`: vmapped, or unrolled on CPU, see
+    `default_run_lowering`); its `lax.pmean`s stay over `data`, so each run gets the update it
+    would get alone.
     """
     per_device = functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS)
     if batched:
         runs = run_partition(mesh)
-        sharded = jax.shard_map(jax.vmap(per_device), mesh=mesh, in_specs=(runs, run_partition(mesh, AXIS), runs, runs, runs),
+        sharded = jax.shard_map(over_runs(per_device, run_lowering), mesh=mesh, in_specs=(runs, run_partition(mesh, AXIS), runs, runs, runs),
                                 out_specs=(runs, runs), check_vma=False)
     else:
         sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P(), P()), out_specs=(P(), P()),
@@ -206,17 +242,18 @@ def _per_channel(values) -> tuple:
 
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto",
-                     batched: bool = False):
+                     batched: bool = False, run_lowering: str | None = None):
     """See `_make_train_epoch` (memoised on its arguments)."""
     return _make_train_epoch(model, tx, spec, mesh, batch_size=int(batch_size), augment_spec=augment_spec,
                              mean=_per_channel(mean), std=_per_channel(std), teacher=teacher, pairing=pairing,
-                             loop=_resolve_loop(loop), batched=bool(batched))
+                             loop=_resolve_loop(loop), batched=bool(batched),
+                             run_lowering=run_lowering or default_run_lowering())
 
 
 @functools.lru_cache(maxsize=64)
 def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto",
-                     batched: bool = False):
+                     batched: bool = False, run_lowering: str = "vmap"):
     """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None, *, hypers=None)
     -> (state, metrics)`.
 
@@ -248,13 +285,15 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     `teacher_variables`, `hypers` (`steps.HYPERS`, one value per run) and the `RUN_ARRAYS` of
     `data` carry a leading run axis; the other arrays of `data` are shared. `metrics` are then
     (steps, R). Each run equals the same run trained alone, up to float32 rounding.
+    `run_lowering` says how the step maps over the runs (`over_runs`; default
+    `default_run_lowering()`, vmap on accelerators, unrolled on CPU).
     """
     _check_pairing(pairing)
     loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh)
     if spec.needs_ood and teacher is None:
         raise ValueError("the ini step needs the frozen clone: make_train_epoch(..., teacher=Teacher(module=clone))")
-    step = make_train_step(model, tx, spec, mesh, teacher, batched=batched)
+    step = make_train_step(model, tx, spec, mesh, teacher, batched=batched, run_lowering=run_lowering)
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def run_plan(data, key, epoch):
