@@ -8,7 +8,9 @@
     <workdir>/matrix/..., matrix.{md,json,csv,png}  the stealing-attack matrix (`ast_jax.matrix`)
 
 Every stage is skipped when its output is complete and resumes when interrupted (training runs
-resume from their last checkpoint). The Stingy Teacher (`stingy`) needs no training: it is the
+resume from their last checkpoint). Runs of one kind train together (`train_studies`,
+`fit_stages`): the students of every teacher with one architecture as one batch, and across the
+studies of several seeds or of a sweep's cells (`ast_jax.sweep`, docs/method.md §12). The Stingy Teacher (`stingy`) needs no training: it is the
 base teacher releasing sparse outputs. `config.teachers` names the study's teachers: the
 thesis's five by default, and the training-time defences InI (`ini`) and MeCo (`meco`,
 released through its randomised input perturbation) where a config adds them (docs/method.md

@@ -55,3 +55,29 @@ def test_smoke_run_writes_both_throughputs_and_never_replaces_them(tmp_path):
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit):
         batched.parse_args(["--device-name", "x", *argv])
+
+
+def test_grouped_convolution_check_times_the_three_ways_and_never_replaces_its_results(tmp_path):
+    from benchmarks import grouped_conv
+
+    argv = ["--device-name", "smoke", "--out", str(tmp_path), "--runs", "2", "--layers", "4x4x4x4,2x8x2x3"]
+    results = grouped_conv.main(argv)
+    assert [row["layer"] for row in results["rows"]] == ["4x4x4, 4->4", "2x8x8, 2->3"]
+    for row in results["rows"]:
+        assert min(row["vmap_ms"], row["sequential_ms"], row["im2col_ms"]) > 0
+        assert row["vmap_over_sequential"] == pytest.approx(row["vmap_ms"] / row["sequential_ms"])
+    saved = json.loads((tmp_path / "smoke" / "grouped_conv.json").read_text())
+    assert saved["rows"] == results["rows"] and "vmap / sequential" in (tmp_path / "smoke" / "grouped_conv.md").read_text()
+    with pytest.raises(SystemExit, match="grouped_conv.json"):
+        grouped_conv.main(argv)
+
+
+def test_im2col_is_the_convolution():
+    import jax
+    import numpy as np
+
+    from benchmarks import grouped_conv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+    np.testing.assert_allclose(grouped_conv.conv_im2col(x, w), grouped_conv.conv(x, w), rtol=1e-5, atol=1e-5)

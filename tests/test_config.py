@@ -11,7 +11,9 @@ from ast_jax import config as cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
-CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py") and not f.startswith("_"))
+# The studies' configs; the ablations_*.py files are sweeps whose variants name ablations (tests/test_sweep.py).
+CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS)
+                      if f.endswith(".py") and not f.startswith(("_", "ablations_")))
 
 
 def path(name, variant=None):
