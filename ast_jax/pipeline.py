@@ -268,11 +268,13 @@ def _stage(study: Study, stage: str, directory: str, architecture: str, train_co
 
 
 def max_batch_runs() -> int | None:
-    """The most runs one program trains: 8 on CPU, where a batch is unrolled (one copy of the
-    step per run, `loop.default_run_lowering`), so its compile time grows with the runs while
-    throughput stays that of the runs one after another (benchmarks/README.md); no limit on
-    accelerators, where the runs are vmapped."""
-    return 8 if jax.default_backend() == "cpu" else None
+    """The most runs one program trains: no limit on accelerators, where the runs are vmapped;
+    one on CPU. There two cores are kept busy by one run's convolutions, so a batch trains no
+    faster than its runs one after another (0.3-1.05x vmapped, 0.56-1.2x unrolled, at R = 1-16
+    on the digits models; benchmarks/README.md), while an unrolled program compiles in time
+    growing with R (140 s at R = 16). One run per program compiles once for all the runs of a
+    kind, whose ω, τ, k and lr are data of the program (`train.fit_batch`)."""
+    return 1 if jax.default_backend() == "cpu" else None
 
 
 def _chunks(group: list, limit: int | None) -> list[list]:

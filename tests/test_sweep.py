@@ -95,6 +95,7 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
 
     fit_batch = pipeline.fit_batch
     monkeypatch.setattr(pipeline, "fit_batch", killed_at_the_students)
+    monkeypatch.setattr(pipeline, "max_batch_runs", lambda: None)  # an accelerator's batches (CPU: one run each)
     with pytest.raises(Killed):
         sweep.run_sweep(sweep.open_sweep(config, workdir, grid, (0, 1), log=lambda _: None))
     assert [len(b) for b in batches] == [2, 4]  # the seeds' base teachers, then every cell's AST teacher at once

@@ -277,14 +277,15 @@ def _check_batch(runs: list[TrainingRun]) -> None:
 
 
 def _batch_hypers(runs: list[TrainingRun]) -> dict:
-    """The `HYPERS` that differ between the runs, one value per run (the others stay in the spec)."""
+    """The `HYPERS` of every run, one value each: the program is built from `_static_spec`, so
+    every batch of one kind, whatever its values and size, runs one program (compiled once)."""
     first = runs[0]
     values = {"temperature": [run.spec.temperature for run in runs], "omega": [run.spec.omega for run in runs],
               "lr_scale": [float(run.train_config.lr) / float(first.train_config.lr) for run in runs]}
     if first.spec.k is not None:
         values["k"] = [run.spec.k for run in runs]
     dtypes = {"k": np.int32}
-    return {name: np.asarray(v, dtypes.get(name, np.float32)) for name, v in values.items() if len(set(v)) > 1}
+    return {name: np.asarray(v, dtypes.get(name, np.float32)) for name, v in values.items()}
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -330,7 +331,8 @@ def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop, 
     num_examples = len(data.train.labels)
     steps_per_epoch = epoch_steps(num_examples, batch_size)
     tx = make_optimizer(config, steps_per_epoch)
-    train_epoch = make_train_epoch(first.model, tx, spec, mesh, batch_size=batch_size, augment_spec=data.augment_spec,
+    train_epoch = make_train_epoch(first.model, tx, _static_spec(spec), mesh, batch_size=batch_size,
+                                   augment_spec=data.augment_spec,
                                    mean=data.mean, std=data.std, teacher=first.teacher, pairing=data.pairing,
                                    loop=loop, batched=True)
     predict = make_predict(first.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std)
