@@ -302,15 +302,22 @@ def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> N
             groups.append([stage])
         else:
             group.append(stage)
+    common = os.path.commonpath([os.path.abspath(stage.run.directory) for stage in pending]) if pending else ""
     for group in (chunk for g in groups for chunk in _chunks(g, max_batch_runs())):
         first = group[0]
         log = _stage_log(first.study, ",".join(dict.fromkeys(stage.name for stage in group)))
+        if len(group) == 1 and len(pending) > 1:  # a batch names its runs itself (`fit_batch`)
+            log = functools.partial(_named_log, log, os.path.relpath(os.path.abspath(first.run.directory), common))
         results = fit_batch([stage.run for stage in group], mesh=first.study.mesh, log=log,
                             progress=None if progress is None else progress.trained)
         for stage, result in zip(group, results):
             stage.study.runs[stage.run.directory] = result
         if progress is not None:
             progress.finished(len(group))
+
+
+def _named_log(log: Callable[[str], None], name: str, message: str) -> None:
+    log(f"{name}: {message}")
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""Studies over seeds and grids of AST teachers, trained as few vmapped programs as possible (docs/method.md §12).
+"""Studies over seeds and grids of AST teachers, their runs of one kind batched (docs/method.md §12).
 
 `run_seeds` (`ast-jax pipeline --seeds 0,1,2`) is the study once per seed:
 
@@ -19,7 +19,8 @@ fingerprint) and the students distilled from the base teacher, so a grid may var
 those do not depend on: the keys under `ast.`, `pgd.` and `teacher_train.ast.`. Runs of one kind
 (the base teachers, the AST teachers, each student architecture) train together across cells
 and seeds wherever `train.batch_conflicts` allows; the ω, τ, k, lr and seed of a run are data
-of the program, so a grid over them compiles once. Every run resumes from its own checkpoints:
+of the program, so a grid over them compiles once (on CPU one run per program:
+`pipeline.max_batch_runs`). Every run resumes from its own checkpoints:
 a killed sweep goes on where it stopped, finished runs are loaded, not retrained.
 """
 

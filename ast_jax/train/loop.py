@@ -117,8 +117,8 @@ def default_run_lowering() -> str:
     `vmap` makes every convolution one grouped convolution over the runs (`feature_group_count`
     R; its kernel gradient `batch_group_count` R), and XLA:CPU's grouped convolutions are far
     slower than R plain ones: the input and kernel gradients of a 3x3 16->16 convolution on 8
-    runs of 128 32x32 maps took 2.30 s vmapped against 0.22 s for the 8 runs one after another
-    (im2col with a batched matrix product, 1.29 s, is no way out; benchmarks/README.md). A
+    runs of 128 32x32 maps took 2.10 s vmapped against 0.27 s for the 8 runs one after another
+    (im2col with a batched matrix product, 1.00 s, is no way out; benchmarks/README.md). A
     `lax.map` over the runs would be a while loop, inside which XLA:CPU's gradient convolutions
     are slow too (`default_loop`). On CPU the step is therefore unrolled: one copy of the
     single-run step per run in the program (compile time grows with R; the numbers are those of

@@ -189,7 +189,8 @@ def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto", log
               progress: Callable[[int], None] | None = None) -> list[RunResult]:
     """Train runs that differ only in their seeds, the `steps.HYPERS` of their specs (temperature,
     ω, k), their learning rates and their per-run inputs (adversarial set, teacher, targets) as one
-    program, vmapped over a leading run axis (`loop.make_train_epoch(..., batched=True)`).
+    program over a leading run axis (`loop.make_train_epoch(..., batched=True)`: the step vmapped, or
+    unrolled on CPU, `loop.default_run_lowering`), built without the runs' values (`_batch_hypers`).
 
     Each run keeps its own directory, checkpoints, metrics and lock, exactly as `fit` writes them
     (`fit` is this function on one run), so a run of a batch can be resumed or read on its own.
