@@ -8,10 +8,11 @@
     <workdir>/matrix/..., matrix.{md,json,csv,png}  the stealing-attack matrix (`ast_jax.matrix`)
 
 Every stage is skipped when its output is complete and resumes when interrupted (training runs
-resume from their last checkpoint). Runs of one kind train together (`train_studies`,
-`fit_stages`): the students of every teacher with one architecture as one batch, and across the
-studies of several seeds or of a sweep's cells (`ast_jax.sweep`, docs/method.md §12). The Stingy Teacher (`stingy`) needs no training: it is the
-base teacher releasing sparse outputs. `config.teachers` names the study's teachers: the
+resume from their last checkpoint). Runs of one kind train together on accelerators
+(`train_studies`, `fit_stages`): the students of every teacher with one architecture as one
+batch, across the studies of several seeds or of a sweep's cells too (`ast_jax.sweep`,
+docs/method.md §12). The Stingy Teacher (`stingy`) needs no training: it is the base teacher
+releasing sparse outputs. `config.teachers` names the study's teachers: the
 thesis's five by default, and the training-time defences InI (`ini`) and MeCo (`meco`,
 released through its randomised input perturbation) where a config adds them (docs/method.md
 §11). Teachers train with `config.train` and their own `config.teacher_train.<name>` keys.
@@ -313,7 +314,7 @@ def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> N
         for stage, result in zip(group, results):
             stage.study.runs[stage.run.directory] = result
         if progress is not None:
-            progress.finished(len(group))
+            progress.finished([stage.run.directory for stage in group])
 
 
 def _named_log(log: Callable[[str], None], name: str, message: str) -> None:
@@ -323,13 +324,16 @@ def _named_log(log: Callable[[str], None], name: str, message: str) -> None:
 class Progress:
     """One line about a command's training runs: runs done of all, images/s and the ETA.
 
-    `trained(images)` after every epoch of a batch, `finished(runs)` after every batch; the line
-    is logged at most every `every_seconds` and after every batch. The rate counts this
-    session's images; the ETA divides the images still to train by it.
+    `runs`: the directories of the runs still to train, `images` the examples they still have to
+    train; `trained(images)` after every epoch of a batch, `finished(directories)` after every
+    batch (runs that had finished before are not counted); the line is logged at most every
+    `every_seconds` and after every batch. The rate counts this session's images; the ETA divides
+    the images still to train by it.
     """
 
-    def __init__(self, log: Callable[[str], None], runs: int, images: int, every_seconds: float = 30.0):
-        self.log, self.runs, self.images, self.every_seconds = log, runs, images, every_seconds
+    def __init__(self, log: Callable[[str], None], runs: Sequence[str], images: int, every_seconds: float = 30.0):
+        self.log, self.pending, self.images, self.every_seconds = log, set(runs), images, every_seconds
+        self.runs = len(self.pending)
         self.runs_done = self.images_done = 0
         self.start = self.last = time.perf_counter()
 
@@ -344,8 +348,8 @@ class Progress:
             self.last = time.perf_counter()
             self.log(self.line())
 
-    def finished(self, runs: int) -> None:
-        self.runs_done += runs
+    def finished(self, directories: Sequence[str]) -> None:
+        self.runs_done += len(self.pending.intersection(directories))
         self.last = time.perf_counter()
         self.log(self.line())
 
@@ -670,7 +674,7 @@ def train_studies(studies: Sequence[Study]) -> None:
     """
     planned = {directory: plan for directory, plan in _planned_runs(studies).items()
                if not _finished(directory, plan[0], plan[1])}
-    progress = Progress(lambda message: studies[0].log(f"[progress] {message}"), len(planned),
+    progress = Progress(lambda message: studies[0].log(f"[progress] {message}"), list(planned),
                         sum(_images_to_train(d, *plan) for d, plan in planned.items()))
     with_base = [s for s in studies if "base" in s.config.teachers and not s.config.teacher.torch_checkpoint]
     fit_stages([teacher_stage(s, "base") for s in with_base], progress)

@@ -139,9 +139,10 @@ def _compare_run_meshes() -> dict:
     import tempfile
 
     import jax
-    from ast_jax.train import fit, fit_batch, make_mesh
+    from ast_jax.train import fit, fit_batch, loop, make_mesh
     from test_batch import RUNS, _max_difference, _run
 
+    loop.default_run_lowering = lambda: "vmap"  # the accelerators' lowering, where a run axis over devices is used
     quiet = lambda _: None  # noqa: E731
     with tempfile.TemporaryDirectory() as root:
         alone = [fit(_run(f"{root}/alone{i}", *RUNS[i]), mesh=make_mesh(jax.devices()[:1]), log=quiet)

@@ -10,6 +10,7 @@ import pytest
 from ast_jax import pipeline, report, sweep
 from ast_jax.cli import main
 from ast_jax.config import load_config
+from ast_jax.train import loop
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
@@ -96,6 +97,7 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
     fit_batch = pipeline.fit_batch
     monkeypatch.setattr(pipeline, "fit_batch", killed_at_the_students)
     monkeypatch.setattr(pipeline, "max_batch_runs", lambda: None)  # an accelerator's batches (CPU: one run each)
+    monkeypatch.setattr(loop, "default_run_lowering", lambda: "vmap")  # and its lowering (compiles once at any R)
     with pytest.raises(Killed):
         sweep.run_sweep(sweep.open_sweep(config, workdir, grid, (0, 1), log=lambda _: None))
     assert [len(b) for b in batches] == [2, 4]  # the seeds' base teachers, then every cell's AST teacher at once
@@ -152,3 +154,14 @@ def test_the_ablation_configs_are_sweeps_of_valid_cells():
     assert "sweep" not in json.dumps(sweep.study_record(config))  # a sweep's grid is no part of a study's record
     with pytest.raises(ValueError, match="unknown ablation 'omega'; valid: omega_tau"):
         load_config("ablations_digits:omega")
+
+
+def test_progress_counts_the_runs_it_was_given_and_estimates_the_rest():
+    lines = []
+    progress = pipeline.Progress(lines.append, ["a", "b"], images=300, every_seconds=0.0)
+    progress.trained(100)
+    progress.finished(["a", "done-before"])  # a run that had finished before is not counted
+    assert lines[0].startswith("runs 0/2 done") and lines[-1].startswith("runs 1/2 done")
+    rate = float(lines[-1].split(", ")[1].split()[0])
+    eta = float(lines[-1].split("eta ")[1].rstrip("s"))
+    assert rate > 0 and eta == pytest.approx(200 / rate, rel=0.05, abs=1.0)  # the 200 images left at that rate
