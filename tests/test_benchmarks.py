@@ -27,7 +27,7 @@ from ast_jax.train import train_step  # noqa: E402
 from benchmarks import jax_path, profile, report, run, torch_path  # noqa: E402
 from benchmarks.common import (MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, Weights,  # noqa: E402
                                fixed_batch, synthetic_data)
-from conftest import jit_unoptimized, randomize_torch_batchnorm  # noqa: E402
+from conftest import randomize_torch_batchnorm  # noqa: E402
 
 NAME, CLASSES, SIZE, BATCH = "preresnet20", 10, 16, 6
 
@@ -56,7 +56,7 @@ def _jax_losses(weights, batch):
     model = models.create(NAME, CLASSES)
     student = {k: weights.student[k] for k in ("params", "batch_stats")}
 
-    @jit_unoptimized
+    @jax.jit
     def compute(student, teacher, batch):
         logits, _ = model.apply(student, batch["image"], train=True, mutable=["batch_stats"])
         adv_logits = model.apply(student, batch["adv_image"], train=False)
@@ -90,7 +90,7 @@ def test_torch_ast_step_updates_like_ast_jax(twins):
 
     model, tx = models.create(NAME, CLASSES), jax_path.optimizer()
     state = jax_path.fresh_state(tx, weights.student)
-    step = jit_unoptimized(lambda state, batch: train_step(model, tx, STEP_SPECS["ast"], None, state, batch))
+    step = jax.jit(lambda state, batch: train_step(model, tx, STEP_SPECS["ast"], None, state, batch))
     new_state, _ = step(state, batch)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(new_state.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
@@ -107,7 +107,7 @@ def test_one_pgd_step_gives_the_same_adversarial_batch(twins):
     def ce_sum(x):
         return jnp.sum(losses.cross_entropy(apply_fn(x), labels))
 
-    attack = jit_unoptimized(lambda x: (adversarial.pgd(apply_fn, x, labels, eps=PGD_EPS, step_size=PGD_STEP_SIZE, steps=1),
+    attack = jax.jit(lambda x: (adversarial.pgd(apply_fn, x, labels, eps=PGD_EPS, step_size=PGD_STEP_SIZE, steps=1),
                              jax.grad(ce_sum)(x)))
     expected, grad = jax.device_get(attack(pixels))
     modules.reset()

@@ -7,13 +7,9 @@ import os
 import pytest
 
 from ast_jax import cli, io
+from conftest import start_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def _compilation_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
 
 
 def _one_error_line(capsys, prefix="ast-jax: error: "):
@@ -181,15 +177,6 @@ def test_a_library_traceback_logged_before_the_error_goes_to_the_log_not_stderr(
     assert "_SignalingThread.run() raised an exception" in text and text.count("Traceback") == 2
 
 
-def _start_cli(args, cache_dir):
-    import subprocess
-    import sys
-
-    env = dict(os.environ, AST_JAX_CACHE=str(cache_dir), JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-m", "ast_jax", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 def _wait_for_line(process, text, timeout=240):
     """Reads the process's stdout until a line containing `text` (the training's epoch logs)."""
     import time
@@ -211,7 +198,7 @@ def test_sigint_saves_and_resumes_and_a_concurrent_run_is_refused(tmp_path, caps
     args = ["train", "--config", "digits", "--workdir", workdir, "--config.student_train.cnn.epochs=30",
             "--config.train.milestones=()", "--config.teacher.model=cnn", "--config.train.batch_size=32",
             "--config.train.eval_every=1", "--config.train.checkpoint_every=100"]
-    first = _start_cli(args, tmp_path / "cache")
+    first = start_cli(args)
     _wait_for_line(first, "epoch 2/30")
     # A second run on the same work directory while the first holds it: one line, nothing touched.
     assert cli.main(args) == 2
@@ -225,7 +212,7 @@ def test_sigint_saves_and_resumes_and_a_concurrent_run_is_refused(tmp_path, caps
     saved = os.listdir(os.path.join(workdir, "teachers", "base", "checkpoints"))
     assert saved, "a checkpoint was saved although checkpoint_every is beyond the run"
     assert not os.path.exists(os.path.join(workdir, ".lock"))
-    resumed = _start_cli(args, tmp_path / "cache")
+    resumed = start_cli(args)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert "resuming" in out

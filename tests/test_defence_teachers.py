@@ -7,16 +7,14 @@ on bad input in one line.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from ast_jax.cli import main
+from conftest import start_cli
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2",
@@ -77,15 +75,8 @@ def test_meco_release_in_the_report_is_random_per_query_and_reproducible(tmp_pat
     assert np.array_equal(clean[:8], clean[8:]), "the undefended release is deterministic"
 
 
-def _cli(args, cache_dir):
-    env = dict(os.environ, AST_JAX_CACHE=str(cache_dir), JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-m", "ast_jax", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def test_ini_and_meco_teachers_train_distil_report_and_join_the_matrix(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
     workdir = tmp_path / "w"
     args = ["--config", "digits_defences", "--workdir", str(workdir), *TINY, *DEFENCES]
     assert main(["pipeline", *args]) == 0
@@ -108,10 +99,10 @@ def test_ini_and_meco_teachers_train_distil_report_and_join_the_matrix(tmp_path,
 
 @pytest.mark.slow
 def test_killed_ini_teacher_resumes_from_its_checkpoint(tmp_path):
-    workdir, cache = tmp_path / "w", tmp_path / "cache"
+    workdir = tmp_path / "w"
     args = ["train", "--stage", "ini", "--config", "digits_defences", "--workdir", str(workdir), *TINY,
             "--config.teacher_train.ini.epochs=3", "--config.train.checkpoint_every=1"]
-    proc = _cli(args, cache)
+    proc = start_cli(args)
     first_epoch = workdir / "teachers" / "ini" / "checkpoints" / "23"  # 1,437 images in steps of 64
     deadline = time.time() + 600
     while not first_epoch.is_dir() and time.time() < deadline:
@@ -120,7 +111,7 @@ def test_killed_ini_teacher_resumes_from_its_checkpoint(tmp_path):
     time.sleep(1.0)  # the asynchronous save completes
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    out, err = _cli(args, cache).communicate(timeout=600)
+    out, err = start_cli(args).communicate(timeout=600)
     assert "resuming" in out + err, (out + err)[-2000:]
     metrics = workdir / "teachers" / "ini" / "metrics.jsonl"
     epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]

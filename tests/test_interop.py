@@ -24,7 +24,7 @@ from ast_jax.interop import (flax_to_torch_key, from_torch_state_dict, load_torc
                              save_torch_checkpoint, to_torch_state_dict, torch_key_to_flax, torch_models)
 from ast_jax.models.layers import BatchNorm  # noqa: E402
 
-from conftest import PARAM_COUNTS, jit_unoptimized, randomize_torch_batchnorm  # noqa: E402
+from conftest import PARAM_COUNTS, randomize_torch_batchnorm  # noqa: E402
 
 # The CNN's reference fc1 (2048 inputs) and the PreResNet's AvgPool2d(8) are made for 32x32.
 SIZES = {"cnn": 32, "preresnet20": 32, "preresnet32": 32}
@@ -72,7 +72,7 @@ def test_inference_matches_pytorch(name):
     model, variables, x = _case(name)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    apply = jit_unoptimized(lambda v, x: models.create(name, CLASSES).apply(v, x, train=False))
+    apply = jax.jit(lambda v, x: models.create(name, CLASSES).apply(v, x, train=False))
     logits = np.asarray(apply(variables, _nhwc(x)))
     assert logits.shape == expected.shape == (BATCH, CLASSES)
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
@@ -86,7 +86,7 @@ def test_training_mode_matches_pytorch(name):
                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    apply = jit_unoptimized(lambda v, x: models.create(name, CLASSES).apply(v, x, train=True, mutable=["batch_stats"]))
+    apply = jax.jit(lambda v, x: models.create(name, CLASSES).apply(v, x, train=True, mutable=["batch_stats"]))
     logits, updates = apply(variables, _nhwc(x))
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
 

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import forced_devices_env
+
 EPOCHS = 1
 
 
@@ -38,9 +40,8 @@ def _free_port() -> int:
 
 
 def _env(devices_per_process: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
-                JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(__file__)),
-                                                                            os.environ.get("PYTHONPATH")])))
+    return forced_devices_env(devices_per_process, PYTHONPATH=os.pathsep.join(
+        filter(None, [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.mark.slow

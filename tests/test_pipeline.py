@@ -3,24 +3,17 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from ast_jax.cli import main
+from conftest import start_cli
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
 COMMANDS = ("train", "attack-set", "distill", "pipeline", "report", "demo", "matrix", "sweep")
-
-
-def _cli(args, cache_dir, **kwargs):
-    env = dict(os.environ, AST_JAX_CACHE=str(cache_dir), JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-m", "ast_jax", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -66,9 +59,9 @@ def test_missing_data_names_the_fix(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_path):
-    workdir, cache = tmp_path / "study", tmp_path / "cache"
+    workdir = tmp_path / "study"
     args = ["pipeline", "--config", "digits", "--workdir", str(workdir), *TINY]
-    proc = _cli(args, cache)
+    proc = start_cli(args)
     deadline = time.time() + 600
     while not (workdir / "teachers" / "nasty" / "run.json").exists() and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()
@@ -81,7 +74,7 @@ def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_
                  workdir / "teachers" / "ast" / "metrics.jsonl"]}
     assert len(finished) == 3
 
-    out, err = _cli(args, cache).communicate(timeout=900)
+    out, err = start_cli(args).communicate(timeout=900)
     assert "| ast |" in out and "report:" in out, err[-3000:]
     for path, mtime in finished.items():
         assert os.stat(path).st_mtime_ns == mtime, f"{path} was redone"
@@ -91,7 +84,7 @@ def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_
 
     # Another config in the same workdir is refused and loses nothing.
     before = sorted(str(p) for p in workdir.rglob("*"))
-    proc = _cli([*args, "--config.kd.temperature=8"], cache)
+    proc = start_cli([*args, "--config.kd.temperature=8"])
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "another configuration" in err and "kd.temperature" in err
     assert sorted(str(p) for p in workdir.rglob("*")) == before
@@ -99,7 +92,6 @@ def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_
 
 @pytest.mark.slow
 def test_digits_three_epoch_base_teacher_exceeds_90_percent(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
     args = ["train", "--config", "digits", "--workdir", str(tmp_path / "w"), "--config.train.epochs=3",
             "--config.train.milestones=()"]
     assert main(args) == 0
@@ -117,7 +109,6 @@ def test_imported_pytorch_teacher_is_evaluated_attacked_and_distilled(tmp_path, 
     from ast_jax.data import load_split
     from ast_jax.interop import to_torch_state_dict
 
-    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
     variables = models.create("cnn", 10).init(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1), np.float32))
     path = tmp_path / "teacher.pth"
     torch.save({"state_dict": to_torch_state_dict(variables, "cnn", 10)}, path)
@@ -154,7 +145,6 @@ def _torch_teacher(path, seed: int, in_channels: int = 1, corrupt: str | None = 
 
 
 def test_replaced_pytorch_teacher_refuses_every_stage_built_from_the_old_one(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
     path = _torch_teacher(tmp_path / "teacher.pth", seed=3)
     workdir = tmp_path / "w"
     args = ["--config", "digits", "--workdir", str(workdir), *TINY, f"--config.teacher.torch_checkpoint={path}"]
@@ -248,7 +238,6 @@ def test_late_checks_run_before_the_work_directory_is_claimed(tmp_path, capsys, 
 
 
 def test_report_trains_nothing_and_names_what_is_missing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("AST_JAX_CACHE", str(tmp_path / "cache"))
     workdir = tmp_path / "w"
     args = ["--config", "digits", "--workdir", str(workdir), *TINY]
     assert main(["report", *args]) == 0

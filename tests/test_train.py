@@ -21,7 +21,7 @@ from ast_jax.train import (TARGET_STATISTICS, NonFiniteLossError, RunData, StepS
                            fit, fixed_teacher_logits, init_state, lr_schedule, make_mesh, make_optimizer,
                            make_train_epoch, train_step)
 from ast_jax.train.steps import identity
-from conftest import TinyNet, tiny_split
+from conftest import TinyNet, forced_devices_env, tiny_split
 
 
 def sgd_config(**overrides):
@@ -242,9 +242,8 @@ print(json.dumps({{"devices": diff(results[0], results[1]), "vs_valid_alone": di
 
 
 def test_masked_step_on_four_devices_with_uneven_valid_examples_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     code = UNEVEN_DEVICES_SCRIPT.format(tests=os.path.dirname(__file__))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], env=forced_devices_env(4), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     diffs = json.loads(out.stdout.strip().splitlines()[-1])
     assert diffs["moved"] > 1e-3, diffs

@@ -102,7 +102,7 @@ def photo_crops(num_images: int, size: int, rng: np.random.Generator) -> np.ndar
 def _source(name: str, image_shape: tuple, num_images: int, rng, data_dir, victim_examples: int,
             victim_seed: int) -> np.ndarray:
     """The set's images at their native size (resized where the table of the module docstring says so)."""
-    size, channels = image_shape[0], image_shape[2]
+    size = image_shape[0]
     if name == "noise":
         return rng.integers(0, 256, (num_images, *image_shape), dtype=np.uint8)
     if name == "photos":
