@@ -61,12 +61,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="student architecture (repeatable; default: the config's students)")
     seeds_help = ("comma-separated seeds, e.g. 0,1,2: the study once per seed in <workdir>/seed-<s>, trained "
                   "together, and a report over the seeds (mean ± std, 95%% interval)")
+    run_devices_help = ("spread each batch of runs (runs of one kind, across seeds and cells) over N groups of "
+                        "devices, one share of the runs per group, each run's batch over its group's devices; N "
+                        "divides the device count (default 1: every run's batch over every device)")
     pipeline = command("pipeline", "run the whole study: teachers, PGD set, students, report")
     pipeline.add_argument("--seeds", type=_seeds, help=seeds_help + " (default: config.seed alone, in <workdir>)")
+    pipeline.add_argument("--run-devices", type=_positive, default=1, metavar="N", help=run_devices_help)
     command("report", "write report.md/json/csv and outputs.png from the study's runs")
     demo = command("demo", "the whole study on the embedded digits set (CPU, a few minutes)", demo=True)
     demo.add_argument("--seeds", type=_seeds, default=DEMO_SEEDS,
                       help=seeds_help + f" (default {','.join(map(str, DEMO_SEEDS))})")
+    demo.add_argument("--run-devices", type=_positive, default=1, metavar="N", help=run_devices_help)
     matrix = command("matrix", "every configured stealing attack on every victim (teachers and output defences)")
     matrix.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default: config.matrix.seeds)")
     sweep = command("sweep", "a grid of AST teachers over seeds, with their students: sweep.md/json/csv, sweep.png")
@@ -75,7 +80,18 @@ def _parser() -> argparse.ArgumentParser:
                             "grid is every combination), e.g. --grid ast.omega=0.01,0.05 --grid ast.temperature=4,20 "
                             "(default: config.sweep.grid)")
     sweep.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: config.sweep.seeds)")
+    sweep.add_argument("--run-devices", type=_positive, default=1, metavar="N", help=run_devices_help)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
+    return value
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -106,11 +122,11 @@ def open_command(args, config):
 
     if args.command == "sweep":
         return sweep.open_sweep(config, args.workdir, sweep.parse_grid(args.grid or config.sweep.grid),
-                                args.seeds or config.sweep.seeds)
+                                args.seeds or config.sweep.seeds, run_devices=args.run_devices)
     if args.command in ("pipeline", "demo") and args.seeds is not None:
-        return sweep.open_seed_studies(config, args.workdir, args.seeds)
+        return sweep.open_seed_studies(config, args.workdir, args.seeds, run_devices=args.run_devices)
     return pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),
-                               teacher=getattr(args, "teacher", None))
+                               teacher=getattr(args, "teacher", None), run_devices=getattr(args, "run_devices", 1))
 
 
 def run(args, opened) -> None:

@@ -54,6 +54,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 from typing import Callable, Sequence
@@ -103,6 +104,7 @@ class Study:
     fingerprints: dict = dataclasses.field(default_factory=dict)  # teacher name -> parameter fingerprint
     compute: bool = True  # False: load finished stages only (MissingStageError for the others)
     base: "Study | None" = None  # a sweep cell's seed study: its base teacher, PGD sets and base students
+    run_devices: int = 1  # the most devices a batch of runs is spread over (`batch_plan`)
 
     @property
     def num_classes(self) -> int:
@@ -118,14 +120,17 @@ class Study:
 
 
 def open_study(config, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True), *,
-               students: Sequence[str] | None = None, teacher: str | None = None) -> Study:
+               students: Sequence[str] | None = None, teacher: str | None = None, run_devices: int = 1) -> Study:
     """Validate `config`, load the data, check it all (`check_study`), then claim `workdir`.
 
-    `students` / `teacher`: what the command will distil (default: the config's students). Another
-    study's work directory is refused. Everything that can fail on bad input fails before the work
-    directory is touched and before any compute.
+    `students` / `teacher`: what the command will distil (default: the config's students).
+    `run_devices`: the most devices a batch of runs is spread over, one run per device group
+    (`batch_plan`); it must divide the device count. Another study's work directory is refused.
+    Everything that can fail on bad input fails before the work directory is touched and before
+    any compute.
     """
     validate(config)
+    make_mesh(run_devices=run_devices)  # ValueError unless run_devices divides the devices
     data_dir = config.data.data_dir or None
     spec = dataset_spec(config.data.name)
     train, test = load_split(config.data.name, "train", data_dir), load_split(config.data.name, "test", data_dir)
@@ -137,7 +142,7 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
     mesh = make_mesh()
     check_study(config, spec, train, mesh, students=tuple(students or config.students), teacher=teacher)
     checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
-    return Study(config, workdir, spec, train, test, mesh, log)
+    return Study(config, workdir, spec, train, test, mesh, log, run_devices=run_devices)
 
 
 def _train_key(config, architecture: str, field: str) -> str:
@@ -278,11 +283,23 @@ def max_batch_runs() -> int | None:
     return 1 if jax.default_backend() == "cpu" else None
 
 
-def _chunks(group: list, limit: int | None) -> list[list]:
-    """`group` in the fewest near-equal chunks of at most `limit` (None: one chunk)."""
-    count = 1 if limit is None else -(-len(group) // limit)
-    size = -(-len(group) // count)
-    return [group[i:i + size] for i in range(0, len(group), size)]
+def batch_plan(group: Sequence, run_devices: int, limit: int | None) -> list[tuple[list, int]]:
+    """`group`'s runs as batches, each with the number of device groups its runs are spread over.
+
+    The runs in multiples of `run_devices` make the fewest near-equal batches of at most `limit`
+    runs (None: no limit; a limit below `run_devices` is raised to it), each spread over
+    `run_devices` groups of the mesh's `run` axis (`loop.make_mesh`), every run's batch over the
+    devices of its group. The runs left over (fewer than `run_devices`) are one more batch, spread
+    over gcd(its size, run_devices) groups, so that every device works in every batch.
+    """
+    units, left = divmod(len(group), run_devices)
+    per_batch = units if limit is None else max(limit // run_devices, 1)
+    count = -(-units // per_batch) if units else 0
+    size = -(-units // count) * run_devices if count else 0
+    batches = [(list(group[i:i + size]), run_devices) for i in range(0, units * run_devices, size)] if size else []
+    if left:
+        batches.append((list(group[units * run_devices:]), math.gcd(left, run_devices)))
+    return batches
 
 
 def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> None:
@@ -304,12 +321,14 @@ def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> N
         else:
             group.append(stage)
     common = os.path.commonpath([os.path.abspath(stage.run.directory) for stage in pending]) if pending else ""
-    for group in (chunk for g in groups for chunk in _chunks(g, max_batch_runs())):
+    batches = [batch for g in groups for batch in batch_plan(g, g[0].study.run_devices, max_batch_runs())]
+    for group, spread in batches:
         first = group[0]
         log = _stage_log(first.study, ",".join(dict.fromkeys(stage.name for stage in group)))
         if len(group) == 1 and len(pending) > 1:  # a batch names its runs itself (`fit_batch`)
             log = functools.partial(_named_log, log, os.path.relpath(os.path.abspath(first.run.directory), common))
-        results = fit_batch([stage.run for stage in group], mesh=first.study.mesh, log=log,
+        mesh = make_mesh(first.study.mesh.devices, run_devices=spread)
+        results = fit_batch([stage.run for stage in group], mesh=mesh, log=log,
                             progress=None if progress is None else progress.trained)
         for stage, result in zip(group, results):
             stage.study.runs[stage.run.directory] = result

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import checkpoints, report
 from .config import apply_overrides, study_record, validate
+from .train import make_mesh
 from .pipeline import (STUDY_RECORD, Study, check_study, distill_student, open_study, train_studies, train_teacher,
                        write_report)
 
@@ -63,9 +64,9 @@ def claim_root(config, workdir: str, kind: str) -> None:
 
 
 def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[[str], None] = LOG, *,
-                      kind: str = "seeds") -> list[Study]:
-    """`pipeline.open_study` of `config` at every seed, in `<workdir>/seed-<s>`; every seed's
-    checks pass before `workdir` is claimed."""
+                      kind: str = "seeds", run_devices: int = 1) -> list[Study]:
+    """`pipeline.open_study` of `config` at every seed, in `<workdir>/seed-<s>` (`run_devices`: the
+    most devices a batch of runs is spread over); every seed's checks pass before `workdir` is claimed."""
     if not seeds or len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds needs distinct seeds, got {list(seeds)}")
     studies = []
@@ -74,8 +75,9 @@ def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[
         studies.append((seeded, os.path.join(workdir, SEED_DIR.format(seed=seed))))
     for seeded, _ in studies:
         validate(seeded)
+    make_mesh(run_devices=run_devices)  # ValueError unless run_devices divides the devices
     claim_root(config, workdir, kind)
-    return [open_study(seeded, directory, log) for seeded, directory in studies]
+    return [open_study(seeded, directory, log, run_devices=run_devices) for seeded, directory in studies]
 
 
 def run_seeds(studies: Sequence[Study], workdir: str) -> list[str]:
@@ -161,7 +163,8 @@ def cell_study(base: Study, config, workdir: str) -> Study:
     study's data, its base teacher and base students those of `base`. Claims `workdir`."""
     check_study(config, base.dataset, base.train, base.mesh, students=tuple(config.students))
     checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
-    return Study(config, workdir, base.dataset, base.train, base.test, base.mesh, base.log, base=base)
+    return Study(config, workdir, base.dataset, base.train, base.test, base.mesh, base.log, base=base,
+                 run_devices=base.run_devices)
 
 
 def _cell_rows(study: Study) -> list[dict]:
@@ -184,12 +187,13 @@ class Sweep:
 
 
 def open_sweep(config, workdir: str, grid: Mapping[str, Sequence[str]], seeds: Sequence[int],
-               log: Callable[[str], None] = LOG) -> Sweep:
-    """Check every cell's config, then claim `workdir` and open the base and cell studies."""
+               log: Callable[[str], None] = LOG, *, run_devices: int = 1) -> Sweep:
+    """Check every cell's config, then claim `workdir` and open the base and cell studies
+    (`run_devices`: the most devices a batch of runs is spread over, `pipeline.batch_plan`)."""
     configs = {cell_name(cell): cell_config(config, cell) for cell in grid_cells(grid)}
     base_config = copy.deepcopy(config)
     base_config.teachers = ("base",)  # a seed's base study: the base teacher and its students
-    bases = open_seed_studies(base_config, workdir, seeds, log, kind="sweep")
+    bases = open_seed_studies(base_config, workdir, seeds, log, kind="sweep", run_devices=run_devices)
     cells = {(name, base.config.seed): cell_study(base, _seed_config(cell, base.config.seed),
                                                   os.path.join(workdir, CELLS_DIR, name,
                                                                SEED_DIR.format(seed=base.config.seed)))

@@ -87,8 +87,8 @@ def _compare_zoo_batchnorm() -> dict:
     diffs = {}
     for name in ("cnn", "preresnet20"):
         single, sharded = models.create(name, 10), models.create(name, 10, axis_name="data")
-        variables = single.init(jax.random.PRNGKey(0), x[:1], train=False)
-        expected = single.apply(variables, x, train=True, mutable=["batch_stats"])
+        variables = jax.jit(lambda key: single.init(key, x[:1], train=False))(jax.random.PRNGKey(0))
+        expected = jax.jit(lambda v, x: single.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
         forward = jax.shard_map(lambda v, x: sharded.apply(v, x, train=True, mutable=["batch_stats"]),
                                 mesh=make_mesh(), in_specs=(P(), P("data")), out_specs=(P("data"), P()),
                                 check_vma=False)
@@ -134,24 +134,29 @@ def _compare_adversarial_sets() -> dict:
 
 
 def _compare_run_meshes() -> dict:
-    """Two runs (other seed, ω, τ, k, lr, adversarial set) as one batch on the 2 x 2 (run, data)
-    mesh and on the 4-device data mesh, against each run alone on one device (`fit_batch`)."""
+    """Three runs (other seed, ω, τ, k, lr, adversarial set) against each run alone on one device:
+    as `pipeline.fit_stages` with run_devices 2 (`batch_plan`: two runs over the 2 x 2 (run, data)
+    mesh, the third over all 4 devices), and as one batch on the 4-device data mesh (`fit_batch`)."""
     import tempfile
 
     import jax
+    from ast_jax import pipeline
     from ast_jax.train import fit, fit_batch, loop, make_mesh
     from test_batch import RUNS, _max_difference, _run
 
     loop.default_run_lowering = lambda: "vmap"  # the accelerators' lowering, where a run axis over devices is used
     quiet = lambda _: None  # noqa: E731
     with tempfile.TemporaryDirectory() as root:
-        alone = [fit(_run(f"{root}/alone{i}", *RUNS[i]), mesh=make_mesh(jax.devices()[:1]), log=quiet)
-                 for i in range(2)]
-        diffs = {}
-        for name, mesh in (("run_and_data", make_mesh(run_devices=2)), ("data", make_mesh())):
-            batch = fit_batch([_run(f"{root}/{name}{i}", *RUNS[i]) for i in range(2)], mesh=mesh, log=quiet)
-            diffs[name] = [_max_difference(a, b) for a, b in zip(alone, batch)]
-        diffs["runs_differ"] = _max_difference(*alone)
+        alone = [fit(_run(f"{root}/alone{i}", *values), mesh=make_mesh(jax.devices()[:1]), log=quiet)
+                 for i, values in enumerate(RUNS)]
+        study = pipeline.Study(None, root, None, None, None, make_mesh(), quiet, run_devices=2)
+        pipeline.fit_stages([pipeline.Stage(study, "ast", _run(f"{root}/staged{i}", *values))
+                             for i, values in enumerate(RUNS)])
+        batch = fit_batch([_run(f"{root}/data{i}", *values) for i, values in enumerate(RUNS)], mesh=make_mesh(),
+                          log=quiet)
+        diffs = {"run_and_data": [_max_difference(a, study.runs[f"{root}/staged{i}"]) for i, a in enumerate(alone)],
+                 "data": [_max_difference(a, b) for a, b in zip(alone, batch)],
+                 "runs_differ": _max_difference(*alone[:2])}
     return diffs
 
 
@@ -198,7 +203,8 @@ def test_adversarial_set_matches_across_devices_and_loops(measured, name):
 
 @pytest.mark.parametrize("mesh", ["run_and_data", "data"])
 def test_a_batch_of_runs_spread_over_devices_matches_each_run_alone(measured, mesh):
-    """Runs split over the mesh axis `run` (and each run's batch over `data`), or all runs on every device."""
+    """Runs split over the mesh axis `run` (each run's batch over `data`; the study's stages,
+    `--run-devices 2`), or all runs on every device."""
     from test_batch import TOLERANCE
 
     diffs = measured["run_meshes"]

@@ -77,6 +77,35 @@ def test_a_sweep_refuses_a_key_its_cells_cannot_vary_before_writing(tmp_path, ca
     assert not workdir.exists()
 
 
+def test_a_run_device_count_that_does_not_divide_the_devices_is_refused_before_writing(tmp_path, capsys):
+    import jax
+
+    workdir = tmp_path / "w"
+    args = ["sweep", "--config", "ablations_digits:omega_tau", "--workdir", str(workdir),
+            f"--run-devices={jax.device_count() + 1}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"must divide the {jax.device_count()} devices" in err and len(err.strip().splitlines()) == 1
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("count, run_devices, limit, expected", [
+    (9, 1, 1, [(1, 1)] * 9),  # CPU: one run per program
+    (5, 1, 2, [(2, 1), (2, 1), (1, 1)]),  # near-equal batches within the limit
+    (9, 1, None, [(9, 1)]),  # an accelerator: the whole group
+    (27, 4, None, [(24, 4), (3, 1)]),  # runs over 4 device groups; the 3 left over each on all devices
+    (9, 4, 1, [(4, 4), (4, 4), (1, 1)]),  # a limit below the run devices is raised to them
+    (6, 4, None, [(4, 4), (2, 2)]),  # the 2 left over over 2 groups of 2 devices
+    (27, 4, 8, [(8, 4), (8, 4), (8, 4), (3, 1)]),
+])
+def test_batch_plan_spreads_runs_over_device_groups_and_keeps_every_device_busy(count, run_devices, limit, expected):
+    runs = list(range(count))
+    plan = pipeline.batch_plan(runs, run_devices, limit)
+    assert [(len(batch), spread) for batch, spread in plan] == expected
+    assert [run for batch, _ in plan for run in batch] == runs  # every run once, in order
+    assert all(len(batch) % spread == 0 and run_devices % spread == 0 for batch, spread in plan)
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_path, monkeypatch):
     workdir = str(tmp_path / "sweep")

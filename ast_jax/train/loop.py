@@ -45,7 +45,8 @@ def make_mesh(devices=None, run_devices: int = 1) -> Mesh:
     if run_devices == 1:
         return Mesh(devices, (AXIS,))
     if run_devices < 1 or devices.size % run_devices:
-        raise ValueError(f"run_devices={run_devices} must divide the {devices.size} devices; pick a divisor")
+        raise ValueError(f"run_devices={run_devices} (--run-devices) must divide the {devices.size} devices; "
+                         f"pick a divisor of {devices.size}")
     return Mesh(devices.reshape(run_devices, -1), (RUN_AXIS, AXIS))
 
 
