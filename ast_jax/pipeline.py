@@ -104,7 +104,7 @@ class Study:
     fingerprints: dict = dataclasses.field(default_factory=dict)  # teacher name -> parameter fingerprint
     compute: bool = True  # False: load finished stages only (MissingStageError for the others)
     base: "Study | None" = None  # a sweep cell's seed study: its base teacher, PGD sets and base students
-    run_devices: int = 1  # the most devices a batch of runs is spread over (`batch_plan`)
+    run_devices: int = 1  # the device groups (mesh axis `run`) a batch of runs is spread over (`batch_plan`)
 
     @property
     def num_classes(self) -> int:
@@ -124,8 +124,8 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
     """Validate `config`, load the data, check it all (`check_study`), then claim `workdir`.
 
     `students` / `teacher`: what the command will distil (default: the config's students).
-    `run_devices`: the most devices a batch of runs is spread over, one run per device group
-    (`batch_plan`); it must divide the device count. Another study's work directory is refused.
+    `run_devices`: the number of device groups a batch of runs is spread over (`batch_plan`);
+    it must divide the device count. Another study's work directory is refused.
     Everything that can fail on bad input fails before the work directory is touched and before
     any compute.
     """

@@ -66,7 +66,7 @@ def claim_root(config, workdir: str, kind: str) -> None:
 def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[[str], None] = LOG, *,
                       kind: str = "seeds", run_devices: int = 1) -> list[Study]:
     """`pipeline.open_study` of `config` at every seed, in `<workdir>/seed-<s>` (`run_devices`: the
-    most devices a batch of runs is spread over); every seed's checks pass before `workdir` is claimed."""
+    device groups a batch of runs is spread over); every seed's checks pass before `workdir` is claimed."""
     if not seeds or len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds needs distinct seeds, got {list(seeds)}")
     studies = []
@@ -189,7 +189,7 @@ class Sweep:
 def open_sweep(config, workdir: str, grid: Mapping[str, Sequence[str]], seeds: Sequence[int],
                log: Callable[[str], None] = LOG, *, run_devices: int = 1) -> Sweep:
     """Check every cell's config, then claim `workdir` and open the base and cell studies
-    (`run_devices`: the most devices a batch of runs is spread over, `pipeline.batch_plan`)."""
+    (`run_devices`: the device groups a batch of runs is spread over, `pipeline.batch_plan`)."""
     configs = {cell_name(cell): cell_config(config, cell) for cell in grid_cells(grid)}
     base_config = copy.deepcopy(config)
     base_config.teachers = ("base",)  # a seed's base study: the base teacher and its students
