@@ -74,7 +74,7 @@ from .data.query_sets import load_query_set
 from .rng import Stream
 from .train import (InISettings, RunData, RunResult, StepSpec, Teacher, TrainingRun, batch_conflicts, evaluate,
                     fit_batch, make_pgd_attack, make_mesh, make_predict, to_host)
-from .train.loop import AXIS, check_batch_size, host_batched_map, steps_per_epoch
+from .train.loop import AXIS, check_batch_size, check_run_devices, host_batched_map, steps_per_epoch
 
 TEACHERS = TEACHER_NAMES
 TRAINED_TEACHERS = tuple(name for name in TEACHERS if name != "stingy")
@@ -130,7 +130,8 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
     any compute.
     """
     validate(config)
-    make_mesh(run_devices=run_devices)  # ValueError unless run_devices divides the devices
+    mesh = make_mesh()
+    check_run_devices(run_devices, mesh.size)
     data_dir = config.data.data_dir or None
     spec = dataset_spec(config.data.name)
     train, test = load_split(config.data.name, "train", data_dir), load_split(config.data.name, "test", data_dir)
@@ -139,7 +140,6 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
             raise ValueError(f"config.data.train_examples={config.data.train_examples} exceeds the {len(train)} "
                              f"training images of {config.data.name}; use at most {len(train)} (0 = all)")
         train = class_balanced_subset(train, config.data.train_examples, config.seed)
-    mesh = make_mesh()
     check_study(config, spec, train, mesh, students=tuple(students or config.students), teacher=teacher)
     checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
     return Study(config, workdir, spec, train, test, mesh, log, run_devices=run_devices)

@@ -33,12 +33,13 @@ import itertools
 import os
 from typing import Callable, Mapping, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
 from . import checkpoints, report
 from .config import apply_overrides, study_record, validate
-from .train import make_mesh
+from .train.loop import check_run_devices
 from .pipeline import (STUDY_RECORD, Study, check_study, distill_student, open_study, train_studies, train_teacher,
                        write_report)
 
@@ -75,7 +76,7 @@ def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[
         studies.append((seeded, os.path.join(workdir, SEED_DIR.format(seed=seed))))
     for seeded, _ in studies:
         validate(seeded)
-    make_mesh(run_devices=run_devices)  # ValueError unless run_devices divides the devices
+    check_run_devices(run_devices, jax.device_count())
     claim_root(config, workdir, kind)
     return [open_study(seeded, directory, log, run_devices=run_devices) for seeded, directory in studies]
 

@@ -42,12 +42,17 @@ def make_mesh(devices=None, run_devices: int = 1) -> Mesh:
     over `data`. `run_devices` must divide the number of devices.
     """
     devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+    check_run_devices(run_devices, devices.size)
     if run_devices == 1:
         return Mesh(devices, (AXIS,))
-    if run_devices < 1 or devices.size % run_devices:
-        raise ValueError(f"run_devices={run_devices} (--run-devices) must divide the {devices.size} devices; "
-                         f"pick a divisor of {devices.size}")
     return Mesh(devices.reshape(run_devices, -1), (RUN_AXIS, AXIS))
+
+
+def check_run_devices(run_devices: int, devices: int) -> None:
+    """ValueError unless `run_devices` groups of devices split `devices` devices evenly."""
+    if run_devices < 1 or devices % run_devices:
+        raise ValueError(f"run_devices={run_devices} (--run-devices) must divide the {devices} devices; "
+                         f"pick a divisor of {devices}")
 
 
 def data_devices(mesh: Mesh) -> int:
