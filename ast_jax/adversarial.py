@@ -28,7 +28,7 @@ gradient do not move (sign(0) = 0). Images are channels-last (..., C); ``mean``/
 length C. Everything is jittable (``steps``, ``space`` and ``random_start`` must be static
 Python values) and uses ``lax.fori_loop``, so the attack can run inside ``lax.scan``.
 ``pgd`` is ``pgd_start`` followed by ``steps`` times ``pgd_step``; a caller that wants to drive
-the iterations itself (a host loop on CPU, see ``ast_jax.train.make_pgd_attack``) uses
+the iterations itself (a host loop on CPU, see ``ast_jax.engine.make_pgd_attack``) uses
 those two directly.
 """
 
@@ -39,7 +39,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from .losses import cross_entropy
+from ast_jax.losses import cross_entropy
 
 __all__ = ["pgd", "pgd_start", "pgd_step", "fgsm", "denormalize"]
 

@@ -1,7 +1,7 @@
 """A sweep's runs trained as one program against the same runs one after another:
 `python -m benchmarks.batched --device-name NAME`.
 
-`ast_jax.train.fit_batch` trains R runs that differ in seed, temperature and ω as one program
+`ast_jax.engine.fit_batch` trains R runs that differ in seed, temperature and ω as one program
 over a leading run axis (`make_train_epoch(..., batched=True)`, the state, keys, hypers and
 per-run arrays stacked as `runner._train_group` and `_device_inputs` stack them), the step
 mapped over the runs by a run lowering (`loop.over_runs`: `vmap`, or `unroll`, one copy of the
@@ -56,11 +56,10 @@ import optax
 from jax.sharding import NamedSharding
 
 from ast_jax.data import DatasetSpec, dataset_spec
-from ast_jax.io import atomic_write
+from ast_jax.engine import StepSpec, TrainState, default_loop, init_state, make_train_epoch, make_train_step, replicate
+from ast_jax.engine.loop import RUN_LOWERINGS, default_run_lowering, run_partition
+from ast_jax.files import atomic_write
 from ast_jax.rng import Stream
-from ast_jax.train import (StepSpec, TrainState, default_loop, init_state, make_train_epoch, make_train_step,
-                           replicate)
-from ast_jax.train.loop import RUN_LOWERINGS, default_run_lowering, run_partition
 
 from . import jax_path
 from .common import log, results_dir, timed

@@ -21,7 +21,7 @@ import numpy as np
 from ast_jax import models
 from ast_jax.data import AugmentSpec, normalize
 from ast_jax.data.specs import CIFAR_MEAN, CIFAR_STD
-from ast_jax.train import StepSpec
+from ast_jax.engine import StepSpec
 
 # docs/method.md §5, CIFAR-10 rows: KD attack, AST ResNet18 (thesis), Nasty Teacher.
 STEP_SPECS = {

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ast_jax.io import atomic_write
+from ast_jax.files import atomic_write
 
 from .common import log, median, results_dir, time_calls
 from .report import fmt, table

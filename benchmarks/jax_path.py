@@ -1,7 +1,7 @@
 """The ast_jax side, timed: the library's train step, training epoch and PGD adversarial set.
 
 Everything runs on a one-device mesh (the PyTorch side uses one device too). The step is the
-engine's: `ast_jax.train.make_train_step` (`train_step` under `jax.shard_map`), jitted with the
+engine's: `ast_jax.engine.make_train_step` (`train_step` under `jax.shard_map`), jitted with the
 state donated, compiled ahead of time so that its XLA cost analysis gives the FLOPs of the step.
 """
 
@@ -12,16 +12,40 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from ast_jax import models
-from ast_jax.train import (Teacher, TrainState, default_loop, make_pgd_attack, make_mesh,
-                           make_optimizer, make_train_epoch, make_train_step, replicate)
-from ast_jax.train.loop import AXIS
+from ast_jax.engine import (
+    Teacher,
+    TrainState,
+    default_loop,
+    make_mesh,
+    make_optimizer,
+    make_pgd_attack,
+    make_train_epoch,
+    make_train_step,
+    replicate,
+)
+from ast_jax.engine.loop import AXIS
 
-from .common import (AUGMENT, LR, MEAN, MOMENTUM, PGD_EPS, PGD_STEP_SIZE, STD, WEIGHT_DECAY, Case, Data,
-                     Weights, median, time_calls, timed)
+from .common import (
+    AUGMENT,
+    LR,
+    MEAN,
+    MOMENTUM,
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    STD,
+    WEIGHT_DECAY,
+    Case,
+    Data,
+    Weights,
+    median,
+    time_calls,
+    timed,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -23,18 +23,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import torch
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ast_jax import adversarial
 from ast_jax.data import normalize
-from ast_jax.io import atomic_write
+from ast_jax.engine import make_train_step, replicate
+from ast_jax.engine.loop import AXIS
+from ast_jax.files import atomic_write
 from ast_jax.models import MODEL_NAMES
-from ast_jax.train import make_train_step, replicate
-from ast_jax.train.loop import AXIS
 
 from . import jax_path, torch_path
-from .common import (MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, fixed_batch, initial_weights,
-                     synthetic_data)
+from .common import MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, fixed_batch, initial_weights, synthetic_data
 
 WHATS = (*STEP_SPECS, "pgd")
 _HLO_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"')

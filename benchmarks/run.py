@@ -28,8 +28,7 @@ import torch
 from ast_jax.models import MODEL_NAMES
 
 from . import common, jax_path, report, torch_path
-from .common import (PRECISIONS, STEP_SPECS, Case, fixed_batch, initial_weights, log, peak_bf16_tflops,
-                     synthetic_data)
+from .common import PRECISIONS, STEP_SPECS, Case, fixed_batch, initial_weights, log, peak_bf16_tflops, synthetic_data
 
 FULL = dict(models="resnet18,resnet50,preresnet20", steps="ce,kd,ast,nasty", batch_sizes="128,512",
             precisions="float32,bfloat16", image_size=32, iters=20, warmup=5, pgd_images=50000, pgd_steps=40,

@@ -2,7 +2,7 @@
 
 The losses are written from the docs/method.md §2 formulas (checked against `ast_jax.losses` by
 tests/test_benchmarks.py); the optimizer is `torch.optim.SGD` with momentum 0.9 and coupled weight
-decay 5e-4, which `ast_jax.train.make_optimizer` reproduces. Two variants of the same code
+decay 5e-4, which `ast_jax.engine.make_optimizer` reproduces. Two variants of the same code
 (`VARIANTS`):
 
 * `reference` -- as in the authors' code: eager, float32, NCHW; a `DataLoader` over the uint8
@@ -27,8 +27,22 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ast_jax.interop import to_torch_state_dict, torch_models
 
-from .common import (AUGMENT, LR, MEAN, MOMENTUM, PGD_EPS, PGD_STEP_SIZE, STD, WEIGHT_DECAY, Case, Data,
-                     Weights, median, time_calls, timed)
+from .common import (
+    AUGMENT,
+    LR,
+    MEAN,
+    MOMENTUM,
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    STD,
+    WEIGHT_DECAY,
+    Case,
+    Data,
+    Weights,
+    median,
+    time_calls,
+    timed,
+)
 
 CACHE_SIZE_LIMIT = 64  # compiled graphs per forward: batch sizes x train/eval/attack modes x modules x autocast
 
@@ -117,7 +131,7 @@ def nasty_loss(logits, base_logits, labels, temperature: float, omega: float) ->
 
 
 def objective(spec, logits, target, labels) -> torch.Tensor:
-    """The loss of step kind `spec.kind` (an `ast_jax.train.StepSpec`) on float32 logits."""
+    """The loss of step kind `spec.kind` (an `ast_jax.engine.StepSpec`) on float32 logits."""
     if spec.kind == "ce":
         return F.cross_entropy(logits, labels)
     if spec.kind == "kd":

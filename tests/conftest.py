@@ -24,7 +24,7 @@ import flax.linen as nn  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from ast_jax.cli import enable_compilation_cache  # noqa: E402
+from ast_jax.cli.commands import enable_compilation_cache  # noqa: E402
 from ast_jax.models.layers import BatchNorm  # noqa: E402
 
 enable_compilation_cache()  # the tests' own programs, in this process

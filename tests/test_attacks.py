@@ -6,15 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TinyNet, tiny_split
 
 from ast_jax import losses
-from ast_jax.attacks import AttackContext, check_settings, run_attack
-from ast_jax.attacks import dfme, jbda, transfer
-from ast_jax.blackbox import BlackBox, victim_release
-from ast_jax.train import make_mesh
-from ast_jax.train.loop import AXIS
-
-from conftest import TinyNet, tiny_split
+from ast_jax.attacks import AttackContext, check_settings, dfme, jbda, run_attack, transfer
+from ast_jax.defences.blackbox import BlackBox, victim_release
+from ast_jax.engine import make_mesh
+from ast_jax.engine.loop import AXIS
 
 MEAN, STD = (0.5,), (0.25,)
 

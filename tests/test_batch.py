@@ -5,12 +5,12 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from conftest import TinyNet, tiny_split
 from ml_collections import ConfigDict
 
 from ast_jax.data import AugmentSpec
-from ast_jax.train import RunData, StepSpec, TrainingRun, fit, fit_batch, loop
-from ast_jax.train.loop import RUN_LOWERINGS
-from conftest import TinyNet, tiny_split
+from ast_jax.engine import RunData, StepSpec, TrainingRun, fit, fit_batch, loop
+from ast_jax.engine.loop import RUN_LOWERINGS
 
 EPOCHS = 2
 #: float32 rounding of a vmapped program against the unbatched one, carried over 2 epochs of 6

@@ -20,14 +20,14 @@ torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
 
-from ast_jax import adversarial, losses, models  # noqa: E402
-from ast_jax.data import normalize  # noqa: E402
-from ast_jax.interop import from_torch_state_dict, torch_models  # noqa: E402
-from ast_jax.train import train_step  # noqa: E402
-from benchmarks import jax_path, profile, report, run, torch_path  # noqa: E402
-from benchmarks.common import (MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, Weights,  # noqa: E402
-                               fixed_batch, synthetic_data)
 from conftest import randomize_torch_batchnorm  # noqa: E402
+
+from ast_jax import adversarial, losses, models
+from ast_jax.data import normalize  # noqa: E402
+from ast_jax.engine import train_step  # noqa: E402
+from ast_jax.interop import from_torch_state_dict, torch_models  # noqa: E402
+from benchmarks import jax_path, profile, report, run, torch_path  # noqa: E402
+from benchmarks.common import MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, Weights, fixed_batch, synthetic_data  # noqa: E402
 
 NAME, CLASSES, SIZE, BATCH = "preresnet20", 10, 16, 6
 

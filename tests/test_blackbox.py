@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from ast_jax.blackbox import BlackBox, victim_release
-from ast_jax.train import make_mesh
-
 from conftest import TinyNet, tiny_split
+
+from ast_jax.defences.blackbox import BlackBox, victim_release
+from ast_jax.engine import make_mesh
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import errno
 import os
 
 import pytest
-
-from ast_jax import cli, io
 from conftest import start_cli
+
+from ast_jax import files
+from ast_jax.cli import commands as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +99,7 @@ def _full_disk_in_atomic_write(monkeypatch):
 
     def run(args, study):
         monkeypatch.setattr(os, "fsync", no_space)
-        io.atomic_write(os.path.join(study.workdir, "report.json"), "{}")
+        files.atomic_write(os.path.join(study.workdir, "report.json"), "{}")
 
     monkeypatch.setattr(cli, "run", run)
 
@@ -111,7 +112,7 @@ def _wrapped_full_disk(args, study):
 
 
 def _unreadable(args, study):
-    raise io.UnreadableFileError(f"{study.workdir}/run.json is not valid JSON (Expecting value); restore or delete it")
+    raise files.UnreadableFileError(f"{study.workdir}/run.json is not valid JSON (Expecting value); restore or delete it")
 
 
 @pytest.mark.parametrize("fail, named", [

@@ -1,4 +1,4 @@
-"""Tests of ast_jax.config and the study configs in configs/ (docs/method.md §4-5, §9)."""
+"""Tests of the config loader (ast_jax.cli.config), the builder (ast_jax.configs.common) and the study configs in ast_jax/configs/ (docs/method.md §4-5, §9)."""
 
 import json
 import os
@@ -7,13 +7,15 @@ import textwrap
 import ml_collections
 import pytest
 
-from ast_jax import config as cfg
+from ast_jax.cli import config as loader
+from ast_jax.configs import common
+from ast_jax.studies import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
+CONFIGS = os.path.join(REPO, "ast_jax", "configs")
 # The studies' configs; the ablations_*.py files are sweeps whose variants name ablations (tests/test_sweep.py).
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS)
-                      if f.endswith(".py") and not f.startswith(("_", "ablations_")))
+                      if f.endswith(".py") and not f.startswith(("_", "ablations_")) and f != "common.py")
 
 
 def path(name, variant=None):
@@ -22,7 +24,7 @@ def path(name, variant=None):
 
 
 def load(name, variant=None, overrides=()):
-    return cfg.load_config(path(name, variant), overrides)
+    return loader.load_config(path(name, variant), overrides)
 
 
 # ------------------------------------------------------------------ every file, both variants
@@ -44,9 +46,9 @@ def test_every_config_loads_locked_with_its_variant(filename, variant):
 
 
 def test_default_variant_is_thesis():
-    default = cfg.to_json(load("cifar100_resnet18"))
-    assert default == cfg.to_json(load("cifar100_resnet18", "thesis"))
-    assert default != cfg.to_json(load("cifar100_resnet18", "reference"))
+    default = settings.to_json(load("cifar100_resnet18"))
+    assert default == settings.to_json(load("cifar100_resnet18", "thesis"))
+    assert default != settings.to_json(load("cifar100_resnet18", "reference"))
 
 
 # ------------------------------------------------------------------ docs/method.md §5 values
@@ -82,7 +84,7 @@ def test_cifar100_resnet18_values():
     assert (t.stt.ratio, t.stt.temperature, t.stt.omega) == (0.1, 20.0, 0.005)
     assert (r.stt.ratio, r.stt.temperature, r.stt.omega) == (0.1, 20.0, 0.005)  # "—": thesis kept
     assert (t.kd.temperature, t.kd.omega, t.stingy.ratio) == (20.0, 0.9, 0.1)
-    assert cfg.sparsity_k(t.ast, 100) == 2 and cfg.sparsity_k(r.ast, 100) == 7
+    assert settings.sparsity_k(t.ast, 100) == 2 and settings.sparsity_k(r.ast, 100) == 7
 
 
 def test_cifar100_resnet50_values():
@@ -90,14 +92,14 @@ def test_cifar100_resnet50_values():
     assert t.teacher.model == "resnet50" and t.students == ("shufflenetv2", "resnet18")
     assert (t.ast.temperature, t.ast.omega, t.ast.ratio) == (20.0, 0.03, 0.03)
     assert (r.ast.temperature, r.ast.omega, r.ast.k, r.ast.ratio) == (30.0, 0.03, 7, None)
-    assert cfg.sparsity_k(t.ast, 100) == 3
+    assert settings.sparsity_k(t.ast, 100) == 3
 
 
 def test_tiny_imagenet_values():
     t, r = load("tiny_imagenet_resnet50", "thesis"), load("tiny_imagenet_resnet50", "reference")
     assert (t.teacher.model, t.students) == ("resnet50", ("resnet18",))
     assert (t.ast.temperature, t.ast.omega, t.ast.ratio) == (30.0, 0.0175, 0.015)
-    assert cfg.sparsity_k(t.ast, 200) == 3
+    assert settings.sparsity_k(t.ast, 200) == 3
     # "—" in the authors' column: the reference variant keeps the thesis AST values.
     assert (r.ast.temperature, r.ast.omega, r.ast.ratio, r.ast.k) == (30.0, 0.0175, 0.015, None)
     assert (r.pgd.space, r.ast.pairing, r.stingy.temperature) == ("reference", "random", 20.0)
@@ -120,17 +122,17 @@ def test_small_studies_follow_spec_section_9():
     assert (f.data.name, f.teacher.model, f.students) == ("fashion_mnist", "preresnet20", ("cnn", "preresnet20"))
     assert (f.data.augment.crop_padding, f.data.augment.flip) == (0, False)
     for c in (d, f):
-        assert cfg.train_config_for(c, "cnn").optimizer == "adam"
-        assert cfg.train_config_for(c, "cnn").milestones == ()
+        assert settings.train_config_for(c, "cnn").optimizer == "adam"
+        assert settings.train_config_for(c, "cnn").milestones == ()
 
 
 def test_train_config_for():
     c = load("cifar10_resnet18")
-    cnn = cfg.train_config_for(c, "cnn")
+    cnn = settings.train_config_for(c, "cnn")
     assert (cnn.optimizer, cnn.lr, cnn.epochs, cnn.milestones, cnn.weight_decay) == ("adam", 1e-3, 100, (), 0.0)
     assert cnn.batch_size == c.train.batch_size
     assert cnn.is_locked
-    resnet = cfg.train_config_for(c, "resnet18")
+    resnet = settings.train_config_for(c, "resnet18")
     assert resnet.to_dict() == c.train.to_dict()
     assert c.train.optimizer == "sgd"  # a copy: the study's train is untouched
 
@@ -158,11 +160,11 @@ def test_overrides_apply_with_types():
     assert c.ast.omega == 0.1
     assert c.pgd.random_start is True and c.data.augment.flip is False
     assert c.train.milestones == (1, 2)
-    assert cfg.train_config_for(c, "cnn").milestones == (1, 2)
+    assert settings.train_config_for(c, "cnn").milestones == (1, 2)
     assert c.students == ("cnn", "resnet18")
     assert c.dtype == "bfloat16" and c.data.data_dir == "/tmp/some data"
     assert (c.ast.k, c.ast.ratio) == (3, None)
-    assert cfg.train_config_for(c, "cnn").epochs == 4
+    assert settings.train_config_for(c, "cnn").epochs == 4
     assert c.ast.target_statistics == "after_train_forward"
     assert c.is_locked
 
@@ -173,7 +175,7 @@ def test_space_separated_and_equals_forms_agree():
     joined = load("digits", None, ["--config.train.epochs=3", "--config.train.milestones=()",
                                    "--config.pgd.eps=0.1", "--config.seed=7"])
     assert (spaced.train.epochs, spaced.train.milestones, spaced.pgd.eps, spaced.seed) == (3, (), 0.1, 7)
-    assert cfg.to_json(spaced) == cfg.to_json(joined)
+    assert settings.to_json(spaced) == settings.to_json(joined)
     assert load("digits", None, ["--noconfig.data.augment.flip", "--config.pgd.random_start"]).pgd.random_start
 
 
@@ -202,10 +204,10 @@ def test_comma_separated_students_name_the_tuple_form():
 def test_one_sparsity_override_clears_the_other():
     c = load("cifar100_resnet18", "thesis", ["--config.stt.k=5"])
     assert (c.stt.k, c.stt.ratio) == (5, None)
-    assert cfg.sparsity_k(c.stt, 100) == 5
+    assert settings.sparsity_k(c.stt, 100) == 5
     r = load("cifar100_resnet18", "reference", ["--config.ast.ratio=0.05"])  # the reference gives k = 7
     assert (r.ast.k, r.ast.ratio) == (None, 0.05)
-    assert cfg.sparsity_k(r.ast, 100) == 5
+    assert settings.sparsity_k(r.ast, 100) == 5
     _raises_naming("config.ast.k", ["--config.ast.k=3", "--config.ast.ratio=0.2"])  # both: refused
 
 
@@ -292,21 +294,21 @@ def test_all_problems_reported_together():
 
 
 def test_validate_checks_student_train_and_schema():
-    from ast_jax.config import study_config
+    from ast_jax.configs.common import study_config
 
     c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
                      ast=dict(temperature=6, omega=0.05, ratio=0.2), student_train={"vgg": dict(lr=0.1)})
     with pytest.raises(ValueError, match="config.student_train.vgg"):
-        cfg.validate(c)
+        loader.validate(c)
     c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
                      ast=dict(temperature=6, omega=0.05, ratio=0.2), student_train={"cnn": dict(learning_rate=0.1)})
     with pytest.raises(ValueError, match="config.student_train.cnn.learning_rate"):
-        cfg.validate(c)
+        loader.validate(c)
     c = study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
                      ast=dict(temperature=6, omega=0.05, ratio=0.2))
     c.ast.tempreature = 6.0  # a typo in a config file (before lock)
     with pytest.raises(ValueError, match="config.ast.tempreature"):
-        cfg.validate(c)
+        loader.validate(c)
     with pytest.raises(ValueError, match="config.ast.omega"):
         study_config(name="x", dataset="cifar10", teacher="resnet18", students=("cnn",),
                      ast=dict(temperature=6, omega="high", ratio=0.2))
@@ -317,7 +319,7 @@ def test_validate_checks_student_train_and_schema():
 def test_missing_config_lists_the_repository_configs():
     for spec in ("no_such_study", "configs/no_such_study.py"):
         with pytest.raises(FileNotFoundError) as info:
-            cfg.load_config(spec)
+            loader.load_config(spec)
         message = str(info.value)
         assert "no_such_study" in message and "cifar10_resnet18" in message and "digits" in message
 
@@ -340,28 +342,28 @@ def test_bare_name_is_the_repository_config_not_a_file_of_the_current_directory(
         raise RuntimeError("the current directory's digits.py was executed")
     """)
     monkeypatch.chdir(tmp_path)
-    assert cfg.resolve_config_path("digits") == os.path.join(CONFIGS, "digits.py")
-    assert cfg.load_config("digits:reference").name == "digits"
+    assert loader.resolve_config_path("digits") == os.path.join(CONFIGS, "digits.py")
+    assert loader.load_config("digits:reference").name == "digits"
     # An explicit path is the file itself.
     with pytest.raises(ValueError, match=r"config file \./digits\.py: RuntimeError: the current directory's"):
-        cfg.load_config("./digits.py")
+        loader.load_config("./digits.py")
     with pytest.raises(ValueError, match="RuntimeError"):
-        cfg.load_config("digits.py")
+        loader.load_config("digits.py")
 
 
 def test_explicit_paths(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
-    assert cfg.load_config("configs/cifar10_resnet18.py:reference").pgd.space == "reference"
+    assert loader.load_config("ast_jax/configs/cifar10_resnet18.py:reference").pgd.space == "reference"
     monkeypatch.chdir(tmp_path)
-    assert cfg.load_config(os.path.join(CONFIGS, "cifar10_resnet18.py")).ast.ratio == 0.2
+    assert loader.load_config(os.path.join(CONFIGS, "cifar10_resnet18.py")).ast.ratio == 0.2
     _write(tmp_path, "mine.py", """
-        from ast_jax.config import study_config
+        from ast_jax.configs.common import study_config
 
         def get_config(variant="thesis"):
             return study_config(name="mine", dataset="digits", teacher="cnn", students=("cnn",), variant=variant,
                                 ast=dict(temperature=4.0, omega=0.1, k=2))
     """)
-    mine = cfg.load_config("mine.py:reference", ["--config.seed", "3"])
+    mine = loader.load_config("mine.py:reference", ["--config.seed", "3"])
     assert (mine.name, mine.seed, mine.ast.target_statistics) == ("mine", 3, "after_train_forward")
 
 
@@ -376,27 +378,27 @@ def test_a_broken_config_file_is_one_error_naming_it(tmp_path, body, message):
     path = tmp_path / "broken.py"
     path.write_text(body)
     with pytest.raises(ValueError, match=message) as info:
-        cfg.load_config(str(path))
+        loader.load_config(str(path))
     assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------ json and helpers
 
 def test_to_json_is_sorted_plain_json():
-    text = cfg.to_json(load("cifar100_resnet18", "reference"))
+    text = settings.to_json(load("cifar100_resnet18", "reference"))
     data = json.loads(text)
     assert list(data) == sorted(data)
     assert data["ast"]["k"] == 7 and data["ast"]["ratio"] is None
     assert data["train"]["milestones"] == [60, 120, 160]
-    assert text != cfg.to_json(load("cifar100_resnet18", "thesis"))
+    assert text != settings.to_json(load("cifar100_resnet18", "thesis"))
     # Key order in the ConfigDict does not matter.
     c = ml_collections.ConfigDict({"b": 1, "a": {"y": (1, 2), "x": None}})
     d = ml_collections.ConfigDict({"a": {"x": None, "y": (1, 2)}, "b": 1})
-    assert cfg.to_json(c) == cfg.to_json(d)
+    assert settings.to_json(c) == settings.to_json(d)
 
 
 def test_sparsity_k_is_robust_to_float_noise():
     section = ml_collections.ConfigDict({"k": None, "ratio": 0.29})
-    assert cfg.sparsity_k(section, 100) == 29
+    assert settings.sparsity_k(section, 100) == 29
     section = ml_collections.ConfigDict({"k": None, "ratio": 0.015})
-    assert cfg.sparsity_k(section, 200) == 3
+    assert settings.sparsity_k(section, 200) == 3

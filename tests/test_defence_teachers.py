@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-
-from ast_jax.cli import main
 from conftest import start_cli
+
+from ast_jax.cli.commands import main
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2",
@@ -41,8 +41,9 @@ def test_bad_defence_settings_are_one_clear_line(tmp_path, capsys, override, nam
 
 
 def test_defence_teachers_take_their_own_schedules_and_settings(tmp_path):
-    from ast_jax.config import load_config, teacher_train_config
-    from ast_jax.pipeline import open_study, teacher_spec
+    from ast_jax.cli.config import load_config
+    from ast_jax.studies.pipeline import open_study, teacher_spec
+    from ast_jax.studies.settings import teacher_train_config
 
     config = load_config("digits_defences", ["--config.meco.scale=0.25", "--config.ini.gamma=0.5"])
     assert config.teachers == ("base", "stingy", "ast", "nasty", "stt", "ini", "meco")
@@ -52,17 +53,17 @@ def test_defence_teachers_take_their_own_schedules_and_settings(tmp_path):
     assert (meco.optimizer, meco.lr) == ("adam", 1e-3)
     assert (base.optimizer, base.momentum) == (config.train.optimizer, config.train.momentum)
     study = open_study(config, str(tmp_path / "w"))
-    assert teacher_spec(study, "ini").ini.gamma == 0.5 and teacher_spec(study, "ini").ini.epsilon == 1000.0
-    assert teacher_spec(study, "meco").meco.scale == 0.25
+    assert teacher_spec(study, "ini").objective.gamma == 0.5 and teacher_spec(study, "ini").objective.epsilon == 1000.0
+    assert teacher_spec(study, "meco").objective.scale == 0.25
     assert load_config("digits").teachers == ("base", "stingy", "ast", "nasty", "stt"), "the demo keeps the thesis's"
 
 
 def test_meco_release_in_the_report_is_random_per_query_and_reproducible(tmp_path):
     import jax
 
-    from ast_jax.config import load_config
-    from ast_jax.pipeline import open_study, released_logits, teacher_input_defense
-    from ast_jax.train import Teacher
+    from ast_jax.cli.config import load_config
+    from ast_jax.engine import Teacher
+    from ast_jax.studies.pipeline import open_study, released_logits, teacher_input_defense
 
     study = open_study(load_config("digits_defences", TINY), str(tmp_path / "w"))
     released = Teacher(study.model("cnn"), input_defense=teacher_input_defense(study, "meco"))

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from ast_jax import defenses, losses
+from ast_jax import losses
+from ast_jax.defences import outputs as defenses
 
 
 def np_sigmoid(x):

@@ -9,12 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import four_device_result
 
 from ast_jax.data import AugmentSpec
-from ast_jax.train import InISettings, StepSpec, Teacher, init_state, make_mesh, make_train_epoch, ood_rows, train_step
-from ast_jax.train import ini
-
-from conftest import four_device_result
+from ast_jax.defences import ini
+from ast_jax.defences.ini import InISettings
+from ast_jax.engine import (
+    StepSpec,
+    Teacher,
+    init_state,
+    make_mesh,
+    make_train_epoch,
+    ood_rows,
+    train_step,
+)
 
 IN, HIDDEN, CLASSES = 4, 5, 3
 
@@ -191,7 +199,7 @@ def test_padded_examples_change_nothing():
     images, ood = rng.normal(size=(8, 8, 8, 3)).astype(np.float32), rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
     labels = rng.integers(0, 4, 8).astype(np.int32)
     images[6:] *= 30.0
-    spec = StepSpec("ini")
+    spec = StepSpec("ini", objective=InISettings())
 
     def step(batch):
         new, metrics = jax.jit(lambda s, b, v, k: train_step(model, tx, spec, Teacher(TinyNet()), s, b, v, k))(
@@ -215,16 +223,16 @@ def test_ini_without_clone_or_ood_set_is_a_value_error():
     mesh = make_mesh(jax.devices()[:1])
     kwargs = dict(batch_size=4, augment_spec=AugmentSpec(), mean=(0.5,) * 3, std=(0.25,) * 3)
     with pytest.raises(ValueError, match="frozen clone") as no_clone:
-        make_train_epoch(model, tx, StepSpec("ini"), mesh, **kwargs)
-    epoch = make_train_epoch(model, tx, StepSpec("ini"), mesh, teacher=Teacher(TinyNet()), loop="host", **kwargs)
+        make_train_epoch(model, tx, StepSpec("ini", objective=InISettings()), mesh, **kwargs)
+    epoch = make_train_epoch(model, tx, StepSpec("ini", objective=InISettings()), mesh, teacher=Teacher(TinyNet()), loop="host", **kwargs)
     data = {"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": np.zeros(4, np.int32)}
     with pytest.raises(ValueError, match="OOD set") as no_ood:
         epoch(state, data, clone_variables, jax.random.PRNGKey(0), 0)
     batch = {"image": np.zeros((4, 8, 8, 3), np.float32), "label": np.zeros(4, np.int32)}
     with pytest.raises(ValueError, match="OOD batch") as no_ood_batch:
-        train_step(model, tx, StepSpec("ini"), Teacher(TinyNet()), state, batch, clone_variables, jax.random.PRNGKey(0))
+        train_step(model, tx, StepSpec("ini", objective=InISettings()), Teacher(TinyNet()), state, batch, clone_variables, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="frozen clone") as no_clone_step:
-        train_step(model, tx, StepSpec("ini"), None, state, {**batch, "ood_image": batch["image"]}, None,
+        train_step(model, tx, StepSpec("ini", objective=InISettings()), None, state, {**batch, "ood_image": batch["image"]}, None,
                    jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="isolation") as bad_form:
         InISettings(isolation="papr")
@@ -236,8 +244,9 @@ def test_ini_without_clone_or_ood_set_is_a_value_error():
 
 def _compare_device_counts() -> dict:
     """One `ini` epoch of 2 steps (the second half padding) on 1 and 4 devices, host loop."""
-    from ast_jax.train import replicate
     from conftest import TinyNet, tiny_split
+
+    from ast_jax.engine import replicate
 
     assert jax.device_count() == 4, jax.devices()
     split = tiny_split(12, channels=3)
@@ -246,8 +255,8 @@ def _compare_device_counts() -> dict:
     clone_variables = jax.tree.map(np.asarray, TinyNet().init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 3))))
     ood = np.random.default_rng(2).normal(size=(10, 8, 8, 3)).astype(np.float32)
     data = {"images": split.images, "labels": split.labels, "ood_images": ood}
-    specs = {"default": StepSpec("ini"),
-             "paper-clipped": StepSpec("ini", ini=InISettings(isolation="paper", induction="paper", gradient="paper",
+    specs = {"default": StepSpec("ini", objective=InISettings()),
+             "paper-clipped": StepSpec("ini", objective=InISettings(isolation="paper", induction="paper", gradient="paper",
                                                                pcgrad=False))}
     out = {}
     for name, spec in specs.items():

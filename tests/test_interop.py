@@ -19,12 +19,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ast_jax import models  # noqa: E402
-from ast_jax.interop import (flax_to_torch_key, from_torch_state_dict, load_torch_checkpoint,  # noqa: E402
-                             save_torch_checkpoint, to_torch_state_dict, torch_key_to_flax, torch_models)
-from ast_jax.models.layers import BatchNorm  # noqa: E402
-
 from conftest import PARAM_COUNTS, randomize_torch_batchnorm  # noqa: E402
+
+from ast_jax import models
+from ast_jax.interop import (  # noqa: E402
+    flax_to_torch_key,
+    from_torch_state_dict,
+    load_torch_checkpoint,
+    save_torch_checkpoint,
+    to_torch_state_dict,
+    torch_key_to_flax,
+    torch_models,
+)
+from ast_jax.models.layers import BatchNorm  # noqa: E402
 
 # The CNN's reference fc1 (2048 inputs) and the PreResNet's AvgPool2d(8) are made for 32x32.
 SIZES = {"cnn": 32, "preresnet20": 32, "preresnet32": 32}

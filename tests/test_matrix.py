@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from ast_jax import matrix, pipeline
-from ast_jax.config import load_config
+from ast_jax.cli.config import load_config
+from ast_jax.studies import matrix, pipeline
 
 
 def test_victims_parse_with_default_gamma_and_refuse_bad_specs():
@@ -58,7 +58,7 @@ def test_bad_matrix_config_is_one_line(override, match):
 
 
 def test_matrix_sections_stay_out_of_the_study_record():
-    from ast_jax.config import study_record
+    from ast_jax.studies.settings import study_record
 
     a = study_record(load_config("digits"))
     b = study_record(load_config("digits", ["--config.attacks.kd.epochs=3", "--config.matrix.seeds=(5,)"]))

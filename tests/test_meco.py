@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from ast_jax import meco
-from ast_jax.blackbox import BlackBox, victim_release
-from ast_jax.rng import example_keys
-from ast_jax.train import StepSpec, make_mesh
-
 from conftest import TinyNet, four_device_result, tiny_split
+
+from ast_jax.defences import meco
+from ast_jax.defences.blackbox import BlackBox, victim_release
+from ast_jax.engine import StepSpec, make_mesh
+from ast_jax.rng import example_keys
 
 DEVICE_TOLERANCE = 1e-5
 
@@ -177,7 +176,8 @@ def test_meco_loss_forms_equal_float64_numpy(linear_batch):
 def _compare_device_counts() -> dict:
     """One meco step (both forms) on a 16-image batch with 3 padded examples, on 1 and on 4 devices."""
     import optax
-    from ast_jax.train import init_state, make_train_step, replicate
+
+    from ast_jax.engine import init_state, make_train_step, replicate
 
     assert jax.device_count() == 4, jax.devices()
     model = TinyNet(axis_name="data")
@@ -197,7 +197,7 @@ def _compare_device_counts() -> dict:
 
     out = {}
     for form in meco.FORMS:
-        spec = StepSpec("meco", meco=meco.MecoSettings(form=form))
+        spec = StepSpec("meco", objective=meco.MecoSettings(form=form))
         results = []
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = make_mesh(devices)
@@ -216,6 +216,7 @@ def _compare_worst_case() -> dict:
     Images i and i + 8 are near duplicates on different devices, so the kernel couples the shards,
     and G_i reaches every image through the batch statistics."""
     from functools import partial
+
     from jax.sharding import PartitionSpec as P
 
     variables = TinyNet().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
@@ -337,15 +338,16 @@ def test_bad_settings_are_refused_in_one_line(kwargs, message):
 
 def test_meco_step_without_a_key_is_refused():
     import optax
-    from ast_jax.train import init_state, train_step
+
+    from ast_jax.engine import init_state, train_step
 
     model, tx = TinyNet(), optax.sgd(0.1)
     state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
     batch = {"image": jnp.zeros((4, 8, 8, 1)), "label": jnp.zeros(4, jnp.int32)}
     with pytest.raises(ValueError, match="key"):
-        jax.eval_shape(lambda s, b: train_step(model, tx, StepSpec("meco"), None, s, b), state, batch)
+        jax.eval_shape(lambda s, b: train_step(model, tx, StepSpec("meco", objective=meco.MecoSettings()), None, s, b), state, batch)
     with pytest.raises(ValueError, match="MecoSettings"):
-        StepSpec("meco", meco={"scale": 0.5})
+        StepSpec("meco", objective={"scale": 0.5})
 
 
 if __name__ == "__main__":

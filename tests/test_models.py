@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARAM_COUNTS  # noqa: E402
 
 from ast_jax.models import MODEL_NAMES, create
 from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_matrix, conv_lowering, max_pool_2x2
-
-from conftest import PARAM_COUNTS  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)

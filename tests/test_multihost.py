@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import forced_devices_env
 
 EPOCHS = 1
@@ -20,13 +19,14 @@ EPOCHS = 1
 def _train(directory: str, out: str) -> None:
     """One tiny run (`test_runner.tiny_run`) on every device of every process; paths written recorded."""
     import jax
-    from ast_jax import io
-    from ast_jax.train import fit
     from test_runner import tiny_run
 
+    from ast_jax import files as io
+    from ast_jax.engine import fit
+
     written = []
-    atomic_write = io.atomic_write
-    io.atomic_write = lambda path, data: (written.append(os.path.relpath(path, directory)), atomic_write(path, data))
+    atomic_write = files.atomic_write
+    files.atomic_write = lambda path, data: (written.append(os.path.relpath(path, directory)), atomic_write(path, data))
     result = fit(tiny_run(directory, epochs=EPOCHS), log=lambda _: None)
     np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
     with open(out + ".json", "w") as f:

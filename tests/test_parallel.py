@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import four_device_result
 
 KINDS = ("ce", "kd", "ast", "stt", "nasty")
@@ -22,10 +21,11 @@ LOSS_TOLERANCE = 1e-6  # per-step losses of epoch 2 (measured <= 2.1e-7)
 
 def _compare_device_counts() -> dict:
     import jax
-    from ast_jax.data import AugmentSpec
-    from ast_jax.train import StepSpec, Teacher, init_state, make_mesh, make_optimizer, make_train_epoch, replicate
-    from ml_collections import ConfigDict
     from conftest import TinyNet, tiny_split
+    from ml_collections import ConfigDict
+
+    from ast_jax.data import AugmentSpec
+    from ast_jax.engine import StepSpec, Teacher, init_state, make_mesh, make_optimizer, make_train_epoch, replicate
 
     assert jax.device_count() == 4, jax.devices()
     split = tiny_split(48, channels=3)
@@ -80,8 +80,9 @@ def _compare_zoo_batchnorm() -> dict:
     import jax
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec as P
+
     from ast_jax import models
-    from ast_jax.train import make_mesh
+    from ast_jax.engine import make_mesh
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 3)), jnp.float32)
     diffs = {}
@@ -102,10 +103,11 @@ def _compare_adversarial_sets() -> dict:
     """make_pgd_attack on 1 and 4 devices, scanned and host-driven, against one `pgd` call."""
     import jax
     import jax.numpy as jnp
+    from conftest import TinyNet, tiny_split
+
     from ast_jax import adversarial
     from ast_jax.data import normalize
-    from ast_jax.train import make_pgd_attack, make_mesh
-    from conftest import TinyNet, tiny_split
+    from ast_jax.engine import make_mesh, make_pgd_attack
 
     split = tiny_split(40, channels=3)  # 40 = 2.5 batches of 16: the last batch is padded
     model, mean, std = TinyNet(), jnp.full((3,), 0.5), jnp.full((3,), 0.25)
@@ -140,9 +142,10 @@ def _compare_run_meshes() -> dict:
     import tempfile
 
     import jax
-    from ast_jax import pipeline
-    from ast_jax.train import fit, fit_batch, loop, make_mesh
     from test_batch import RUNS, _max_difference, _run
+
+    from ast_jax.engine import fit, fit_batch, loop, make_mesh
+    from ast_jax.studies import pipeline
 
     loop.default_run_lowering = lambda: "vmap"  # the accelerators' lowering, where a run axis over devices is used
     quiet = lambda _: None  # noqa: E731
@@ -214,7 +217,8 @@ def test_a_batch_of_runs_spread_over_devices_matches_each_run_alone(measured, me
 
 def test_a_run_mesh_must_divide_the_devices():
     import jax
-    from ast_jax.train import make_mesh
+
+    from ast_jax.engine import make_mesh
 
     with pytest.raises(ValueError, match="must divide"):
         make_mesh(run_devices=jax.device_count() + 1)

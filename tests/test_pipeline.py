@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
-
-from ast_jax.cli import main
 from conftest import start_cli
+
+from ast_jax.cli.commands import main
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
@@ -41,8 +41,8 @@ def test_bad_config_is_one_clear_line(tmp_path, capsys, override, named):
 
 
 def test_study_on_a_class_balanced_subset(tmp_path):
-    from ast_jax.config import load_config
-    from ast_jax.pipeline import open_study
+    from ast_jax.cli.config import load_config
+    from ast_jax.studies.pipeline import open_study
 
     study = open_study(load_config("digits", ["--config.data.train_examples=200"]), str(tmp_path / "w"))
     assert len(study.train) == 200 and len(study.test) == 360  # the test split stays whole
@@ -105,6 +105,7 @@ def test_imported_pytorch_teacher_is_evaluated_attacked_and_distilled(tmp_path, 
     torch = pytest.importorskip("torch")
     import jax
     import numpy as np
+
     from ast_jax import models
     from ast_jax.data import load_split
     from ast_jax.interop import to_torch_state_dict
@@ -131,6 +132,7 @@ def _torch_teacher(path, seed: int, in_channels: int = 1, corrupt: str | None = 
     """Write a CNN teacher for digits (8x8 images) as a PyTorch checkpoint; `corrupt`: nan | int."""
     torch = pytest.importorskip("torch")
     import jax
+
     from ast_jax import models
     from ast_jax.interop import to_torch_state_dict
 
@@ -167,9 +169,9 @@ def test_replaced_pytorch_teacher_refuses_every_stage_built_from_the_old_one(tmp
 
 @pytest.mark.parametrize("problem", ["short", "nan", "uint8", "channels", "record"])
 def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem):
-    from ast_jax.config import load_config
-    from ast_jax.io import UnreadableFileError, atomic_write, save_npy
-    from ast_jax.pipeline import _pgd_settings, adversarial_set, adversarial_set_name, open_study
+    from ast_jax.cli.config import load_config
+    from ast_jax.files import UnreadableFileError, atomic_write, save_npy
+    from ast_jax.studies.pipeline import _pgd_settings, adversarial_set, adversarial_set_name, open_study
 
     path = _torch_teacher(tmp_path / "teacher.pth", seed=3)  # imported, not trained: no compute
     study = open_study(load_config("digits", [*TINY, f"--config.teacher.torch_checkpoint={path}"]),
@@ -213,7 +215,7 @@ def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem
 def test_late_checks_run_before_the_work_directory_is_claimed(tmp_path, capsys, monkeypatch, override, named):
     import types
 
-    from ast_jax import pipeline
+    from ast_jax.studies import pipeline
 
     monkeypatch.setattr(pipeline, "make_mesh", lambda: types.SimpleNamespace(size=4, shape={"data": 4}))  # 4 devices
     command = ["train"]
@@ -266,8 +268,8 @@ def test_random_streams_are_distinct_and_above_every_epoch_fold():
 
 @pytest.mark.parametrize("variant,statistics", [("thesis", "before_step"), ("reference", "after_train_forward")])
 def test_the_variant_picks_the_ast_and_stt_target_statistics(tmp_path, variant, statistics):
-    from ast_jax.config import load_config
-    from ast_jax.pipeline import open_study, teacher_spec
+    from ast_jax.cli.config import load_config
+    from ast_jax.studies.pipeline import open_study, teacher_spec
 
     study = open_study(load_config(f"digits:{variant}"), str(tmp_path / "w"))
     assert teacher_spec(study, "ast").target_statistics == statistics

@@ -1,4 +1,4 @@
-"""ast_jax.report: statistics against independent float64 NumPy, result arithmetic, writers, plots."""
+"""ast_jax.results.report: statistics against independent float64 NumPy, result arithmetic, writers, plots."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ast_jax import report
+from ast_jax.results import report
 
 C = 5
 

@@ -10,12 +10,20 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import TinyNet, tiny_split
 from ml_collections import ConfigDict
 
-from ast_jax import checkpoints
 from ast_jax.data import AugmentSpec
-from ast_jax.train import (RunData, RunInterrupted, StepSpec, TrainingDivergedError, TrainingRun, fit, runner)
-from conftest import TinyNet, tiny_split
+from ast_jax.engine import (
+    RunData,
+    RunInterrupted,
+    StepSpec,
+    TrainingDivergedError,
+    TrainingRun,
+    checkpoints,
+    fit,
+    runner,
+)
 
 STEPS_PER_EPOCH = 8  # 64 examples, batch 8
 
@@ -115,7 +123,7 @@ def test_signal_inside_an_epoch_checkpoints_that_step_and_resumes_exactly(tmp_pa
 SIGNAL_SCRIPT = """
 import sys, numpy as np, jax
 sys.path.insert(0, {tests!r})
-from ast_jax.train import RunInterrupted, fit
+from ast_jax.engine import RunInterrupted, fit
 from test_runner import tiny_run
 try:
     result = fit(tiny_run({directory!r}, epochs=20), log=lambda line: print(line, flush=True))

@@ -7,10 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from ast_jax import pipeline, report, sweep
-from ast_jax.cli import main
-from ast_jax.config import load_config
-from ast_jax.train import loop
+from ast_jax.cli import config as loader
+from ast_jax.cli.config import load_config
+from ast_jax.cli.commands import main
+from ast_jax.engine import loop
+from ast_jax.results import report
+from ast_jax.studies import pipeline, sweep
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
         "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
@@ -28,7 +30,7 @@ def _csv(path) -> list[dict]:
 
 
 def test_grid_parsing_names_keys_and_refuses_what_a_cell_cannot_vary():
-    grid = sweep.parse_grid(["ast.alpha=0.01,0.05", "config.ast.temperature=4,20,30"])
+    grid = loader.parse_grid(["ast.alpha=0.01,0.05", "config.ast.temperature=4,20,30"])
     assert grid == {"ast.omega": ("0.01", "0.05"), "ast.temperature": ("4", "20", "30")}  # alpha is the weight omega
     cells = sweep.grid_cells(grid)
     assert len(cells) == 6 and cells[1] == {"ast.omega": "0.01", "ast.temperature": "20"}
@@ -36,15 +38,15 @@ def test_grid_parsing_names_keys_and_refuses_what_a_cell_cannot_vary():
     for items, named in [(["ast.omega"], "KEY=V1,V2"), (["ast.omega=1", "ast.omega=2"], "twice"),
                          (["ast.k=2,2"], "repeats"), ([], "at least one")]:
         with pytest.raises(ValueError, match=named):
-            sweep.parse_grid(items)
+            loader.parse_grid(items)
     with pytest.raises(ValueError, match="teacher_train.ast.lr"):
         sweep.check_grid_key("train.lr")
     with pytest.raises(ValueError, match="only the AST teacher"):
         sweep.check_grid_key("kd.temperature")
     config = load_config("digits")
     with pytest.raises(ValueError, match="config.ast.omga"):
-        sweep.cell_config(config, {"ast.omga": "0.1"})
-    cell = sweep.cell_config(config, {"ast.ratio": "0.3", "teacher_train.ast.lr": "0.1"})
+        loader.cell_config(config, {"ast.omga": "0.1"})
+    cell = loader.cell_config(config, {"ast.ratio": "0.3", "teacher_train.ast.lr": "0.1"})
     assert cell.ast.ratio == 0.3 and cell.ast.k is None and cell.teacher_train.ast.lr == 0.1
     assert cell.teachers == ("base", "ast") and config.ast.k == 2  # the given config is left as it was
 
@@ -110,7 +112,7 @@ def test_batch_plan_spreads_runs_over_device_groups_and_keeps_every_device_busy(
 def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_path, monkeypatch):
     workdir = str(tmp_path / "sweep")
     config = load_config("digits", TINY)
-    grid = sweep.parse_grid(["ast.k=1,3"])  # the sparsity varies inside one batch
+    grid = loader.parse_grid(["ast.k=1,3"])  # the sparsity varies inside one batch
 
     class Killed(Exception):
         pass
@@ -176,10 +178,10 @@ def test_the_ablation_configs_are_sweeps_of_valid_cells():
     for name, cells in [("ablations_digits:omega_tau", 9), ("ablations_digits:divergence", 2),
                         ("ablations_cifar100:sparsity", 7), ("ablations_cifar100:omega_tau_r03", 12)]:
         config = load_config(name)
-        grid = sweep.parse_grid(config.sweep.grid)
+        grid = loader.parse_grid(config.sweep.grid)
         assert len(sweep.grid_cells(grid)) == cells and config.sweep.seeds == (0, 1, 2)
         for cell in sweep.grid_cells(grid):
-            sweep.cell_config(config, cell)  # every cell's config is valid
+            loader.cell_config(config, cell)  # every cell's config is valid
     assert "sweep" not in json.dumps(sweep.study_record(config))  # a sweep's grid is no part of a study's record
     with pytest.raises(ValueError, match="unknown ablation 'omega'; valid: omega_tau"):
         load_config("ablations_digits:omega")

@@ -13,15 +13,30 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import TinyNet, forced_devices_env, tiny_split
 from ml_collections import ConfigDict
 
-from ast_jax import checkpoints, losses
+from ast_jax import losses
 from ast_jax.data import AugmentSpec
-from ast_jax.train import (TARGET_STATISTICS, NonFiniteLossError, RunData, StepSpec, Teacher, TrainingRun, epoch_plan,
-                           fit, fixed_teacher_logits, init_state, lr_schedule, make_mesh, make_optimizer,
-                           make_train_epoch, train_step)
-from ast_jax.train.steps import identity
-from conftest import TinyNet, forced_devices_env, tiny_split
+from ast_jax.engine import (
+    TARGET_STATISTICS,
+    NonFiniteLossError,
+    RunData,
+    StepSpec,
+    Teacher,
+    TrainingRun,
+    checkpoints,
+    epoch_plan,
+    fit,
+    fixed_teacher_logits,
+    init_state,
+    lr_schedule,
+    make_mesh,
+    make_optimizer,
+    make_train_epoch,
+    train_step,
+)
+from ast_jax.engine.steps import identity
 
 
 def sgd_config(**overrides):
@@ -215,7 +230,7 @@ UNEVEN_DEVICES_SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
 sys.path.insert(0, {tests!r})
-from ast_jax.train import StepSpec, init_state, make_mesh, make_train_step, replicate, train_step
+from ast_jax.engine import StepSpec, init_state, make_mesh, make_train_step, replicate, train_step
 from conftest import TinyNet, tiny_split
 
 model, tx = TinyNet(axis_name="data"), optax.sgd(0.1, momentum=0.9)
@@ -387,7 +402,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
 # ---- PGD adversarial set ----
 
 def test_host_driven_attack_reports_progress_per_batch():
-    from ast_jax.train import make_pgd_attack, make_mesh
+    from ast_jax.engine import make_mesh, make_pgd_attack
 
     split = tiny_split(40)
     model = TinyNet()
@@ -401,7 +416,7 @@ def test_host_driven_attack_reports_progress_per_batch():
 
 
 def test_progress_log_is_rate_limited_and_always_reports_the_end(monkeypatch):
-    from ast_jax import pipeline
+    from ast_jax.studies import pipeline
 
     clock = iter([0.0, 1.0, 40.0, 41.0, 42.0])  # start, then one reading per call
     monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))

@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..blackbox import BlackBox
-from ..rng import ITERATION_DIRECTIONS, Stream
-from ..train import StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
-from . import AttackContext, AttackResult
-from .transfer import attacker_logits
+from ast_jax.attacks.common import AttackContext, AttackResult
+from ast_jax.attacks.transfer import attacker_logits
+from ast_jax.defences.blackbox import BlackBox
+from ast_jax.engine import StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
+from ast_jax.rng import ITERATION_DIRECTIONS, Stream
 
 LOG_CLAMP = 1e-12
 

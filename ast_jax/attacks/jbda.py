@@ -22,13 +22,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ..blackbox import BlackBox
-from ..data import AugmentSpec, class_balanced_indices, normalize
-from ..rng import Stream
-from ..train import (StepSpec, evaluate, init_state, make_optimizer, make_predict, make_train_epoch, replicate,
-                     to_host)
-from . import AttackContext, AttackResult
-from .transfer import clone_training, query_targets
+from ast_jax.attacks.common import AttackContext, AttackResult
+from ast_jax.attacks.transfer import clone_training, query_targets
+from ast_jax.data import AugmentSpec, class_balanced_indices, normalize
+from ast_jax.defences.blackbox import BlackBox
+from ast_jax.engine import (
+    StepSpec,
+    evaluate,
+    init_state,
+    make_optimizer,
+    make_predict,
+    make_train_epoch,
+    replicate,
+    to_host,
+)
+from ast_jax.rng import Stream
 
 
 def seed_indices(labels: np.ndarray, num: int, order: str, seed: int) -> np.ndarray:

@@ -23,12 +23,12 @@ import os
 import ml_collections
 import numpy as np
 
-from ..blackbox import BlackBox
-from ..data import ArraySplit, AugmentSpec
-from ..io import atomic_write, is_writer, load_npy, read_json, save_npy
-from ..rng import KNOCKOFF_DRAW
-from ..train import RunData, StepSpec, TrainingRun, fit, to_host
-from . import AttackContext, AttackResult
+from ast_jax.attacks.common import AttackContext, AttackResult
+from ast_jax.data import ArraySplit, AugmentSpec
+from ast_jax.defences.blackbox import BlackBox
+from ast_jax.engine import RunData, StepSpec, TrainingRun, fit, to_host
+from ast_jax.files import atomic_write, is_writer, load_npy, read_json, save_npy
+from ast_jax.rng import KNOCKOFF_DRAW
 
 TRANSFER_RECORD = "transfer.json"
 _TRAINING_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "milestones",

@@ -17,8 +17,13 @@ Typical use by a training loop::
 from ast_jax.data.augment import augment, augment_one, epoch_batches, normalize, to_unit_float
 from ast_jax.data.errors import DataNotFoundError
 from ast_jax.data.query_sets import QUERY_SETS, QuerySet, load_query_set
-from ast_jax.data.sources import (ArraySplit, class_balanced_indices, class_balanced_subset, load_split,
-                                  preparation_instructions)
+from ast_jax.data.sources import (
+    ArraySplit,
+    class_balanced_indices,
+    class_balanced_subset,
+    load_split,
+    preparation_instructions,
+)
 from ast_jax.data.specs import DATASETS, AugmentSpec, DatasetSpec, dataset_spec
 
 

@@ -24,7 +24,7 @@ import hashlib
 
 import numpy as np
 
-from .sources import class_balanced_indices, load_split
+from ast_jax.data.sources import class_balanced_indices, load_split
 
 QUERY_SETS: tuple[str, ...] = ("fashion_to_digits", "digits_to_fashion", "fashion_outside", "photos", "noise",
                                "cifar10", "cifar100")

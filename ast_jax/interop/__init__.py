@@ -26,10 +26,17 @@ except ImportError as e:  # pragma: no cover - exercised with torch hidden
         'ast_jax.interop needs PyTorch, which is not installed: pip install "ast_jax[torch]" '
         "(or a CPU-only torch wheel)") from e
 
-from . import torch_models
-from .convert import (STATE_DICT_KEYS, extract_state_dict, flax_to_torch_key,
-                      from_torch_state_dict, load_torch_checkpoint, save_torch_checkpoint,
-                      to_torch_state_dict, torch_key_to_flax)
+from ast_jax.interop import torch_models
+from ast_jax.interop.convert import (
+    STATE_DICT_KEYS,
+    extract_state_dict,
+    flax_to_torch_key,
+    from_torch_state_dict,
+    load_torch_checkpoint,
+    save_torch_checkpoint,
+    to_torch_state_dict,
+    torch_key_to_flax,
+)
 
 __all__ = ["torch_models", "from_torch_state_dict", "to_torch_state_dict",
            "load_torch_checkpoint", "save_torch_checkpoint", "extract_state_dict",

@@ -36,9 +36,8 @@ import torch
 from flax import traverse_util
 
 from ast_jax import models
-from ast_jax.io import atomic_write
-
-from . import torch_models
+from ast_jax.files import atomic_write
+from ast_jax.interop import torch_models
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "load_torch_checkpoint",
            "save_torch_checkpoint", "extract_state_dict", "flax_to_torch_key", "torch_key_to_flax",
@@ -432,7 +431,7 @@ def save_torch_checkpoint(variables: Mapping[str, Any], path: str | os.PathLike,
     """Write Flax variables as a PyTorch checkpoint ``{'state_dict': ...}`` (see
     :func:`to_torch_state_dict`), loadable with ``torch.load(path, weights_only=True)``.
 
-    The file appears atomically (``ast_jax.io.atomic_write``).
+    The file appears atomically (``ast_jax.files.atomic_write``).
 
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False (nothing is written).

@@ -65,11 +65,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .cnn import CNN
-from .mobilenetv2 import LinearBottleNeck, MobileNetV2
-from .preresnet import PreActBlock, PreResNet
-from .resnet import BasicBlock, Bottleneck, ResNet
-from .shufflenetv2 import ShuffleNetV2, ShuffleUnit
+from ast_jax.models.cnn import CNN
+from ast_jax.models.mobilenetv2 import LinearBottleNeck, MobileNetV2
+from ast_jax.models.preresnet import PreActBlock, PreResNet
+from ast_jax.models.resnet import BasicBlock, Bottleneck, ResNet
+from ast_jax.models.shufflenetv2 import ShuffleNetV2, ShuffleUnit
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "cnn": CNN,

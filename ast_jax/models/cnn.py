@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Ops, max_pool_2x2
+from ast_jax.models.layers import Ops, max_pool_2x2
 
 
 class CNN(nn.Module):

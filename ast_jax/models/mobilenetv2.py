@@ -9,7 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Ops, global_avg_pool, relu6, sequential
+from ast_jax.models.layers import Ops, global_avg_pool, relu6, sequential
 
 # (units, out_channels, first stride) of stage2..stage6; stage1 and stage7 are single units.
 _STAGES = ((2, 24, 2), (3, 32, 2), (4, 64, 2), (3, 96, 1), (3, 160, 1))

@@ -9,7 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Ops, global_avg_pool, kaiming_fan_out_normal
+from ast_jax.models.layers import Ops, global_avg_pool, kaiming_fan_out_normal
 
 
 def _ops(dtype, train, axis_name, mask):

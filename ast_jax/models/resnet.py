@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Ops, global_avg_pool, sequential
+from ast_jax.models.layers import Ops, global_avg_pool, sequential
 
 
 def _shortcut(ops: Ops, x, features: int, stride: int):

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .layers import Ops, channel_shuffle, global_avg_pool, relu, sequential
+from ast_jax.models.layers import Ops, channel_shuffle, global_avg_pool, relu, sequential
 
 
 class ShuffleUnit(nn.Module):

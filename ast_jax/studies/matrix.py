@@ -1,0 +1,307 @@
+"""The stealing-attack matrix: every configured attack on every victim, per seed (docs/method.md §10.5).
+
+    <workdir>/matrix/<victim>/<attack>/seed<k>/cell.json     the cell's inputs (fingerprints)
+    <workdir>/matrix/<victim>/<attack>/seed<k>/result.json   its metrics, written last
+    <workdir>/matrix.{md,json,csv}, matrix.png                the table over seeds and its heatmap
+
+A *victim* is a teacher of the study (`base`, `stingy`, `ast`, `nasty`, `stt`) or the base
+teacher behind an output defence (`dcp:beta=0.3`, `reverse_sigmoid:beta=0.04`, `top1`,
+`topk_round:k=1,decimals=1`; DCP's and Reverse Sigmoid's γ default to `defenses.default_gamma`).
+Teachers the pipeline already trained in the work directory are reused; missing ones are
+trained. Each cell queries a fresh `blackbox.BlackBox` seeded by the cell's seed.
+
+Per cell: the clone's test accuracy (last and best epoch), fidelity (the clone's arg-max equals
+the victim's clean arg-max), agreement (it equals the released arg-max), the defender's accuracy
+(arg-max of the release) and its drop against the undefended base, the mean ℓ1 distance between
+the released and the clean probabilities on the test set, and the queries spent. A complete cell
+is skipped; a cell whose recorded inputs differ is refused in one line and kept as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ast_jax.attacks import AttackContext, run_attack
+from ast_jax.data import load_query_set
+from ast_jax.defences import outputs as defenses
+from ast_jax.defences.blackbox import BlackBox, victim_release
+from ast_jax.engine import make_predict, to_host
+from ast_jax.engine.checkpoints import WorkdirConflictError
+from ast_jax.files import atomic_write, is_writer, read_json
+from ast_jax.results.report import plot_heatmaps
+from ast_jax.studies.pipeline import (
+    TEACHERS,
+    Study,
+    fingerprint,
+    released_logits,
+    released_teacher,
+    teacher_fingerprint,
+    teacher_input_defense,
+    train_teacher,
+)
+from ast_jax.studies.settings import sparsity_k, to_json
+from ast_jax.studies.victims import BASE, Victim, parse_victim
+
+MATRIX_DIR = "matrix"
+CELL_RECORD, CELL_RESULT = "cell.json", "result.json"
+METRICS = ("clone_accuracy", "clone_best_accuracy", "fidelity", "agreement", "defender_accuracy",
+           "defender_drop", "l1", "queries")
+#: Cells that run but whose numbers say little (docs/method.md §10.5).
+DEGENERATE = {("dfme", "top1"): "DFME's logits from a label", ("dfme", "topk_round"): "DFME's logits from zeros",
+              ("knockoff", "noise"): "noise queries: a floor"}
+
+
+class StaleCellError(WorkdirConflictError):
+    """A matrix cell in the work directory was built from other inputs than the current ones (kept as is)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    victim: Victim
+    attack: str   # a cell name of config.attacks
+    seed: int
+
+
+def plan(study: Study, seeds=None) -> list[Cell]:
+    """Every (victim, attack, seed) of the config, in table order."""
+    config = study.config
+    victims = [parse_victim(v, config.data.name, study.num_classes, f"config.matrix.victims[{i}]")
+               for i, v in enumerate(config.matrix.victims)]
+    return [Cell(victim, attack, seed) for victim in victims for attack in config.matrix.attacks
+            for seed in (seeds or config.matrix.seeds)]
+
+
+def cell_directory(study: Study, cell: Cell) -> str:
+    return os.path.join(study.workdir, MATRIX_DIR, cell.victim.label, cell.attack, f"seed{cell.seed}")
+
+
+def victim_defense(study: Study, victim: Victim):
+    """The victim's output defence as a jittable function (the Stingy Teacher keeps config.stingy's k)."""
+    if victim.teacher == "stingy":
+        return defenses.make_defense("stingy", k=sparsity_k(study.config.stingy, study.num_classes))
+    return defenses.make_defense(victim.defense, **dict(victim.params))
+
+
+def victim_variables(study: Study, victim: Victim) -> dict:
+    return train_teacher(study, "base" if victim.teacher == "stingy" else victim.teacher).variables
+
+
+def defender_metrics(clean: np.ndarray, released: np.ndarray, labels: np.ndarray, base_accuracy: float) -> dict:
+    """Defender accuracy (arg-max of the release), its drop against the undefended base, and the mean
+    ℓ1 distance between released and clean probabilities."""
+    accuracy = float(np.mean(np.argmax(released, -1) == labels))
+    return {"defender_accuracy": accuracy, "defender_drop": base_accuracy - accuracy,
+            "l1": float(np.mean(np.sum(np.abs(released.astype(np.float64) - clean), -1)))}
+
+
+def clone_metrics(clone_logits: np.ndarray, clean: np.ndarray, released: np.ndarray) -> dict:
+    """Fidelity (clone arg-max = clean victim arg-max) and agreement (= released arg-max)."""
+    predicted = np.argmax(clone_logits, -1)
+    return {"fidelity": float(np.mean(predicted == np.argmax(clean, -1))),
+            "agreement": float(np.mean(predicted == np.argmax(released, -1)))}
+
+
+class _Matrix:
+    """One `ast-jax matrix` session: victims' test outputs, query sets and compiled predictors, cached."""
+
+    def __init__(self, study: Study, log: Callable[[str], None]):
+        self.study, self.log = study, log
+        config = study.config
+        self.clone_architecture = config.matrix.clone or config.teacher.model
+        self.model = study.model(config.teacher.model)
+        self.predict_victim = make_predict(self.model, study.mesh, batch_size=config.train.eval_batch_size,
+                                           mean=study.dataset.mean, std=study.dataset.std)
+        self.predict_clone = make_predict(study.model(self.clone_architecture), study.mesh,
+                                          batch_size=config.train.eval_batch_size, mean=study.dataset.mean,
+                                          std=study.dataset.std)
+        self._outputs: dict[str, tuple] = {}
+        self._query_sets: dict[str, Any] = {}
+
+    def outputs(self, victim: Victim) -> tuple[np.ndarray, np.ndarray]:
+        """(clean, released) probabilities of `victim` on the test set, float64."""
+        if victim.label not in self._outputs:
+            variables = victim_variables(self.study, victim)
+            logits = to_host(self.predict_victim(variables, self.study.test.images))
+            clean = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+            released = victim_defense(self.study, victim)(clean)
+            teacher, _ = released_teacher(self.study, victim.teacher)
+            if teacher.is_random:  # a randomised release (MeCo): fresh perturbations per query
+                released = jax.nn.softmax(released_logits(self.study, teacher, variables, self.study.test.images), -1)
+            self._outputs[victim.label] = (np.asarray(clean, np.float64), np.asarray(released, np.float64))
+        return self._outputs[victim.label]
+
+    def query_set(self, settings: Mapping):
+        """The attack's query set (knockoff), drawn once per session from the study's seed."""
+        name = settings.get("query_set")
+        if name is None:
+            return None
+        if name not in self._query_sets:
+            config = self.study.config
+            generated = name in ("photos", "noise")
+            self._query_sets[name] = load_query_set(
+                name, image_shape=self.study.dataset.image_shape, num_images=settings["budget"] if generated else 0,
+                seed=config.seed, data_dir=config.data.data_dir or None, victim_examples=config.data.train_examples,
+                victim_seed=config.seed)
+        return self._query_sets[name]
+
+    def inputs(self, cell: Cell) -> dict:
+        """What the cell's result depends on, as recorded in its cell.json."""
+        settings = json.loads(to_json(self.study.config.attacks[cell.attack]))
+        query_set = self.query_set(settings)
+        return {"victim": cell.victim.label, "teacher": teacher_fingerprint(self.study, cell.victim.teacher),
+                "defense": {"name": cell.victim.defense, "params": dict(cell.victim.params)},
+                "attack": settings, "query_set": None if query_set is None else query_set.fingerprint,
+                "clone": self.clone_architecture, "seed": cell.seed, "train_data": self.study.train_data}
+
+    def run_cell(self, cell: Cell) -> dict:
+        """The cell's result: loaded when complete, else computed (resuming what the attack kept)."""
+        directory = cell_directory(self.study, cell)
+        inputs = self.inputs(cell)
+        record_path, result_path = os.path.join(directory, CELL_RECORD), os.path.join(directory, CELL_RESULT)
+        if os.path.exists(record_path):
+            recorded = read_json(record_path)
+            changed = sorted(k for k in {*recorded, *inputs} if recorded.get(k) != inputs.get(k))
+            if changed:
+                raise StaleCellError(f"matrix cell {os.path.relpath(directory, self.study.workdir)} was built from "
+                                     f"other inputs (changed: {', '.join(changed)}); it is kept as it was. To redo it "
+                                     f"delete {directory}, or use another --workdir")
+            if os.path.exists(result_path):
+                return read_json(result_path)
+        elif is_writer():
+            atomic_write(record_path, json.dumps(inputs, indent=1, sort_keys=True))
+        return self._compute(cell, inputs, directory, result_path)
+
+    def _compute(self, cell: Cell, inputs: dict, directory: str, result_path: str) -> dict:
+        study, settings = self.study, dict(inputs["attack"])
+        kind = settings.pop("kind")
+        victim = cell.victim
+        release = victim_release(self.model, victim_variables(study, victim), study.dataset.mean, study.dataset.std,
+                                 victim_defense(study, victim), teacher_input_defense(study, victim.teacher))
+        box = BlackBox(release, image_shape=study.dataset.image_shape, num_classes=study.num_classes,
+                       mesh=study.mesh, batch_size=study.config.matrix.batch_size, seed=cell.seed,
+                       labels_only=defenses.labels_only(victim.defense))
+        query_set = self.query_set(settings)
+        context = AttackContext(
+            clone=study.model(self.clone_architecture), victim_train=study.train, test=study.test,
+            mean=study.dataset.mean, std=study.dataset.std, mesh=study.mesh, seed=cell.seed, directory=directory,
+            log=lambda message: self.log(f"[{victim.label}/{cell.attack}/seed{cell.seed}] {message}"),
+            query_images=None if query_set is None else query_set.images,
+            eval_batch_size=study.config.train.eval_batch_size)
+        result = run_attack(kind, box, settings, context)
+        clean, released = self.outputs(victim)
+        clone_logits = to_host(self.predict_clone(result.variables, study.test.images))
+        base_accuracy = defender_metrics(*self.outputs(BASE), study.test.labels, 0.0)["defender_accuracy"]
+        row = {"victim": victim.label, "attack": cell.attack, "kind": kind, "seed": cell.seed,
+               "clone_accuracy": result.final_accuracy, "clone_best_accuracy": result.best_accuracy,
+               **clone_metrics(clone_logits, clean, released),
+               **defender_metrics(clean, released, study.test.labels, base_accuracy),
+               "queries": result.queries, "flag": flag(kind, victim.defense, settings.get("query_set")),
+               "clone_fingerprint": fingerprint(result.variables, {})}
+        if is_writer():
+            atomic_write(result_path, json.dumps(row, indent=1, sort_keys=True))
+        return row
+
+
+def flag(kind: str, defense: str, query_set: str | None) -> str:
+    """Why a cell is degenerate ("" when it is not)."""
+    return DEGENERATE.get((kind, defense)) or DEGENERATE.get((kind, query_set), "")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and population std over seeds per (victim, attack), in the rows' order."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["victim"], row["attack"]), []).append(row)
+    summary = []
+    for (victim, attack), members in groups.items():
+        entry = {"victim": victim, "attack": attack, "kind": members[0]["kind"], "flag": members[0]["flag"],
+                 "seeds": [m["seed"] for m in members]}
+        for metric in METRICS:
+            values = np.array([m[metric] for m in members], np.float64)
+            entry[metric], entry[f"{metric}_std"] = float(values.mean()), float(values.std())
+        summary.append(entry)
+    return summary
+
+
+def _pm(entry: dict, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * entry[metric]:.{digits}f} ± {scale * entry[metric + '_std']:.{digits}f}"
+
+
+def markdown(summary: list[dict], title: str, notes: list[str]) -> str:
+    header = ["victim", "attack", "clone acc. (%)", "best (%)", "fidelity (%)", "agreement (%)",
+              "defender acc. (%)", "Δ_def (pts)", "ℓ1", "queries", "flag"]
+    lines = [f"# {title}", "", "Mean ± population std over the seeds of each cell.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in summary:
+        lines.append("| " + " | ".join([
+            e["victim"], e["attack"], _pm(e, "clone_accuracy"), _pm(e, "clone_best_accuracy"), _pm(e, "fidelity"),
+            _pm(e, "agreement"), _pm(e, "defender_accuracy"), _pm(e, "defender_drop"), _pm(e, "l1", 1.0, 3),
+            f"{e['queries']:.0f}", e["flag"]]) + " |")
+    return "\n".join(lines + ["", *(f"- {n}" for n in notes), ""])
+
+
+def csv_text(summary: list[dict]) -> str:
+    columns = ["victim", "attack", "kind", "flag", *[f"{m}{s}" for m in METRICS for s in ("", "_std")]]
+    lines = [",".join(columns)]
+    for entry in summary:
+        lines.append(",".join(str(entry[c]) for c in columns))
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(path: str, summary: list[dict]) -> None:
+    """Victims × attacks, the clone's mean test accuracy, as a PNG."""
+    victims = list(dict.fromkeys(e["victim"] for e in summary))
+    attacks = list(dict.fromkeys(e["attack"] for e in summary))
+    grid = np.full((len(victims), len(attacks)), np.nan)
+    for e in summary:
+        grid[victims.index(e["victim"]), attacks.index(e["attack"])] = 100 * e["clone_accuracy"]
+    plot_heatmaps(path, [{"values": grid, "rows": victims, "cols": attacks, "label": "clone test accuracy (%)"}])
+
+
+def run_matrix(study: Study, seeds=None, log: Callable[[str], None] | None = None) -> list[str]:
+    """Run (or resume) every cell, then write matrix.md/json/csv and matrix.png; returns their paths."""
+    log = log or study.log
+    matrix = _Matrix(study, log)
+    cells = plan(study, seeds)
+    for attack in study.config.matrix.attacks:  # every query set loads (or fails in one line) before any compute
+        try:
+            matrix.query_set(study.config.attacks[attack])
+        except ValueError as error:
+            raise ValueError(f"config.attacks.{attack}.query_set: {error}") from None
+    rows, start, computed = [], time.perf_counter(), 0
+    for index, cell in enumerate(cells, 1):
+        complete = os.path.exists(os.path.join(cell_directory(study, cell), CELL_RESULT))
+        rows.append(matrix.run_cell(cell))
+        computed += not complete
+        elapsed = time.perf_counter() - start
+        eta = elapsed / max(computed, 1) * sum(
+            not os.path.exists(os.path.join(cell_directory(study, c), CELL_RESULT)) for c in cells[index:])
+        log(f"[matrix] {index}/{len(cells)} cells: {cell.victim.label} / {cell.attack} / seed {cell.seed}: clone "
+            f"{100 * rows[-1]['clone_accuracy']:.1f}%{' (done before)' if complete else ''}; "
+            f"elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+    summary = summarise(rows)
+    workdir = study.workdir
+    paths = [os.path.join(workdir, f"matrix.{ext}") for ext in ("md", "json", "csv", "png")]
+    if is_writer():
+        notes = [f"Victim {study.config.teacher.model} on {study.config.data.name} ({len(study.test)} test images); "
+                 f"clone {matrix.clone_architecture}; seeds {sorted({c.seed for c in cells})}.",
+                 "Δ_def: undefended base accuracy minus the defender's; ℓ1: mean |released − clean|₁ on the test set.",
+                 "Flagged cells run but say little (see docs/method.md §10.5)."]
+        atomic_write(paths[0], markdown(summary, f"Stealing attacks × defences: {study.config.name}", notes))
+        atomic_write(paths[1], json.dumps({"cells": rows, "summary": summary, "notes": notes}, indent=1,
+                                          sort_keys=True))
+        atomic_write(paths[2], csv_text(summary))
+        heatmap(paths[3], summary)
+    return paths
+
+
+__all__ = ["Cell", "StaleCellError", "Victim", "clone_metrics", "defender_metrics", "parse_victim", "plan",
+           "run_matrix", "summarise"]
