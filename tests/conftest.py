@@ -15,6 +15,9 @@ import tempfile
 #   several tests build, or a killed run and its resume, is compiled once; removed at exit.
 # A test's subprocess that imports this module keeps the settings its parent gave it.
 UNOPTIMIZED_FLAG = "--xla_backend_optimization_level=0"
+#: This folder: the subprocesses a test starts import `conftest` from it.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))
 if "AST_JAX_TESTS_CACHE" not in os.environ:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {UNOPTIMIZED_FLAG}".strip()
     os.environ["AST_JAX_TESTS_CACHE"] = os.environ["AST_JAX_CACHE"] = tempfile.mkdtemp(prefix="ast_jax-tests-xla-")

@@ -21,7 +21,7 @@ def _train(directory: str, out: str) -> None:
     import jax
     from test_runner import tiny_run
 
-    from ast_jax import files as io
+    from ast_jax import files
     from ast_jax.engine import fit
 
     written = []
@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 def _env(devices_per_process: int) -> dict:
     return forced_devices_env(devices_per_process, PYTHONPATH=os.pathsep.join(
-        filter(None, [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH")])))
+        filter(None, [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.mark.slow

@@ -130,14 +130,16 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
     monkeypatch.setattr(pipeline, "max_batch_runs", lambda: None)  # an accelerator's batches (CPU: one run each)
     monkeypatch.setattr(loop, "default_run_lowering", lambda: "vmap")  # and its lowering (compiles once at any R)
     with pytest.raises(Killed):
-        sweep.run_sweep(sweep.open_sweep(config, workdir, grid, (0, 1), log=lambda _: None))
+        sweep.run_sweep(sweep.open_sweep(config, workdir, grid, loader.sweep_cell_configs(config, grid), (0, 1),
+                                         log=lambda _: None))
     assert [len(b) for b in batches] == [2, 4]  # the seeds' base teachers, then every cell's AST teacher at once
     teachers = [d for batch in batches for d in batch]
     written = {d: os.stat(os.path.join(d, "metrics.jsonl")).st_mtime_ns for d in teachers}
     assert not os.path.exists(os.path.join(workdir, "sweep.md"))
 
     monkeypatch.setattr(pipeline, "fit_batch", fit_batch)
-    paths = sweep.run_sweep(sweep.open_sweep(config, workdir, grid, (0, 1), log=lambda _: None))
+    paths = sweep.run_sweep(sweep.open_sweep(config, workdir, grid, loader.sweep_cell_configs(config, grid), (0, 1),
+                                         log=lambda _: None))
     assert {d: os.stat(os.path.join(d, "metrics.jsonl")).st_mtime_ns for d in teachers} == written  # not retrained
     assert [os.path.basename(p) for p in paths] == ["sweep.md", "sweep.json", "sweep.csv", "sweep.png"]
     rows = {(r["teacher"], r["ast.k"]): r for r in _csv(paths[2])}

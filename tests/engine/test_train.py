@@ -257,7 +257,7 @@ print(json.dumps({{"devices": diff(results[0], results[1]), "vs_valid_alone": di
 
 
 def test_masked_step_on_four_devices_with_uneven_valid_examples_equals_one_device():
-    code = UNEVEN_DEVICES_SCRIPT.format(tests=os.path.dirname(__file__))
+    code = UNEVEN_DEVICES_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=forced_devices_env(4), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     diffs = json.loads(out.stdout.strip().splitlines()[-1])
@@ -356,7 +356,7 @@ np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
 
 
 def _run_training_subprocess(directory, out, kill_after_checkpoint=None):
-    code = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), directory=str(directory), out=str(out))
+    code = RESUME_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), directory=str(directory), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if kill_after_checkpoint is not None:
         target = directory / "checkpoints" / str(kill_after_checkpoint)

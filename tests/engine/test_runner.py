@@ -137,7 +137,7 @@ np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
 @pytest.mark.slow
 def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path):
     def run(interrupt: bool):
-        code = SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), directory=str(tmp_path / "run"),
+        code = SIGNAL_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), directory=str(tmp_path / "run"),
                                     out=str(tmp_path / "resumed.npz"))
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if interrupt:

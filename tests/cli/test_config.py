@@ -11,7 +11,7 @@ from ast_jax.cli import config as loader
 from ast_jax.configs import common
 from ast_jax.studies import settings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "ast_jax", "configs")
 # The studies' configs; the ablations_*.py files are sweeps whose variants name ablations (tests/test_sweep.py).
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIGS)

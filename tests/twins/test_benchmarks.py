@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not an installed package
 
 from conftest import randomize_torch_batchnorm  # noqa: E402

@@ -10,7 +10,7 @@ from conftest import start_cli
 from ast_jax import files
 from ast_jax.cli import commands as cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _one_error_line(capsys, prefix="ast-jax: error: "):
