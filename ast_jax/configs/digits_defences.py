@@ -15,8 +15,8 @@ population std):
     InI teacher 93.43 ± 2.01 (cost 5.09 ± 1.63 points), its CNN student 97.13 ± 1.15
     MeCo teacher, released 97.31 ± 1.13 (clean 98.33 ± 0.48), its CNN student 99.26 ± 0.58
 
-    ast-jax matrix --config digits_defences --workdir digits_defences \
-        --config.matrix.victims=base --config.matrix.victims=ast \
+    ast-jax matrix --config digits_defences --workdir digits_defences \\
+        --config.matrix.victims=base --config.matrix.victims=ast \\
         --config.matrix.victims=ini --config.matrix.victims=meco                   # 3 min 40 s
 
     DFME clone: base 51.7 ± 3.6, AST 10.1 ± 0.1, InI 21.2 ± 8.2, MeCo 53.5 ± 7.7 (MeCo: no effect)
