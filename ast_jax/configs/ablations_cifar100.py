@@ -1,7 +1,7 @@
 """The thesis's AST ablations (Tables 6.6-6.11) on CIFAR-100 with ResNet18 teachers, sized for
 a GPU: `ast-jax sweep --config ablations_cifar100:<ablation> --workdir W` (3 seeds).
 
-Every cell is configs/cifar100_resnet18.py's AST teacher (200 epochs; tau 20, omega 0.03,
+Every cell is ast_jax/configs/cifar100_resnet18.py's AST teacher (200 epochs; tau 20, omega 0.03,
 ratio 0.02) with the cell's values, and its students (ShuffleNetV2, ResNet18); the seeds' base
 teacher and its students are shared by all cells. The grids are the thesis's (docs/method.md §5):
 

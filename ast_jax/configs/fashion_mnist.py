@@ -21,7 +21,8 @@ Why these values:
     (`--config.data.train_examples=2000`), batch 64, lr 0.05, CNN student. With the digits
     demo's schedule (teachers 30 epochs, lr x0.1 at 20 and 25, student 20; 2026-11-23, seed 0,
     36 min on a shared CPU): base teacher 84.07%, AST 82.51%; students from base / ST / AST / NT /
-    STT 85.98 / 84.15 / 82.58 / 84.38 / 84.01%, so AST costs its student 3.40 points (README).
+    STT 85.98 / 84.15 / 82.58 / 84.38 / 84.01%, so AST costs its student 3.40 points
+    (docs/results/fashion-mnist-reduced.md).
     With 20 epochs (x0.1 at 10, 16; 2026-11-22, earlier code): AST student -1.14 points, no
     effect. The full study is untried.
   * InI and MeCo (docs/method.md §11): their papers' MNIST/Fashion-MNIST schedules
