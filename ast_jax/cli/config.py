@@ -102,7 +102,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     """Loads ``name[:variant]``, locks it, applies `overrides` and validates it.
 
     Args:
-      spec: a config name (``cifar10_resnet18``, from the repository's ``configs/``) or the path
+      spec: a config name (``cifar10_resnet18``, a module of the package's ``ast_jax/configs/``) or the path
         of a config file, optionally followed by ``:variant`` (``cifar10_resnet18:reference``).
         No variant means ``get_config()``'s default.
       overrides: command-line arguments ``--config.a.b=value`` / ``--config.a.b value`` (see

@@ -24,7 +24,7 @@ digits`, 2026-11-24 code): docs/results/digits-matrix.md.
 from ast_jax.configs.common import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
 
 #: InI's and MeCo's schedules scaled to the demo's (docs/method.md §11; trained where `config.teachers`
-#: names them, as in configs/digits_defences.py): InI's SGD (momentum 0.5, weight decay 1e-3) at the
+#: names them, as in ast_jax/configs/digits_defences.py): InI's SGD (momentum 0.5, weight decay 1e-3) at the
 #: demo's batch 64 and lr 0.05 for its 30 epochs, lr x0.1 at 12 and 24 (the MNIST schedule's 20 and
 #: 40 of 50); MeCo's MNIST recipe, Adam 1e-3, batch 64, for 30 epochs.
 DEFENCE_TRAIN = {

@@ -44,7 +44,7 @@ from ast_jax.configs.common import (
 #: `ast-jax matrix` (docs/method.md §10.5), the offline cells: every teacher and output defence; KD,
 #: Knockoff soft/hard with 10,000 queries of F-B (Fashion-MNIST images outside the victim's subset:
 #: needs --config.data.train_examples) and of D->28, JBDA, DFME with 200,000 queries; CNN clone.
-#: CPU: `--config.data.train_examples=2000` with the reduced study's schedule (README). GPU, full
+#: CPU: `--config.data.train_examples=2000` with the reduced study's schedule (docs/results/fashion-mnist-reduced.md). GPU, full
 #: data: drop the F-B cells (`--config.matrix.attacks="('kd','knockoff_d28_soft','knockoff_d28_hard','jbda','dfme')"`).
 MATRIX_VICTIMS = (*TEACHER_VICTIMS, *defence_victims(dcp_betas=(0.3, 0.6, 0.9, 1.2, 1.5), rs_betas=(0.04, 0.16, 0.64),
                                                      rounding=((10, 1),)))
