@@ -56,8 +56,17 @@ import optax
 from jax.sharding import NamedSharding
 
 from ast_jax.data import DatasetSpec, dataset_spec
-from ast_jax.engine import (RUN_LOWERINGS, ExecutionPolicy, LossHypers, StepSpec, TrainState, init_state,
-                            make_train_epoch, make_train_step, replicate)
+from ast_jax.engine import (
+    RUN_LOWERINGS,
+    ExecutionPolicy,
+    LossHypers,
+    StepSpec,
+    TrainState,
+    init_state,
+    make_train_epoch,
+    make_train_step,
+    replicate,
+)
 from ast_jax.engine.loop import run_partition
 from ast_jax.files import atomic_write
 from ast_jax.rng import Stream

@@ -34,7 +34,18 @@ from ast_jax.files import atomic_write
 from ast_jax.models import MODEL_NAMES
 
 from . import jax_path, torch_path
-from .common import MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_HYPERS, STEP_SPECS, Case, fixed_batch, initial_weights, synthetic_data
+from .common import (
+    MEAN,
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    STD,
+    STEP_HYPERS,
+    STEP_SPECS,
+    Case,
+    fixed_batch,
+    initial_weights,
+    synthetic_data,
+)
 
 WHATS = (*STEP_SPECS, "pgd")
 _HLO_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"')

@@ -25,8 +25,17 @@ def _compare_device_counts() -> dict:
     from ml_collections import ConfigDict
 
     from ast_jax.data import AugmentSpec
-    from ast_jax.engine import (ExecutionPolicy, LossHypers, StepSpec, Teacher, init_state, make_mesh, make_optimizer,
-                                make_train_epoch, replicate)
+    from ast_jax.engine import (
+        ExecutionPolicy,
+        LossHypers,
+        StepSpec,
+        Teacher,
+        init_state,
+        make_mesh,
+        make_optimizer,
+        make_train_epoch,
+        replicate,
+    )
 
     assert jax.device_count() == 4, jax.devices()
     split = tiny_split(48, channels=3)

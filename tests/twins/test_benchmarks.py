@@ -27,7 +27,18 @@ from ast_jax.data import normalize  # noqa: E402
 from ast_jax.engine import train_step  # noqa: E402
 from ast_jax.interop import from_torch_state_dict, torch_models  # noqa: E402
 from benchmarks import jax_path, profile, report, run, torch_path  # noqa: E402
-from benchmarks.common import MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_HYPERS, STEP_SPECS, Case, Weights, fixed_batch, synthetic_data  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    MEAN,
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    STD,
+    STEP_HYPERS,
+    STEP_SPECS,
+    Case,
+    Weights,
+    fixed_batch,
+    synthetic_data,
+)
 
 NAME, CLASSES, SIZE, BATCH = "preresnet20", 10, 16, 6
 
