@@ -56,8 +56,18 @@ import optax
 from jax.sharding import NamedSharding
 
 from ast_jax.data import DatasetSpec, dataset_spec
-from ast_jax.engine import StepSpec, TrainState, default_loop, init_state, make_train_epoch, make_train_step, replicate
-from ast_jax.engine.loop import RUN_LOWERINGS, default_run_lowering, run_partition
+from ast_jax.engine import (
+    RUN_LOWERINGS,
+    ExecutionPolicy,
+    LossHypers,
+    StepSpec,
+    TrainState,
+    init_state,
+    make_train_epoch,
+    make_train_step,
+    replicate,
+)
+from ast_jax.engine.loop import run_partition
 from ast_jax.files import atomic_write
 from ast_jax.rng import Stream
 
@@ -74,6 +84,7 @@ class Workload:
 
     model: str
     spec: StepSpec
+    hypers: LossHypers  # run 0's; the sweep varies τ and ω from them (`sweep`)
     dataset: str  # whose image shape, classes, normalisation and augmentation the case takes
     batch_size: int
 
@@ -86,9 +97,9 @@ class Workload:
 # kd: the CNN student distilled from fixed teacher logits (digits has no augmentation, so
 # `data['teacher_logits']` stand in for the teacher's forward pass, as the runner does).
 CASES = {
-    "digits-preresnet20": Workload("preresnet20", StepSpec("ast", 4.0, 0.035, 2, "epd"), "digits", 64),
-    "digits-cnn": Workload("cnn", StepSpec("kd", 4.0, 0.9), "digits", 64),
-    "cifar-preresnet20": Workload("preresnet20", StepSpec("ast", 4.0, 0.035, 2, "epd"), "cifar100", 128),
+    "digits-preresnet20": Workload("preresnet20", StepSpec("ast", "epd"), LossHypers(4.0, 0.035, 2), "digits", 64),
+    "digits-cnn": Workload("cnn", StepSpec("kd"), LossHypers(4.0, 0.9), "digits", 64),
+    "cifar-preresnet20": Workload("preresnet20", StepSpec("ast", "epd"), LossHypers(4.0, 0.035, 2), "cifar100", 128),
 }
 DEFAULTS = dict(cases=",".join(CASES), runs="1,4,8,16", epochs=2, epoch_images=1437)
 SMOKE = dict(cases="digits-cnn", runs="1,2", epochs=1, epoch_images=32, batch_size=16)
@@ -138,12 +149,12 @@ def case_batch_size(args: argparse.Namespace, case: str) -> int:
     return args.batch_size or CASES[case].batch_size
 
 
-def sweep(spec: StepSpec, runs: int) -> list[dict[str, np.float32]]:
-    """Per-run `hypers` as a sweep varies them: temperature T, T + 0.5, ...; ω from the spec's
-    down to half of it (run 0 has the spec's values)."""
-    omegas = spec.omega * (np.linspace(1.0, 0.5, runs) if runs > 1 else np.ones(1))
-    return [{"temperature": np.float32(spec.temperature + 0.5 * r), "omega": np.float32(omegas[r])}
-            for r in range(runs)]
+def sweep(hypers: LossHypers, runs: int) -> list[LossHypers]:
+    """Per-run `hypers` as a sweep varies them: temperature T, T + 0.5, ...; ω from the given one
+    down to half of it; k kept (run 0 has the given values)."""
+    omegas = hypers.omega * (np.linspace(1.0, 0.5, runs) if runs > 1 else np.ones(1))
+    k = None if hypers.k is None else np.int32(hypers.k)
+    return [LossHypers(np.float32(hypers.temperature + 0.5 * r), np.float32(omegas[r]), k) for r in range(runs)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +163,7 @@ class Runs:
 
     states: list[TrainState]
     keys: list[np.ndarray]
-    hypers: list[dict[str, np.float32]]
+    hypers: list[LossHypers]
     per_run: list[dict[str, np.ndarray]]  # adv_images (ast) or teacher_logits (kd), one set each
 
     def head(self, runs: int) -> "Runs":
@@ -183,7 +194,7 @@ def make_runs(workload: Workload, model, tx, num: int, runs: int) -> Runs:
                                            workload.info.image_shape))
     seeds = range(runs)
     return Runs([jax.device_get(init(s)) for s in seeds], [np.asarray(jax.random.PRNGKey(s)) for s in seeds],
-                sweep(workload.spec, runs), [per_run_arrays(workload, num, s) for s in seeds])
+                sweep(workload.hypers, runs), [per_run_arrays(workload, num, s) for s in seeds])
 
 
 def stack(trees: list):
@@ -193,8 +204,11 @@ def stack(trees: list):
 def epoch_program(workload: Workload, model, tx, mesh, batch_size: int, lowering: str | None):
     """The epoch program: unbatched (`lowering` None) or batched over runs by `lowering` (`RUN_LOWERINGS`)."""
     info = workload.info
+    policy = ExecutionPolicy.current()
+    if lowering is not None:
+        policy = dataclasses.replace(policy, run_lowering=lowering)
     return make_train_epoch(model, tx, workload.spec, mesh, batch_size=batch_size, augment_spec=info.augment,
-                            mean=info.mean, std=info.std, batched=lowering is not None, run_lowering=lowering)
+                            mean=info.mean, std=info.std, batched=lowering is not None, policy=policy)
 
 
 def run_epochs(train_epoch, place, data, epochs: int) -> None:
@@ -248,7 +262,7 @@ def compiled_step_text(workload: Workload, model, tx, mesh, batch_size: int, run
     step = jax.jit(make_train_step(model, tx, workload.spec, mesh, batched=runs is not None, run_lowering=lowering),
                    donate_argnums=(0,))
     state = jax.eval_shape(lambda: init_state(model, tx, jax.random.PRNGKey(0), workload.info.image_shape))
-    hypers = {name: jax.ShapeDtypeStruct((), jnp.float32) for name in sweep(workload.spec, 1)[0]}
+    hypers = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, sweep(workload.hypers, 1)[0]))
     args = (state, step_batch(workload, batch_size), None, jax.eval_shape(lambda: jax.random.PRNGKey(0)), hypers)
     if runs is not None:
         args = jax.tree.map(lambda s: jax.ShapeDtypeStruct((runs, *s.shape), s.dtype), args)
@@ -285,7 +299,7 @@ def measure_case(name: str, args: argparse.Namespace) -> dict:
         images = count * args.epoch_images * args.epochs
         seconds = measure_sequential(sequential, mesh, shared, runs, args.epochs)
         row = {"runs": count, "sequential_s": seconds, "sequential_images_per_s": images / seconds, "batched": {},
-               "hypers": [{k: float(v) for k, v in h.items()} for h in runs.hypers]}
+               "hypers": [{"temperature": float(h.temperature), "omega": float(h.omega)} for h in runs.hypers]}
         for lowering, program in programs.items():
             first, seconds = measure_batched(program, mesh, shared, runs, args.epochs)
             row["batched"][lowering] = {"first_epoch_s": first, "s": seconds, "images_per_s": images / seconds,
@@ -296,8 +310,9 @@ def measure_case(name: str, args: argparse.Namespace) -> dict:
     for lowering in args.run_lowerings:
         hlo[lowering] = {"runs": max(args.runs), **convolution_ops(
             compiled_step_text(workload, model, tx, mesh, size, max(args.runs), lowering))}
-    return {"case": name, "model": workload.model, "step": spec.kind, "temperature": spec.temperature,
-            "omega": spec.omega, "k": spec.k, "divergence": spec.divergence, "dataset": workload.dataset,
+    hypers = workload.hypers
+    return {"case": name, "model": workload.model, "step": spec.kind, "temperature": hypers.temperature,
+            "omega": hypers.omega, "k": hypers.k, "divergence": spec.divergence, "dataset": workload.dataset,
             "image_shape": list(info.image_shape), "num_classes": info.num_classes, "augment": str(info.augment),
             "batch_size": size, "epoch_images": args.epoch_images, "epochs": args.epochs, "rows": rows,
             "hlo_convolutions": hlo}
@@ -306,7 +321,8 @@ def measure_case(name: str, args: argparse.Namespace) -> dict:
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
     device = jax_path.device()
     return {"device_name": args.device_name, "device_kind": device.device_kind, "platform": device.platform,
-            "cpu_count": os.cpu_count(), "epoch_loop": default_loop(), "default_run_lowering": default_run_lowering(),
+            "cpu_count": os.cpu_count(), "epoch_loop": ExecutionPolicy.current().loop,
+            "default_run_lowering": ExecutionPolicy.current().run_lowering,
             "versions": {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
                          "optax": optax.__version__, "numpy": np.__version__},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

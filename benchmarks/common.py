@@ -21,14 +21,16 @@ import numpy as np
 from ast_jax import models
 from ast_jax.data import AugmentSpec, normalize
 from ast_jax.data.specs import CIFAR_MEAN, CIFAR_STD
-from ast_jax.engine import StepSpec
+from ast_jax.engine import LossHypers, StepSpec
 
 # docs/method.md §5, CIFAR-10 rows: KD attack, AST ResNet18 (thesis), Nasty Teacher.
-STEP_SPECS = {
-    "ce": StepSpec("ce"),
-    "kd": StepSpec("kd", temperature=4.0, omega=0.9),
-    "ast": StepSpec("ast", temperature=6.0, omega=0.05, k=2),
-    "nasty": StepSpec("nasty", temperature=4.0, omega=0.04),
+STEP_SPECS = {"ce": StepSpec("ce"), "kd": StepSpec("kd"), "ast": StepSpec("ast"), "nasty": StepSpec("nasty")}
+#: The loss values of each step (τ, ω, k).
+STEP_HYPERS = {
+    "ce": LossHypers(),
+    "kd": LossHypers(temperature=4.0, omega=0.9),
+    "ast": LossHypers(temperature=6.0, omega=0.05, k=2),
+    "nasty": LossHypers(temperature=4.0, omega=0.04),
 }
 PRECISIONS = ("float32", "bfloat16")
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
@@ -55,6 +57,10 @@ class Case:
     @property
     def spec(self) -> StepSpec:
         return STEP_SPECS[self.step]
+
+    @property
+    def hypers(self) -> LossHypers:
+        return STEP_HYPERS[self.step]
 
 
 @dataclasses.dataclass(frozen=True)

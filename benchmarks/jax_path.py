@@ -18,9 +18,9 @@ from ml_collections import ConfigDict
 
 from ast_jax import models
 from ast_jax.engine import (
+    ExecutionPolicy,
     Teacher,
     TrainState,
-    default_loop,
     make_mesh,
     make_optimizer,
     make_pgd_attack,
@@ -94,11 +94,12 @@ def measure_step(case: Case, weights: Weights, batch: dict[str, np.ndarray], *, 
     batch = jax.device_put({k: batch[k] for k in keys}, NamedSharding(mesh, P(AXIS)))
     teacher_variables = replicate(mesh, weights.teacher) if case.spec.needs_teacher else None
     state = replicate(mesh, fresh_state(tx, weights.student))
-    compiled = step.lower(state, batch, teacher_variables).compile()
+    hypers = replicate(mesh, case.hypers)
+    compiled = step.lower(state, batch, teacher_variables, None, hypers).compile()
 
     def call():
         nonlocal state
-        state, metrics = compiled(state, batch, teacher_variables)
+        state, metrics = compiled(state, batch, teacher_variables, None, hypers)
         jax.block_until_ready((state, metrics))
 
     times = time_calls(call, iters=iters, warmup=warmup)
@@ -122,14 +123,15 @@ def measure_epoch(case: Case, weights: Weights, data: Data) -> dict:
     teacher_variables = replicate(mesh, weights.teacher) if case.spec.needs_teacher else None
     key = jax.random.key(0)
     state = replicate(mesh, fresh_state(tx, weights.student))
+    hypers = replicate(mesh, case.hypers)
 
     def epoch(index):
         nonlocal state
-        state, metrics = train_epoch(state, arrays, teacher_variables, key, index)
+        state, metrics = train_epoch(state, arrays, teacher_variables, key, index, hypers=hypers)
         jax.block_until_ready((state, metrics))
 
     epoch(0)
-    return {"epoch_s": timed(lambda: epoch(1)), "epoch_loop": default_loop()}
+    return {"epoch_s": timed(lambda: epoch(1)), "epoch_loop": ExecutionPolicy.current().loop}
 
 
 def measure_pgd(name: str, num_classes: int, precision: str, weights: Weights, data: Data, *, batch_size: int,
@@ -144,7 +146,7 @@ def measure_pgd(name: str, num_classes: int, precision: str, weights: Weights, d
     variables = replicate(mesh, weights.student)
     key = jax.random.key(0)
 
-    def attack(num_steps, loop="auto"):
+    def attack(num_steps, loop=None):
         return make_pgd_attack(model, mesh, batch_size=batch_size, mean=MEAN, std=STD, eps=PGD_EPS,
                                step_size=PGD_STEP_SIZE, steps=num_steps, loop=loop)
 
@@ -153,4 +155,4 @@ def measure_pgd(name: str, num_classes: int, precision: str, weights: Weights, d
     run = functools.partial(attack(steps), variables, *replicate(mesh, (data.images, data.labels)), key)
     jax.block_until_ready(run())
     return {"seconds": timed(lambda: jax.block_until_ready(run())), "flops": flops, "peak_bytes": peak_bytes(),
-            "loop": default_loop()}
+            "loop": ExecutionPolicy.current().loop}

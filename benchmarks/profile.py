@@ -34,7 +34,18 @@ from ast_jax.files import atomic_write
 from ast_jax.models import MODEL_NAMES
 
 from . import jax_path, torch_path
-from .common import MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, fixed_batch, initial_weights, synthetic_data
+from .common import (
+    MEAN,
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    STD,
+    STEP_HYPERS,
+    STEP_SPECS,
+    Case,
+    fixed_batch,
+    initial_weights,
+    synthetic_data,
+)
 
 WHATS = (*STEP_SPECS, "pgd")
 _HLO_OP = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"')
@@ -85,11 +96,12 @@ def _jax_call(args):
     batch = jax.device_put({k: batch[k] for k in keys}, sharded)
     teacher_variables = replicate(mesh, weights.teacher) if case.spec.needs_teacher else None
     state = replicate(mesh, jax_path.fresh_state(tx, weights.student))
-    compiled = step.lower(state, batch, teacher_variables).compile()
+    hypers = replicate(mesh, case.hypers)
+    compiled = step.lower(state, batch, teacher_variables, None, hypers).compile()
 
     def call():
         nonlocal state
-        state, metrics = compiled(state, batch, teacher_variables)
+        state, metrics = compiled(state, batch, teacher_variables, None, hypers)
         jax.block_until_ready((state, metrics))
 
     return call, compiled.as_text()
@@ -151,7 +163,7 @@ def profile_torch(args) -> tuple[float, list[tuple[str, str, float]]]:
         opt = torch_path.optimizer(modules)
 
         def call():
-            torch_path.train_step(STEP_SPECS[args.what], modules, opt, tensors, "float32")
+            torch_path.train_step(STEP_SPECS[args.what], STEP_HYPERS[args.what], modules, opt, tensors, "float32")
 
     wall = _timed(call, args.iters)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

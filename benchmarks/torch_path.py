@@ -130,16 +130,17 @@ def nasty_loss(logits, base_logits, labels, temperature: float, omega: float) ->
     return F.cross_entropy(logits, labels) - omega * temperature**2 * kl
 
 
-def objective(spec, logits, target, labels) -> torch.Tensor:
-    """The loss of step kind `spec.kind` (an `ast_jax.engine.StepSpec`) on float32 logits."""
+def objective(spec, hypers, logits, target, labels) -> torch.Tensor:
+    """The loss of step kind `spec.kind` (an `ast_jax.engine.StepSpec`) with the loss values `hypers`
+    (an `ast_jax.engine.LossHypers`) on float32 logits."""
     if spec.kind == "ce":
         return F.cross_entropy(logits, labels)
     if spec.kind == "kd":
-        return kd_loss(logits, target, labels, spec.temperature, spec.omega)
+        return kd_loss(logits, target, labels, hypers.temperature, hypers.omega)
     if spec.kind == "nasty":
-        return nasty_loss(logits, target, labels, spec.temperature, spec.omega)
+        return nasty_loss(logits, target, labels, hypers.temperature, hypers.omega)
     if spec.kind == "ast" and spec.divergence == "epd":
-        return ast_loss(logits, target, labels, spec.temperature, spec.omega, spec.k)
+        return ast_loss(logits, target, labels, hypers.temperature, hypers.omega, hypers.k)
     raise ValueError(f"no PyTorch objective for step {spec}")
 
 
@@ -246,10 +247,10 @@ def _target(spec, modules: Modules, batch: dict) -> torch.Tensor | None:
             modules.student.train()
 
 
-def step_loss(spec, modules: Modules, batch: dict) -> torch.Tensor:
+def step_loss(spec, hypers, modules: Modules, batch: dict) -> torch.Tensor:
     """The step's loss: target first (inference mode), then the training-mode logits of the clean batch."""
     target = _target(spec, modules, batch)
-    return objective(spec, modules.forward(batch["image"]).float(), target, batch["label"])
+    return objective(spec, hypers, modules.forward(batch["image"]).float(), target, batch["label"])
 
 
 def optimizer(modules: Modules) -> torch.optim.Optimizer:
@@ -257,9 +258,10 @@ def optimizer(modules: Modules) -> torch.optim.Optimizer:
                            fused=modules.variant.fused_optimizer)
 
 
-def train_step(spec, modules: Modules, opt: torch.optim.Optimizer, batch: dict, precision: str) -> torch.Tensor:
+def train_step(spec, hypers, modules: Modules, opt: torch.optim.Optimizer, batch: dict,
+               precision: str) -> torch.Tensor:
     with autocast(modules, precision):
-        loss = step_loss(spec, modules, batch)
+        loss = step_loss(spec, hypers, modules, batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -361,7 +363,7 @@ def measure_step(modules: Modules, case: Case, batch: dict[str, np.ndarray], *, 
     reset_peak_memory(modules.device)
 
     def call():
-        train_step(case.spec, modules, opt, batch, case.precision)
+        train_step(case.spec, case.hypers, modules, opt, batch, case.precision)
         synchronize(modules.device)
 
     times = time_calls(call, iters=iters, warmup=warmup)
@@ -377,7 +379,7 @@ def measure_epoch(modules: Modules, case: Case, data: Data) -> dict:
 
     def epoch():
         for batch in batches(modules, tensors, case.batch_size, train_batch, shuffle=True):
-            train_step(case.spec, modules, opt, batch, case.precision)
+            train_step(case.spec, case.hypers, modules, opt, batch, case.precision)
         synchronize(modules.device)
 
     return {"epoch_s": timed(epoch)}

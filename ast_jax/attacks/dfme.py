@@ -35,7 +35,7 @@ import optax
 from ast_jax.attacks.common import AttackContext, AttackResult
 from ast_jax.attacks.transfer import attacker_logits
 from ast_jax.defences.blackbox import BlackBox
-from ast_jax.engine import StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
+from ast_jax.engine import LossHypers, StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
 from ast_jax.rng import ITERATION_DIRECTIONS, Stream
 
 LOG_CLAMP = 1e-12
@@ -143,7 +143,10 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     c_tx = optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
                        optax.sgd(decayed(settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
-    clone_spec = StepSpec("kd", 1.0, 1.0) if variant == "maze" else StepSpec("l1")
+    if variant == "maze":
+        clone_spec, clone_hypers = StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
+    else:
+        clone_spec, clone_hypers = StepSpec("l1"), LossHypers()
     clone_step = jax.jit(make_train_step(context.clone, c_tx, clone_spec, mesh), donate_argnums=(0,))
 
     def generate(g_params, z):
@@ -189,7 +192,7 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
         for index in range(1, settings["clone_steps"] + 1):
             images, pixels = clone_batch(g_params, iteration, index)
             step_batch = {"image": images, "label": labels, "teacher_logits": targets(_released(box, pixels))}
-            state, _ = clone_step(state, step_batch, None)
+            state, _ = clone_step(state, step_batch, None, None, clone_hypers)
         if (iteration + 1) % settings["iterations_per_epoch"] == 0 or iteration + 1 == iterations:
             accuracy = evaluate(predict, {"params": state.params, "batch_stats": state.batch_stats}, context.test)
             history.append({"epoch": len(history) + 1, "iteration": iteration + 1,

@@ -23,11 +23,10 @@ import ml_collections
 import numpy as np
 
 from ast_jax.attacks.common import AttackContext, AttackResult
-from ast_jax.attacks.transfer import clone_training, query_targets
+from ast_jax.attacks.transfer import clone_step, clone_training, query_targets
 from ast_jax.data import AugmentSpec, class_balanced_indices, normalize
 from ast_jax.defences.blackbox import BlackBox
 from ast_jax.engine import (
-    StepSpec,
     evaluate,
     init_state,
     make_optimizer,
@@ -70,7 +69,7 @@ def jbda(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     images = np.asarray(train.images[chosen], np.float32) / 255.0
     released, targets = query_targets(box, images, settings["labels"])
     training = clone_training(settings)
-    spec = StepSpec("ce") if settings["labels"] == "hard" else StepSpec("kd", 1.0, 1.0)
+    spec, hypers = clone_step(settings["labels"])
     constant_lr = ml_collections.ConfigDict({**training.to_dict(), "schedule": "multistep", "milestones": ()})
     tx = make_optimizer(constant_lr, 1)  # one optimiser, constant lr, across the rounds
     train_epoch = make_train_epoch(context.clone, tx, spec, mesh, batch_size=training.batch_size,
@@ -85,7 +84,7 @@ def jbda(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     for round_index in range(1, settings["rounds"] + 1):
         data = replicate(mesh, {"images": images * 255.0, "labels": released, "teacher_logits": targets})
         for _ in range(settings["epochs"]):
-            state, _ = train_epoch(state, data, None, key, epoch)
+            state, _ = train_epoch(state, data, None, key, epoch, hypers=hypers)
             epoch += 1
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         accuracy = evaluate(predict, variables, context.test)

@@ -26,7 +26,7 @@ import numpy as np
 from ast_jax.attacks.common import AttackContext, AttackResult
 from ast_jax.data import ArraySplit, AugmentSpec
 from ast_jax.defences.blackbox import BlackBox
-from ast_jax.engine import RunData, StepSpec, TrainingRun, fit, to_host
+from ast_jax.engine import LossHypers, RunData, StepSpec, TrainingRun, fit, to_host
 from ast_jax.files import atomic_write, is_writer, load_npy, read_json, save_npy
 from ast_jax.rng import KNOCKOFF_DRAW
 
@@ -73,6 +73,14 @@ def clone_training(settings) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(config, eval_batch_size=512, eval_every=1, checkpoint_every=10))
 
 
+def clone_step(labels: str) -> tuple[StepSpec, LossHypers]:
+    """A clone's step on a transfer set: CE on `hard` labels; on `soft` targets kd at τ = 1, ω = 1
+    (the divergence from the released distribution alone)."""
+    if labels == "hard":
+        return StepSpec("ce"), LossHypers()
+    return StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
+
+
 def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:
     """The transfer set {'images', 'labels', 'targets'} and its query count, queried once and kept in `directory`."""
     record_path = os.path.join(directory, TRANSFER_RECORD)
@@ -90,16 +98,16 @@ def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str
     return transfer, queries
 
 
-def _distil(transfer: dict, spec: StepSpec, settings, context: AttackContext, queries: int, *,
+def _distil(transfer: dict, spec: StepSpec, hypers: LossHypers, settings, context: AttackContext, queries: int, *,
             true_labels: np.ndarray | None = None) -> AttackResult:
-    """Train a fresh clone on the transfer set with `spec` (targets given, no augmentation)."""
+    """Train a fresh clone on the transfer set with `spec` and `hypers` (targets given, no augmentation)."""
     labels = transfer["labels"] if true_labels is None else true_labels
     data = RunData(ArraySplit(transfer["images"], labels.astype(np.int32)), context.test, context.mean, context.std,
                    AugmentSpec(), targets=None if spec.kind == "ce" else transfer["targets"])
     run = TrainingRun(directory=os.path.join(context.directory, "clone"),
                       record={"attack": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}},
                       model=context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,
-                      data=data)
+                      data=data, hypers=hypers)
     result = fit(run, mesh=context.mesh, log=context.log)
     return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy)
 
@@ -107,8 +115,8 @@ def _distil(transfer: dict, spec: StepSpec, settings, context: AttackContext, qu
 def kd(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     """The thesis's KD attack (eq. 1) on the victim's training images, each queried once."""
     transfer, queries = _transfer_set(box, context.victim_train.images, "soft", context.directory)
-    spec = StepSpec("kd", settings["temperature"], settings["omega"])
-    return _distil(transfer, spec, settings, context, queries, true_labels=context.victim_train.labels)
+    hypers = LossHypers(temperature=settings["temperature"], omega=settings["omega"])
+    return _distil(transfer, StepSpec("kd"), hypers, settings, context, queries, true_labels=context.victim_train.labels)
 
 
 def knockoff_indices(pool_size: int, budget: int, rng: np.random.Generator) -> np.ndarray:
@@ -124,8 +132,7 @@ def knockoff(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     rng = np.random.default_rng([context.seed, KNOCKOFF_DRAW])  # the draw depends on the seed alone
     images = context.query_images[knockoff_indices(len(context.query_images), settings["budget"], rng)]
     transfer, queries = _transfer_set(box, images, settings["labels"], context.directory)
-    spec = StepSpec("ce") if settings["labels"] == "hard" else StepSpec("kd", 1.0, 1.0)
-    return _distil(transfer, spec, settings, context, queries)
+    return _distil(transfer, *clone_step(settings["labels"]), settings, context, queries)
 
 
-__all__ = ["attacker_logits", "kd", "knockoff", "knockoff_indices", "label_logits", "query_targets"]
+__all__ = ["attacker_logits", "clone_step", "kd", "knockoff", "knockoff_indices", "label_logits", "query_targets"]

@@ -118,17 +118,22 @@ def _print_table(paths) -> None:
 def open_command(args, config):
     """What `args.command` runs on: a `pipeline.Study`, or for `sweep` and `--seeds` a
     `sweep.Sweep` / the list of seed studies (every check passes before the work directory is claimed)."""
+    import jax
+
     from ast_jax.cli.config import parse_grid, sweep_cell_configs
+    from ast_jax.engine import ExecutionPolicy
     from ast_jax.studies import pipeline, sweep
 
+    policy = ExecutionPolicy.for_backend(jax.default_backend())  # how every run of the command executes
     if args.command == "sweep":
         grid = parse_grid(args.grid or config.sweep.grid)
         return sweep.open_sweep(config, args.workdir, grid, sweep_cell_configs(config, grid),
-                                args.seeds or config.sweep.seeds, run_devices=args.run_devices)
+                                args.seeds or config.sweep.seeds, run_devices=args.run_devices, policy=policy)
     if args.command in ("pipeline", "demo") and args.seeds is not None:
-        return sweep.open_seed_studies(config, args.workdir, args.seeds, run_devices=args.run_devices)
+        return sweep.open_seed_studies(config, args.workdir, args.seeds, run_devices=args.run_devices, policy=policy)
     return pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),
-                               teacher=getattr(args, "teacher", None), run_devices=getattr(args, "run_devices", 1))
+                               teacher=getattr(args, "teacher", None), run_devices=getattr(args, "run_devices", 1),
+                               policy=policy)
 
 
 def run(args, opened) -> None:

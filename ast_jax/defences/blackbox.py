@@ -75,7 +75,7 @@ class BlackBox:
       batch_size: images per call of the victim (divisible by the mesh size); a query of N images
         runs ceil(N / batch_size) calls from the host, the last one padded to a multiple of the
         device count (padding is not counted). Host-driven, not a `lax.scan`: XLA:CPU runs
-        convolutions several times slower inside a loop (`train.loop.default_loop`).
+        convolutions several times slower inside a loop (`ast_jax.engine.ExecutionPolicy`).
       seed: the seed of the release's randomness.
       labels_only: the box releases only the arg-max label (`probabilities` is refused).
     """

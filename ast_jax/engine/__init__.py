@@ -7,7 +7,6 @@ objectives to `StepSpec.objective` (see `ast_jax.engine.steps`).
 
 from ast_jax.engine.loop import (
                                  LOOPS,
-                                 default_loop,
                                  epoch_plan,
                                  epoch_rows,
                                  fixed_teacher_logits,
@@ -21,6 +20,7 @@ from ast_jax.engine.loop import (
                                  to_host,
 )
 from ast_jax.engine.optim import OPTIMIZERS, lr_schedule, make_optimizer
+from ast_jax.engine.policy import RUN_LOWERINGS, ExecutionPolicy
 from ast_jax.engine.runner import (
                                  NonFiniteLossError,
                                  RunData,
@@ -34,10 +34,11 @@ from ast_jax.engine.runner import (
                                  fit_batch,
 )
 from ast_jax.engine.steps import (
-                                 HYPERS,
                                  PAIRINGS,
+                                 SPARSE_KINDS,
                                  STEP_KINDS,
                                  TARGET_STATISTICS,
+                                 LossHypers,
                                  StepSpec,
                                  Teacher,
                                  TrainState,
@@ -47,9 +48,9 @@ from ast_jax.engine.steps import (
 )
 
 __all__ = [
-    "HYPERS", "LOOPS", "OPTIMIZERS", "PAIRINGS", "STEP_KINDS", "TARGET_STATISTICS", "NonFiniteLossError", "RunData",
-    "RunInterrupted", "RunResult", "StepSpec", "Teacher", "TrainingDivergedError", "TrainingRun", "TrainState",
-    "batch_conflicts", "default_loop", "epoch_plan", "epoch_rows", "evaluate", "example_keys", "fit", "fit_batch",
+    "LOOPS", "OPTIMIZERS", "PAIRINGS", "RUN_LOWERINGS", "SPARSE_KINDS", "STEP_KINDS", "TARGET_STATISTICS",
+    "ExecutionPolicy", "LossHypers", "NonFiniteLossError", "RunData", "RunInterrupted", "RunResult", "StepSpec", "Teacher", "TrainingDivergedError", "TrainingRun", "TrainState",
+    "batch_conflicts", "epoch_plan", "epoch_rows", "evaluate", "example_keys", "fit", "fit_batch",
     "fixed_teacher_logits", "init_state", "lr_schedule", "make_mesh", "make_optimizer", "make_pgd_attack",
     "make_predict", "make_train_epoch", "make_train_step", "ood_rows", "replicate", "to_host", "train_step",
 ]

@@ -153,34 +153,54 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, like, warn: Callable[[str], None] = print):
+def _restore(mngr: ocp.CheckpointManager, step: int, like):
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like, warn: Callable[[str], None] = print, *,
+                   older: tuple[object, Callable] | None = None):
     """The state of the newest readable checkpoint, shaped and sharded like `like`; None if there is none.
 
+    `older` = (like_before, upgrade): a checkpoint that does not read as `like` but as an earlier
+    layout `like_before` of the same state is read that way and returned as `upgrade(state)`.
     An unreadable checkpoint is moved to `<dir>/broken-checkpoints/` with a one-line warning
     naming it, and the next older one is tried; if none can be read, NoReadableCheckpointError
     names the directory.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     steps = sorted(mngr.all_steps(), reverse=True)
     root = str(mngr.directory)
     for step in steps:
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+            state = _restore(mngr, step, like)
         except Exception as error:  # orbax raises many kinds (ValueError, OSError, msgpack and tensorstore errors)
-            path = os.path.join(root, str(step))
-            reason = " ".join(str(error).split())[:200]
-            warn(f"warning: checkpoint {path} is unreadable ({type(error).__name__}: {reason}); "
-                 f"moved to broken-checkpoints/, trying the previous one")
-            _set_aside(root, step)
-            continue
+            state = _restore_older(mngr, step, older)
+            if state is None:
+                path = os.path.join(root, str(step))
+                reason = " ".join(str(error).split())[:200]
+                warn(f"warning: checkpoint {path} is unreadable ({type(error).__name__}: {reason}); "
+                     f"moved to broken-checkpoints/, trying the previous one")
+                _set_aside(root, step)
+                continue
         mngr.reload()
-        return restored["state"]
+        return state
     if steps:
         raise NoReadableCheckpointError(
             f"no readable checkpoint in {root} (broken: {', '.join(map(str, steps))}, moved to "
             f"{os.path.join(os.path.dirname(root), 'broken-checkpoints')}); delete {os.path.dirname(root)} "
             f"to start this run over")
     return None
+
+
+def _restore_older(mngr: ocp.CheckpointManager, step: int, older: tuple[object, Callable] | None):
+    """Checkpoint `step` read in the earlier layout of `older` and upgraded, or None."""
+    if older is None:
+        return None
+    like_before, upgrade = older
+    try:
+        return upgrade(_restore(mngr, step, like_before))
+    except Exception:  # not that layout either: the caller reports the first error
+        return None
 
 
 def _set_aside(checkpoint_root: str, step: int) -> None:

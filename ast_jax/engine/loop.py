@@ -6,8 +6,8 @@ drawn from (seed, epoch) (`epoch_plan`: every example once, the last batch padde
 masked), augments and normalises it, and runs the train step under
 `jax.shard_map` over the mesh axis `data` (gradients and BatchNorm statistics averaged with
 `lax.pmean`). The state is donated: no host round trip per step. (On CPU the same step body
-runs from a host loop; see `default_loop`.) Per-example randomness depends only on (seed, epoch, step,
-position in the global batch), so a step on N devices equals the 1-device step up to float32
+runs from a host loop; see `policy.ExecutionPolicy`.) Per-example randomness depends only on
+(seed, epoch, step, position in the global batch), so a step on N devices equals the 1-device step up to float32
 rounding of the differently ordered gradient sums (about 1e-7); that rounding is carried into
 later steps, so a long run agrees closely but not bit for bit (tests/test_parallel.py).
 """
@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from ast_jax import adversarial
 from ast_jax.data import AugmentSpec, augment, normalize, to_unit_float
+from ast_jax.engine.policy import LOOPS, ExecutionPolicy
 from ast_jax.engine.steps import PAIRINGS, StepSpec, Teacher, TrainState, train_step
 from ast_jax.rng import Stream
 
@@ -101,45 +102,9 @@ def _shard_batch(mesh: Mesh, tree, batched: bool = False):
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
 
-LOOPS = ("auto", "scan", "host")
-RUN_LOWERINGS = ("vmap", "unroll")
-
-
-def default_loop() -> str:
-    """`scan` on accelerators; `host` on CPU.
-
-    XLA:CPU runs gradient convolutions much slower inside a while loop (as `lax.scan` and
-    `lax.fori_loop` lower to) than at the top level of a program (measured: 130 ms against
-    2.7 ms for the kernel gradient of a 3x3x32x32 convolution on a 64x8x8 batch; a 40-step
-    ResNetC-20 PGD on 64 digits takes 2.2 s as a `fori_loop` and 1.1 s as 40 top-level calls).
-    A scanned epoch is about 8x slower on CPU. On CPU the same bodies are therefore driven by a
-    host loop, one jitted call per step.
-    """
-    return "host" if jax.default_backend() == "cpu" else "scan"
-
-
-def default_run_lowering() -> str:
-    """How a batched step runs its runs: `vmap` on accelerators; `unroll` on CPU.
-
-    `vmap` makes every convolution one grouped convolution over the runs (`feature_group_count`
-    R; its kernel gradient `batch_group_count` R), and XLA:CPU's grouped convolutions are far
-    slower than R plain ones: the input and kernel gradients of a 3x3 16->16 convolution on 8
-    runs of 128 32x32 maps took 2.10 s vmapped against 0.27 s for the 8 runs one after another
-    (im2col with a batched matrix product, 1.00 s, is no way out; benchmarks/README.md). A
-    `lax.map` over the runs would be a while loop, inside which XLA:CPU's gradient convolutions
-    are slow too (`default_loop`). On CPU the step is therefore unrolled: one copy of the
-    single-run step per run in the program (compile time grows with R; the numbers are those of
-    the single run either way).
-    """
-    return "unroll" if jax.default_backend() == "cpu" else "vmap"
-
-
-def over_runs(fn: Callable, lowering: str | None = None) -> Callable:
+def over_runs(fn: Callable, lowering: str) -> Callable:
     """`fn` mapped over the leading run axis of all its arguments and results, by `lowering`
-    (`RUN_LOWERINGS`; None: `default_run_lowering()`)."""
-    lowering = lowering or default_run_lowering()
-    if lowering not in RUN_LOWERINGS:
-        raise ValueError(f"run lowering must be one of {RUN_LOWERINGS}, got {lowering!r}")
+    (`policy.RUN_LOWERINGS`: `vmap`, or `unroll`: one copy of `fn` per run)."""
     if lowering == "vmap":
         return jax.vmap(fn)
 
@@ -151,10 +116,13 @@ def over_runs(fn: Callable, lowering: str | None = None) -> Callable:
     return unrolled
 
 
-def _resolve_loop(loop: str) -> str:
+def _resolve_loop(loop: str | None) -> str:
+    """`loop` (one of `policy.LOOPS`), or the current backend's (`ExecutionPolicy.current`) for None."""
+    if loop is None:
+        return ExecutionPolicy.current().loop
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
-    return default_loop() if loop == "auto" else loop
+    return loop
 
 
 def _check_pairing(pairing: str) -> None:
@@ -215,7 +183,7 @@ def ood_rows(global_step, batch_size: int, num_ood: int):
 
 
 def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | None = None, *, batched: bool = False,
-                    run_lowering: str | None = None):
+                    run_lowering: str = "vmap"):
     """`step(state, batch, teacher_variables=None, key=None, hypers=None) -> (state, metrics)`:
     `train_step` data-parallel over `mesh`.
 
@@ -226,9 +194,9 @@ def make_train_step(model, tx, spec: StepSpec, mesh: Mesh, teacher: Teacher | No
 
     `batched=True` trains a batch of runs: every argument has a leading run axis (the batch
     (runs, B, ...)), split over the mesh axis `run` where the mesh has one, and `train_step` is
-    mapped over the runs each device holds (`over_runs`: vmapped, or unrolled on CPU, see
-    `default_run_lowering`); its `lax.pmean`s stay over `data`, so each run gets the update it
-    would get alone.
+    mapped over the runs each device holds (`over_runs` by `run_lowering`: vmapped, or unrolled,
+    the CPU's choice, see `policy.ExecutionPolicy`); its `lax.pmean`s stay over `data`, so each
+    run gets the update it would get alone.
     """
     per_device = functools.partial(train_step, model, tx, spec, teacher, axis_name=AXIS)
     if batched:
@@ -248,19 +216,19 @@ def _per_channel(values) -> tuple:
 
 
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
-                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto",
-                     batched: bool = False, run_lowering: str | None = None):
-    """See `_make_train_epoch` (memoised on its arguments)."""
+                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned",
+                     policy: ExecutionPolicy | None = None, batched: bool = False):
+    """See `_make_train_epoch` (memoised on its arguments; `policy` None: `ExecutionPolicy.current()`)."""
+    policy = policy or ExecutionPolicy.current()
     return _make_train_epoch(model, tx, spec, mesh, batch_size=int(batch_size), augment_spec=augment_spec,
                              mean=_per_channel(mean), std=_per_channel(std), teacher=teacher, pairing=pairing,
-                             loop=_resolve_loop(loop), batched=bool(batched),
-                             run_lowering=run_lowering or default_run_lowering())
+                             loop=policy.loop, batched=bool(batched), run_lowering=policy.run_lowering)
 
 
 @functools.lru_cache(maxsize=64)
 def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
-                     mean, std, teacher: Teacher | None = None, pairing: str = "aligned", loop: str = "auto",
-                     batched: bool = False, run_lowering: str = "vmap"):
+                     mean, std, teacher: Teacher | None, pairing: str, loop: str, batched: bool,
+                     run_lowering: str):
     """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None, *, hypers=None)
     -> (state, metrics)`.
 
@@ -281,22 +249,21 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     process (the cells of `ast-jax matrix`, the students of a study).
 
     `loop="scan"` makes the epoch one jitted `lax.scan` with the state donated (no host round
-    trip per step); `loop="host"` runs the same step body as one jitted call per step;
-    `"auto"` picks `default_loop()`. The epoch runs steps `first_step, first_step + 1, ...` (a
+    trip per step); `loop="host"` runs the same step body as one jitted call per step (the
+    `ExecutionPolicy`'s `loop`). The epoch runs steps `first_step, first_step + 1, ...` (a
     resumed epoch continues where it stopped: its order depends only on (key, epoch)); the host
     loop returns early after a step for which `stop()` is true, the scan only at the epoch's end
     (`stop` is not consulted). `metrics` holds the steps that ran.
 
     `batched=True` trains a batch of R runs as one program (`make_train_step(..., batched=True)`):
     `state`, `key` (one per run: each run its own data order, augmentation and noise),
-    `teacher_variables`, `hypers` (`steps.HYPERS`, one value per run) and the `RUN_ARRAYS` of
+    `teacher_variables`, `hypers` (`steps.LossHypers`, one value per run) and the `RUN_ARRAYS` of
     `data` carry a leading run axis; the other arrays of `data` are shared. `metrics` are then
     (steps, R). Each run equals the same run trained alone, up to float32 rounding.
-    `run_lowering` says how the step maps over the runs (`over_runs`; default
-    `default_run_lowering()`, vmap on accelerators, unrolled on CPU).
+    `run_lowering` (the `ExecutionPolicy`'s) says how the step maps over the runs (`over_runs`).
+    `hypers` None is `LossHypers()` (unbatched only), enough for the kinds that read no loss value.
     """
     _check_pairing(pairing)
-    loop = _resolve_loop(loop)
     check_batch_size(batch_size, mesh)
     if spec.needs_ood and teacher is None:
         raise ValueError("the ini step needs the frozen clone: make_train_epoch(..., teacher=Teacher(module=clone))")
@@ -407,22 +374,25 @@ def _batched_map(fn, mesh: Mesh, batch_size: int, *arrays):
     return out.reshape(-1, *out.shape[2:])[:num]
 
 
-def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
+def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std, loop: str | None = None):
     """Build `predict(variables, images_uint8) -> logits (N, C)` in inference mode, float32.
 
-    Memoised like `make_train_epoch`: equal arguments give the same (already compiled) program."""
-    return _make_predict(model, mesh, batch_size=int(batch_size), mean=_per_channel(mean), std=_per_channel(std))
+    `loop` (`policy.LOOPS`; None: the current backend's): `scan` maps the batches in one jitted
+    program, `host` calls the jitted forward per batch. Memoised like `make_train_epoch`: equal
+    arguments give the same (already compiled) program."""
+    return _make_predict(model, mesh, batch_size=int(batch_size), mean=_per_channel(mean), std=_per_channel(std),
+                         loop=_resolve_loop(loop))
 
 
 @functools.lru_cache(maxsize=64)
-def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
+def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std, loop: str):
     check_batch_size(batch_size, mesh, "eval_batch_size")
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def logits(variables, x):
         return model.apply(variables, normalize(to_unit_float(x), mean, std), train=False).astype(jnp.float32)
 
-    if default_loop() == "scan":
+    if loop == "scan":
         return jax.jit(lambda variables, images: _batched_map(lambda _, x: logits(variables, x), mesh, batch_size,
                                                               images))
     logits_jit = jax.jit(logits)
@@ -431,8 +401,8 @@ def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
 
 def host_batched_map(fn, mesh: Mesh, batch_size: int, images) -> jax.Array:
     """`fn(batch_index, batch)` over `images` in batches of `batch_size`, driven from the host (the CPU
-    path, see `default_loop`), each batch data-parallel over the mesh; the last one is padded to a
-    multiple of the device count only, and the padding dropped from the result."""
+    path, see `policy.ExecutionPolicy`), each batch data-parallel over the mesh; the last one is padded
+    to a multiple of the device count only, and the padding dropped from the result."""
     sharding = NamedSharding(mesh, P(AXIS))
     if images.shape[0] <= batch_size and not images.shape[0] % data_devices(mesh):  # one batch: no slicing (an eager op)
         return fn(np.int32(0), jax.device_put(images, sharding))
@@ -448,7 +418,7 @@ def host_batched_map(fn, mesh: Mesh, batch_size: int, images) -> jax.Array:
 
 
 def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float, step_size: float,
-                    steps: int, space: str = "pixel", random_start: bool = False, loop: str = "auto",
+                    steps: int, space: str = "pixel", random_start: bool = False, loop: str | None = None,
                     progress: Callable[[int, int], None] | None = None):
     """Build `attack(variables, images_uint8, labels, key) -> adversarial images, model-input space`.
 
@@ -459,7 +429,7 @@ def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float
     returns them as they are (docs/method.md §4). Either way the result is what the model takes as input,
     ready for the AST step. `loop="scan"` is one jitted program (a scan over batches of a
     `fori_loop` over PGD steps); `loop="host"` drives batches and steps from Python, one jitted
-    call per PGD step (faster on CPU, see `default_loop`); `"auto"` picks `default_loop()`.
+    call per PGD step (faster on CPU, see `policy.ExecutionPolicy`); None picks the current backend's.
     With the host loop, `progress(images_done, images_total)` is called after each batch; the
     scan is one program and reports nothing until it returns.
     """

@@ -5,12 +5,21 @@ before the momentum buffer: g <- g + wd * theta; b <- mu * b + g; theta <- theta
 `torch.optim.SGD(momentum=mu, weight_decay=wd)` with dampening 0), learning rate multiplied by
 `lr_decay` at each epoch milestone. Adam (the CNN student): `torch.optim.Adam` defaults with
 the same optional coupled decay and milestones.
+
+The learning rate is a hyperparameter of the optimizer's *state* (`optax.inject_hyperparams`,
+`learning_rate` in `opt_state.hyperparams`): runs that differ only in it share one update
+function, and in a batch of runs (`loop.make_train_epoch(..., batched=True)`) each run's state
+carries its own. The schedule is built inside the injected transformation from that value, with
+the same operations as a schedule built from a constant lr, so the per-step learning rate is
+bit for bit the one `lr_schedule` / `cosine_per_epoch` give.
 """
 
 from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 OPTIMIZERS = ("sgd", "adam")
@@ -41,7 +50,8 @@ def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransfor
     `schedule` key picks one of SCHEDULES (default multistep).
 
     Equal settings give the same object (memoised), so programs built from it are shared
-    (`loop.make_train_epoch`)."""
+    (`loop.make_train_epoch`). `train_config.lr` is the value `init` writes into the state;
+    `update` reads the state's, so the transformation of one lr updates a state of any other."""
     get = train_config.get
     momentum = train_config.momentum if train_config.optimizer == "sgd" else 0.0
     return _optimizer(train_config.optimizer, float(train_config.lr), float(momentum),
@@ -52,18 +62,37 @@ def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransfor
 @functools.lru_cache(maxsize=64)
 def _optimizer(optimizer: str, lr: float, momentum: float, weight_decay: float, schedule_name: str,
                milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
-    if schedule_name == "cosine":
-        if epochs < 1:
-            raise ValueError("the cosine schedule needs the number of epochs (train config key `epochs`)")
-        schedule = cosine_per_epoch(lr, epochs, steps_per_epoch)
-    else:
-        schedule = lr_schedule(lr, milestones, lr_decay, steps_per_epoch)
-    if optimizer == "sgd":
-        step = optax.sgd(schedule, momentum=momentum)
-    elif optimizer == "adam":
-        step = optax.adam(schedule)
-    else:
+    if optimizer not in OPTIMIZERS:
         raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if weight_decay:
-        return optax.chain(optax.add_decayed_weights(weight_decay), step)
-    return step
+    if schedule_name == "cosine" and epochs < 1:
+        raise ValueError("the cosine schedule needs the number of epochs (train config key `epochs`)")
+
+    def scheduled(learning_rate):
+        """The optimizer whose base learning rate is `learning_rate` (injected: a value of the state)."""
+        if schedule_name == "cosine":
+            schedule = cosine_per_epoch(learning_rate, epochs, steps_per_epoch)
+        else:
+            schedule = lr_schedule(learning_rate, milestones, lr_decay, steps_per_epoch)
+        step = optax.sgd(schedule, momentum=momentum) if optimizer == "sgd" else optax.adam(schedule)
+        return optax.chain(optax.add_decayed_weights(weight_decay), step) if weight_decay else step
+
+    return optax.inject_hyperparams(scheduled, hyperparam_dtype=jnp.float32)(learning_rate=lr)
+
+
+def learning_rate(opt_state):
+    """The base learning rate an optimizer state of `make_optimizer` carries (one per run in a batch)."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def from_constant_lr_state(inner_state, lr: float, count):
+    """The state of `make_optimizer` from the state of the same optimizer built with a constant lr (how
+    checkpoints stored it before the lr was injected): `inner_state` wrapped, `count` updates applied."""
+    return optax.InjectStatefulHyperparamsState(count=jnp.asarray(count, jnp.int32),
+                                                hyperparams={"learning_rate": np.float32(lr)},
+                                                hyperparams_states={}, inner_state=inner_state)
+
+
+def with_learning_rate(opt_state, lr: float):
+    """`opt_state` (of `make_optimizer`) with base learning rate `lr`: a resumed run trains at the lr
+    of its config, as it did when the lr was a constant of the optimizer."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": np.float32(lr)})

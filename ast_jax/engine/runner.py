@@ -41,8 +41,9 @@ from ast_jax.engine.loop import (
     to_host,
 )
 from ast_jax.engine.loop import steps_per_epoch as epoch_steps
-from ast_jax.engine.optim import make_optimizer
-from ast_jax.engine.steps import HYPERS, StepSpec, Teacher, init_state
+from ast_jax.engine.optim import from_constant_lr_state, make_optimizer, with_learning_rate
+from ast_jax.engine.policy import ExecutionPolicy
+from ast_jax.engine.steps import SPARSE_KINDS, LossHypers, StepSpec, Teacher, init_state
 from ast_jax.losses import cross_entropy
 from ast_jax.rng import Stream
 
@@ -97,8 +98,9 @@ class RunData:
 @dataclasses.dataclass(frozen=True)
 class TrainingRun:
     """One training run: what is trained (`model`, `train_config`, `seed`), with what step
-    (`spec`), on what data (`data`), from what frozen teacher (`teacher`, `teacher_variables`:
-    the `kd` and `nasty` steps), and where (`directory`, holding `record`, the run's config as
+    (`spec`) and loss values (`hypers`: τ, ω, k; the lr is `train_config.lr`), on what data
+    (`data`), from what frozen teacher (`teacher`, `teacher_variables`: the `kd` and `nasty`
+    steps), and where (`directory`, holding `record`, the run's config as
     a JSON-able dict; a directory holding another record is refused)."""
 
     directory: str
@@ -110,6 +112,7 @@ class TrainingRun:
     data: RunData
     teacher: Teacher | None = None
     teacher_variables: dict | None = None
+    hypers: LossHypers = LossHypers()
 
 
 @dataclasses.dataclass
@@ -181,26 +184,29 @@ def _stop_signals():
             signal.signal(number, old)
 
 
-def fit(run: TrainingRun, *, mesh=None, loop: str = "auto", log: Callable[[str], None] = print) -> RunResult:
+def fit(run: TrainingRun, *, mesh=None, policy: ExecutionPolicy | None = None,
+        log: Callable[[str], None] = print) -> RunResult:
     """Train `run.model` with `run.spec` for `run.train_config.epochs` epochs, checkpointing into `run.directory`.
 
     Without augmentation the teacher's outputs are computed once (`loop.fixed_teacher_logits`).
-    `loop` picks how an epoch's steps are driven (see `loop.make_train_epoch`). Holds the run
-    directory's lock (`checkpoints.workdir_lock`) throughout. Raises RunInterrupted after
+    `policy` (None: `ExecutionPolicy.current()`) says how an epoch's steps are driven (see
+    `loop.make_train_epoch`). Holds the run directory's lock (`checkpoints.workdir_lock`) throughout. Raises RunInterrupted after
     checkpointing when SIGINT/SIGTERM arrives, TrainingDivergedError on an exploding or
     non-finite loss (nothing of the diverged state is saved). `metrics.jsonl` gets one row per
     completed epoch; the row of an epoch resumed from inside averages the steps run after the
     resume. Epoch 1's row holds `reference_loss`, the first step's loss that `check_losses` uses.
     """
-    return fit_batch([run], mesh=mesh, loop=loop, log=log)[0]
+    return fit_batch([run], mesh=mesh, policy=policy, log=log)[0]
 
 
-def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto", log: Callable[[str], None] = print,
-              progress: Callable[[int], None] | None = None) -> list[RunResult]:
-    """Train runs that differ only in their seeds, the `steps.HYPERS` of their specs (temperature,
-    ω, k), their learning rates and their per-run inputs (adversarial set, teacher, targets) as one
-    program over a leading run axis (`loop.make_train_epoch(..., batched=True)`: the step vmapped, or
-    unrolled on CPU, `loop.default_run_lowering`), built without the runs' values (`_batch_hypers`).
+def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, policy: ExecutionPolicy | None = None,
+              log: Callable[[str], None] = print, progress: Callable[[int], None] | None = None) -> list[RunResult]:
+    """Train runs that differ only in their seeds, their `LossHypers` (τ, ω, k), their learning
+    rates and their per-run inputs (adversarial set, teacher, targets) as one program over a
+    leading run axis (`loop.make_train_epoch(..., batched=True)`: the step mapped over the runs by
+    the `policy`'s run lowering, None: `ExecutionPolicy.current()`). The program holds none of the
+    runs' values: τ, ω, k are its `hypers` argument (`_batch_hypers`), each run's lr is in its
+    own optimizer state (`optim.make_optimizer`).
 
     Each run keeps its own directory, checkpoints, metrics and lock, exactly as `fit` writes them
     (`fit` is this function on one run), so a run of a batch can be resumed or read on its own.
@@ -216,6 +222,7 @@ def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto", log
     for run in runs:
         _check_run(run)
     mesh = mesh or make_mesh()
+    policy = policy or ExecutionPolicy.current()
     with contextlib.ExitStack() as stack:
         for run in runs:
             stack.enter_context(checkpoints.workdir_lock(run.directory))
@@ -226,11 +233,12 @@ def fit_batch(runs: Sequence[TrainingRun], *, mesh=None, loop: str = "auto", log
         for mngr in managers:
             stack.callback(mngr.close)
             stack.callback(mngr.wait_until_finished)
-        return _train_batch(runs, mesh, loop, log, managers, stop, progress)
+        return _train_batch(runs, mesh, policy, log, managers, stop, progress)
 
 
 def _check_run(run: TrainingRun) -> None:
     spec, data = run.spec, run.data
+    spec.check_hypers(run.hypers)
     if spec.needs_adversarial and data.adv_images is None:
         raise ValueError("the ast step needs the adversarial training set (RunData.adv_images)")
     if spec.needs_ood and (data.ood_images is None or run.teacher is None or run.teacher_variables is None):
@@ -242,16 +250,11 @@ def _check_run(run: TrainingRun) -> None:
         raise ValueError("fixed targets (RunData.targets) belong to the un-augmented images: train without augmentation")
 
 
-def _static_spec(spec: StepSpec) -> StepSpec:
-    """`spec` without the values a batch may vary (`HYPERS`)."""
-    return dataclasses.replace(spec, temperature=1.0, omega=0.0, k=None if spec.k is None else 1)
-
-
 def _batch_signature(run: TrainingRun) -> dict:
     """What every run of a batch must share: model, step, schedule (but the lr), data, teacher module."""
     data = run.data
     train = {key: value for key, value in run.train_config.to_dict().items() if key != "lr"}
-    return {"model": run.model, "spec": _static_spec(run.spec), "train": train, "teacher": run.teacher,
+    return {"model": run.model, "spec": run.spec, "train": train, "teacher": run.teacher,
             "augment": data.augment_spec, "pairing": data.pairing, "mean": data.mean, "std": data.std,
             "per_run": (data.adv_images is None, data.targets is None, run.teacher_variables is None)}
 
@@ -283,20 +286,18 @@ def _check_batch(runs: list[TrainingRun]) -> None:
         differs = batch_conflicts(first, run)
         if differs:
             raise ValueError(f"runs {first.directory} and {run.directory} cannot train as one batch: they differ in "
-                             f"{', '.join(differs)} (a batch may vary only the seed, {', '.join(HYPERS[:3])}, the lr "
+                             f"{', '.join(differs)} (a batch may vary only the seed, the LossHypers, the lr "
                              f"and per-run inputs); train them in separate batches")
 
 
-def _batch_hypers(runs: list[TrainingRun]) -> dict:
-    """The `HYPERS` of every run, one value each: the program is built from `_static_spec`, so
-    every batch of one kind, whatever its values and size, runs one program (compiled once)."""
-    first = runs[0]
-    values = {"temperature": [run.spec.temperature for run in runs], "omega": [run.spec.omega for run in runs],
-              "lr_scale": [float(run.train_config.lr) / float(first.train_config.lr) for run in runs]}
-    if first.spec.k is not None:
-        values["k"] = [run.spec.k for run in runs]
-    dtypes = {"k": np.int32}
-    return {name: np.asarray(v, dtypes.get(name, np.float32)) for name, v in values.items()}
+def _batch_hypers(runs: list[TrainingRun]) -> LossHypers:
+    """The runs' `LossHypers` stacked over a leading run axis (τ, ω float32; k int32 for the
+    `SPARSE_KINDS`, else None): data of the program, so every batch of one kind, whatever its
+    values and size, runs one program."""
+    sparse = runs[0].spec.kind in SPARSE_KINDS
+    return LossHypers(temperature=np.asarray([float(run.hypers.temperature) for run in runs], np.float32),
+                      omega=np.asarray([float(run.hypers.omega) for run in runs], np.float32),
+                      k=np.asarray([int(run.hypers.k) for run in runs], np.int32) if sparse else None)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -305,34 +306,49 @@ def _unstack(tree, runs: int) -> list:
     return [jax.tree.map(lambda x: x[r], tree) for r in range(runs)]
 
 
-def _train_batch(runs: list[TrainingRun], mesh, loop: str, log, managers, stop, progress) -> list[RunResult]:
+def _train_batch(runs: list[TrainingRun], mesh, policy: ExecutionPolicy, log, managers, stop,
+                 progress) -> list[RunResult]:
     first = runs[0]
     config, data = first.train_config, first.data
-    tx = make_optimizer(config, epoch_steps(len(data.train.labels), config.batch_size))  # the state's structure
+    steps_per_epoch = epoch_steps(len(data.train.labels), config.batch_size)
     replicated = NamedSharding(mesh, P())
     states, done = [], []
     for run, mngr in zip(runs, managers):
+        tx = make_optimizer(run.train_config, steps_per_epoch)  # its `init` writes the run's own lr
         init = functools.partial(init_state, run.model, tx,
                                  jax.random.fold_in(jax.random.PRNGKey(run.seed), Stream.PARAMS_INIT),
                                  data.train.images.shape[1:])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                                 jax.eval_shape(init))
-        state = checkpoints.restore_latest(mngr, abstract, warn=log)
+        lr = run.train_config.lr
+        state = checkpoints.restore_latest(mngr, abstract, warn=log, older=_constant_lr_layout(abstract, lr))
+        if state is not None:  # the config's lr, as when it was a constant of the optimizer
+            state = state.replace(opt_state=with_learning_rate(state.opt_state, lr))
         states.append(jax.device_get(init() if state is None else state))
         done.append(int(states[-1].step))
     results = [None] * len(runs)
     for steps_done in sorted(set(done)):  # runs that stopped at the same step continue together
         members = [i for i, d in enumerate(done) if d == steps_done]
         group = _train_group([runs[i] for i in members], [states[i] for i in members],
-                             [managers[i] for i in members], steps_done, mesh, loop, log, stop, progress)
+                             [managers[i] for i in members], steps_done, mesh, policy, log, stop, progress)
         for i, result in zip(members, group):
             results[i] = result
     return results
 
 
-def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop, progress) -> list[RunResult]:
-    """Train runs that have all run `done` steps to the end, as one batch (the learning rates as
-    multiples of the first run's, `_batch_hypers`)."""
+def _constant_lr_layout(abstract, lr: float):
+    """(layout, upgrade) of the checkpoints written while the lr was a constant of the optimizer
+    (`checkpoints.restore_latest`'s `older`): the optimizer state without the injected lr."""
+    def upgrade(state):
+        return state.replace(opt_state=from_constant_lr_state(state.opt_state, lr, state.step))
+
+    return abstract.replace(opt_state=abstract.opt_state.inner_state), upgrade
+
+
+def _train_group(runs, states, managers, done: int, mesh, policy: ExecutionPolicy, log, stop,
+                 progress) -> list[RunResult]:
+    """Train runs that have all run `done` steps to the end, as one batch (each run's lr in its
+    state's optimizer state, its τ, ω, k in `_batch_hypers`)."""
     first = runs[0]
     spec, data, config = first.spec, first.data, first.train_config
     batch_size, epochs, count = config.batch_size, config.epochs, len(runs)
@@ -342,11 +358,12 @@ def _train_group(runs, states, managers, done: int, mesh, loop: str, log, stop, 
     num_examples = len(data.train.labels)
     steps_per_epoch = epoch_steps(num_examples, batch_size)
     tx = make_optimizer(config, steps_per_epoch)
-    train_epoch = make_train_epoch(first.model, tx, _static_spec(spec), mesh, batch_size=batch_size,
+    train_epoch = make_train_epoch(first.model, tx, spec, mesh, batch_size=batch_size,
                                    augment_spec=data.augment_spec,
                                    mean=data.mean, std=data.std, teacher=first.teacher, pairing=data.pairing,
-                                   loop=loop, batched=True)
-    predict = make_predict(first.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std)
+                                   policy=policy, batched=True)
+    predict = make_predict(first.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std,
+                           loop=policy.loop)
     per_run = NamedSharding(mesh, run_partition(mesh))
     state = jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves), *states), per_run)
     keys = jax.device_put(jnp.stack([jax.random.PRNGKey(run.seed) for run in runs]), per_run)

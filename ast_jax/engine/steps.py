@@ -4,14 +4,20 @@ A step kind is a pair (target, objective): the *target* is computed before diffe
 and is a constant of the update; the *objective* scores the trained model's training-mode
 logits on the clean batch against it.
 
-| kind    | target logits                                          | objective                 |
-|---------|--------------------------------------------------------|---------------------------|
-| `ce`    | none                                                   | CE                        |
-| `kd`    | frozen teacher, inference mode, through its transform  | `losses.kd_loss` (eq. 1)  |
-| `nasty` | frozen base model, inference mode                      | `losses.nasty_loss`       |
-| `ast`   | the trained model itself, inference mode, adversarial  | `losses.ast_loss` (eq. 5) |
-| `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         |
-| `l1`    | given logits (`teacher_logits` of the batch)           | mean_k abs(logits − target) (DFME clone) |
+| kind    | target logits                                          | objective                 | `LossHypers` read |
+|---------|--------------------------------------------------------|---------------------------|-------------------|
+| `ce`    | none                                                   | CE                        | none              |
+| `kd`    | frozen teacher, inference mode, through its transform  | `losses.kd_loss` (eq. 1)  | τ, ω              |
+| `nasty` | frozen base model, inference mode                      | `losses.nasty_loss`       | τ, ω              |
+| `ast`   | the trained model itself, inference mode, adversarial  | `losses.ast_loss` (eq. 5) | τ, ω, k           |
+| `stt`   | the trained model itself, inference mode, clean image  | `losses.ast_loss`         | τ, ω, k           |
+| `l1`    | given logits (`teacher_logits` of the batch)           | mean_k abs(logits − target) (DFME clone) | none |
+
+Where each value comes from: what the step computes (the kind, the divergence of eq. 5, the
+target's statistics, a defence's objective) is the static `StepSpec`, part of the compiled
+program; a run's loss values (τ, ω, k) are the data `LossHypers`, an argument of the step
+(traced, one per run in a batch of runs); the learning rate is in the optimizer state
+(`optim.make_optimizer`, `opt_state.hyperparams['learning_rate']`).
 
 The kinds `ini` and `meco` are the training-time defences' objectives (`DEFENCE_KINDS`). The
 engine does not know their losses: the defence brings them as `StepSpec.objective`, an object
@@ -57,8 +63,8 @@ STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", *DEFENCE_KINDS)
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
-#: Per-run values a step takes as data (`train_step`'s `hypers`) rather than from its StepSpec.
-HYPERS = ("temperature", "omega", "k", "lr_scale")
+#: Step kinds whose sparse target keeps `LossHypers.k` classes.
+SPARSE_KINDS = ("ast", "stt")
 
 
 @flax.struct.dataclass
@@ -91,20 +97,31 @@ class Objective(Protocol):
                   share, teacher_variables, key, axis_name: str | None): ...
 
 
+@flax.struct.dataclass
+class LossHypers:
+    """A run's loss values, data of the step (scalars; traced, and one per run in a batch of runs).
+
+    `temperature` is τ and `omega` weighs the loss's divergence term (ω of eqs. 1 and 5 and of the
+    Nasty Teacher); `k` is the number of classes the sparse target keeps (`SPARSE_KINDS`; None
+    for the other kinds). The kinds ce, l1, ini and meco read none of them.
+    """
+
+    temperature: Any = 1.0
+    omega: Any = 0.0
+    k: Any = None
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
-    """Static description of a step kind and its loss hyperparameters.
+    """Static description of a step kind: what the compiled step computes, never a run's values.
 
-    `omega` weighs the loss's divergence term (ω of eqs. 1 and 5 and of the Nasty Teacher); `k` the number of
-    classes the sparse target keeps (ast/stt); `target_statistics` (one of `TARGET_STATISTICS`)
-    the running statistics of the ast/stt target; `objective` the training-time defence's
-    objective (`Objective`) of the kinds `DEFENCE_KINDS`, and None for the others.
+    `divergence` is the divergence of the ast/stt loss (eq. 5, `losses.ast_loss`);
+    `target_statistics` (one of `TARGET_STATISTICS`) the running statistics of the ast/stt
+    target; `objective` the training-time defence's objective (`Objective`) of the kinds
+    `DEFENCE_KINDS`, and None for the others. The loss values are a run's `LossHypers`.
     """
 
     kind: str
-    temperature: float = 1.0
-    omega: float = 0.0
-    k: int | None = None
     divergence: str = "epd"
     target_statistics: str = "before_step"
     objective: Objective | None = None
@@ -115,8 +132,6 @@ class StepSpec:
         if self.target_statistics not in TARGET_STATISTICS:
             raise ValueError(f"target_statistics must be one of {TARGET_STATISTICS}, "
                              f"got {self.target_statistics!r}")
-        if self.kind in ("ast", "stt") and self.k is None:
-            raise ValueError(f"step kind {self.kind!r} needs k, the number of classes the sparse target keeps")
         if self.kind in DEFENCE_KINDS and getattr(self.objective, "kind", None) != self.kind:
             settings = {"ini": "ast_jax.defences.ini.InISettings", "meco": "ast_jax.defences.meco.MecoSettings"}
             raise ValueError(f"step kind {self.kind!r} needs its defence's objective: "
@@ -124,6 +139,12 @@ class StepSpec:
                              f"got objective={self.objective!r}")
         if self.kind not in DEFENCE_KINDS and self.objective is not None:
             raise ValueError(f"step kind {self.kind!r} takes no objective (only {DEFENCE_KINDS} do)")
+
+    def check_hypers(self, hypers: LossHypers) -> None:
+        """ValueError if `hypers` lacks a value this kind reads (k of the sparse kinds)."""
+        if self.kind in SPARSE_KINDS and hypers.k is None:
+            raise ValueError(f"step kind {self.kind!r} needs k, the number of classes the sparse target keeps: "
+                             f"pass LossHypers(..., k=...)")
 
     @property
     def needs_teacher(self) -> bool:
@@ -194,8 +215,8 @@ def _target_logits(spec: StepSpec, model, teacher, params, batch_stats, batch, t
     return jax.lax.stop_gradient(own)
 
 
-def _objective(spec: StepSpec, logits, target, labels, where, hypers: dict):
-    temperature, omega = hypers.get("temperature", spec.temperature), hypers.get("omega", spec.omega)
+def _objective(spec: StepSpec, logits, target, labels, where, hypers: LossHypers):
+    temperature, omega = hypers.temperature, hypers.omega
     if spec.kind == "ce":
         return losses.batch_mean(losses.cross_entropy(logits, labels), where)
     if spec.kind == "kd":
@@ -204,7 +225,7 @@ def _objective(spec: StepSpec, logits, target, labels, where, hypers: dict):
         return losses.nasty_loss(logits, target, labels, temperature, omega, where)
     if spec.kind == "l1":
         return losses.batch_mean(jnp.mean(jnp.abs(logits - target), axis=-1), where)
-    return losses.ast_loss(logits, target, labels, temperature, omega, hypers.get("k", spec.k), spec.divergence, where)
+    return losses.ast_loss(logits, target, labels, temperature, omega, hypers.k, spec.divergence, where)
 
 
 def share_of_valid_examples(mask, axis_name: str | None):
@@ -231,7 +252,7 @@ def training_forward(model: nn.Module, params, mask) -> Forward:
 
 
 def _distillation_objective(spec: StepSpec, model, teacher, state: TrainState, batch, mask, teacher_variables, key,
-                            hypers: dict, axis_name):
+                            hypers: LossHypers, axis_name):
     """`objective(params) -> (loss, (clean training-mode logits, batch_stats))` of the target kinds."""
 
     def objective(params):
@@ -261,7 +282,7 @@ def objective_gradients(objective, params, batch: dict, mask, share, axis_name):
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec, teacher: Teacher | None,
                state: TrainState, batch: dict, teacher_variables=None, key: jax.Array | None = None,
-               hypers: dict | None = None, *, axis_name: str | None = None):
+               hypers: LossHypers | None = None, *, axis_name: str | None = None):
     """One optimizer update on `batch` ({'image', 'label'[, 'mask'][, 'adv_image'][, 'teacher_logits']
     [, 'ood_image']}).
 
@@ -270,11 +291,12 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     orders); the other kinds ignore it. `ini` takes the frozen clone as `teacher` and its variables as
     `teacher_variables`, and the OOD batch as `ood_image`.
 
-    `hypers` ({name: scalar}, possibly traced; see `HYPERS`) overrides the spec's `temperature`,
-    `omega` and `k` and scales the update by `lr_scale`: a batch of runs that differ only in these
-    values shares one program (`loop.make_train_epoch(..., batched=True)`). The optimizers of
-    `optim` are linear in the learning rate (SGD with momentum and coupled decay, Adam), so
-    `lr_scale` · update(lr) is the update at lr · `lr_scale`, up to float32 rounding.
+    Where each value comes from: the kind, divergence, target statistics and defence objective
+    from `spec` (static); τ, ω and k from `hypers` (`LossHypers`, scalars, possibly traced; None:
+    `LossHypers()`, enough for the kinds that read none; ast/stt without k is a ValueError); the
+    learning rate from `state.opt_state` (`optim.make_optimizer` injects it). A batch of runs
+    that differ only in these values therefore shares one program
+    (`loop.make_train_epoch(..., batched=True)`).
 
     Images are in model-input space. `mask` (bool, per example; all True if absent) marks the
     valid examples; the others are padding, left out of the loss, the metrics and the BatchNorm
@@ -285,10 +307,8 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
     Returns the new state and {'loss', 'accuracy'} of the batch's valid examples (training-mode
     logits; `ini` adds its four unweighted losses, see `ast_jax.defences.ini.victim_gradient`).
     """
-    hypers = dict(hypers or {})
-    unknown = set(hypers) - set(HYPERS)
-    if unknown:
-        raise ValueError(f"unknown run hyperparameters {sorted(unknown)}; valid: {', '.join(HYPERS)}")
+    hypers = LossHypers() if hypers is None else hypers
+    spec.check_hypers(hypers)
     mask = batch.get("mask")
     if mask is None:
         mask = jnp.ones(batch["label"].shape, bool)
@@ -301,7 +321,5 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, spec: StepSpe
                                             hypers, axis_name)
         grads, batch_stats, metrics = objective_gradients(objective, state.params, batch, mask, share, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if "lr_scale" in hypers:
-        updates = jax.tree.map(lambda u: (u * hypers["lr_scale"]).astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics

@@ -79,6 +79,8 @@ from ast_jax.defences import meco
 from ast_jax.defences.blackbox import victim_release
 from ast_jax.defences.ini import InISettings
 from ast_jax.engine import (
+    ExecutionPolicy,
+    LossHypers,
     RunData,
     RunResult,
     StepSpec,
@@ -135,6 +137,7 @@ class Study:
     compute: bool = True  # False: load finished stages only (MissingStageError for the others)
     base: "Study | None" = None  # a sweep cell's seed study: its base teacher, PGD sets and base students
     run_devices: int = 1  # the device groups (mesh axis `run`) a batch of runs is spread over (`batch_plan`)
+    policy: ExecutionPolicy = dataclasses.field(default_factory=ExecutionPolicy.current)  # how its runs execute
 
     @property
     def num_classes(self) -> int:
@@ -150,12 +153,14 @@ class Study:
 
 
 def open_study(config, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True), *,
-               students: Sequence[str] | None = None, teacher: str | None = None, run_devices: int = 1) -> Study:
+               students: Sequence[str] | None = None, teacher: str | None = None, run_devices: int = 1,
+               policy: ExecutionPolicy | None = None) -> Study:
     """Load the data of the validated `config`, check it all (`check_study`), then claim `workdir`.
 
     `students` / `teacher`: what the command will distil (default: the config's students).
     `run_devices`: the number of device groups a batch of runs is spread over (`batch_plan`);
-    it must divide the device count. Another study's work directory is refused.
+    it must divide the device count. `policy`: how its runs execute (None: `ExecutionPolicy.current()`).
+    Another study's work directory is refused.
     Everything that can fail on bad input fails before the work directory is touched and before
     any compute.
     """
@@ -171,7 +176,8 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
         train = class_balanced_subset(train, config.data.train_examples, config.seed)
     check_study(config, spec, train, mesh, students=tuple(students or config.students), teacher=teacher)
     checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
-    return Study(config, workdir, spec, train, test, mesh, log, run_devices=run_devices)
+    return Study(config, workdir, spec, train, test, mesh, log, run_devices=run_devices,
+                 policy=policy or ExecutionPolicy.current())
 
 
 def _train_key(config, architecture: str, field: str) -> str:
@@ -291,25 +297,16 @@ class Stage:
 
 
 def _stage(study: Study, stage: str, directory: str, architecture: str, train_config, spec: StepSpec, inputs: dict,
-           *, adv_images=None, pairing: str = "aligned", ood_images=None, teacher: Teacher | None = None,
-           teacher_variables=None) -> Stage:
+           *, hypers: LossHypers = LossHypers(), adv_images=None, pairing: str = "aligned", ood_images=None,
+           teacher: Teacher | None = None, teacher_variables=None) -> Stage:
     config = study.config
     data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
                    adv_images=adv_images, pairing=pairing, ood_images=ood_images)
     record = {"stage": stage, "study": study_record(config), "inputs": inputs}
     run = TrainingRun(directory=directory, record=record, model=study.model(architecture), train_config=train_config,
-                      spec=spec, seed=config.seed, data=data, teacher=teacher, teacher_variables=teacher_variables)
+                      spec=spec, seed=config.seed, data=data, teacher=teacher, teacher_variables=teacher_variables,
+                      hypers=hypers)
     return Stage(study, stage, run)
-
-
-def max_batch_runs() -> int | None:
-    """The most runs one program trains: no limit on accelerators, where the runs are vmapped;
-    one on CPU. There two cores are kept busy by one run's convolutions, so a batch trains no
-    faster than its runs one after another (0.3-1.05x vmapped, 0.56-1.2x unrolled, at R = 1-16
-    on the digits models; benchmarks/README.md), while an unrolled program compiles in time
-    growing with R (140 s at R = 16). One run per program compiles once for all the runs of a
-    kind, whose ω, τ, k and lr are data of the program (`train.fit_batch`)."""
-    return 1 if jax.default_backend() == "cpu" else None
 
 
 def batch_plan(group: Sequence, run_devices: int, limit: int | None) -> list[tuple[list, int]]:
@@ -336,7 +333,8 @@ def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> N
 
     Stages whose runs may share a batch (`train.batch_conflicts`: the same model, step kind and
     schedule; seeds, ω, τ, k, lr and per-run inputs may differ) train as one program
-    (`train.fit_batch`, at most `max_batch_runs()` runs each), whatever study they belong to; a
+    (`engine.fit_batch` under the study's `policy`, at most its `runs_per_program` runs each;
+    CPU: one), whatever study they belong to; a
     stage named twice is fitted once. Each result lands in its study's `runs`. `progress` hears
     of every epoch and every finished run.
     """
@@ -350,14 +348,15 @@ def fit_stages(stages: Sequence[Stage], progress: "Progress | None" = None) -> N
         else:
             group.append(stage)
     common = os.path.commonpath([os.path.abspath(stage.run.directory) for stage in pending]) if pending else ""
-    batches = [batch for g in groups for batch in batch_plan(g, g[0].study.run_devices, max_batch_runs())]
+    batches = [batch for g in groups
+               for batch in batch_plan(g, g[0].study.run_devices, g[0].study.policy.runs_per_program)]
     for group, spread in batches:
         first = group[0]
         log = _stage_log(first.study, ",".join(dict.fromkeys(stage.name for stage in group)))
         if len(group) == 1 and len(pending) > 1:  # a batch names its runs itself (`fit_batch`)
             log = functools.partial(_named_log, log, os.path.relpath(os.path.abspath(first.run.directory), common))
         mesh = make_mesh(first.study.mesh.devices, run_devices=spread)
-        results = fit_batch([stage.run for stage in group], mesh=mesh, log=log,
+        results = fit_batch([stage.run for stage in group], mesh=mesh, policy=first.study.policy, log=log,
                             progress=None if progress is None else progress.trained)
         for stage, result in zip(group, results):
             stage.study.runs[stage.run.directory] = result
@@ -408,19 +407,28 @@ def teacher_spec(study: Study, name: str) -> StepSpec:
     if name == "base":
         return StepSpec("ce")
     if name == "ast":
-        return StepSpec("ast", c.ast.temperature, c.ast.omega, sparsity_k(c.ast, study.num_classes), c.ast.divergence,
-                        target_statistics=c.ast.target_statistics)
+        return StepSpec("ast", c.ast.divergence, target_statistics=c.ast.target_statistics)
     if name == "nasty":
-        return StepSpec("nasty", c.nasty.temperature, c.nasty.omega)
+        return StepSpec("nasty")
     if name == "stt":
         # STT is the AST step with a clean input (thesis §5): it follows the AST step's statistics ordering.
-        return StepSpec("stt", c.stt.temperature, c.stt.omega, sparsity_k(c.stt, study.num_classes), c.stt.divergence,
-                        target_statistics=c.ast.target_statistics)
+        return StepSpec("stt", c.stt.divergence, target_statistics=c.ast.target_statistics)
     if name == "ini":
         return StepSpec("ini", objective=InISettings(**{k: v for k, v in c.ini.items() if k not in ("ood_set", "ood_images")}))
     if name == "meco":
         return StepSpec("meco", objective=meco_settings(study))
     raise ValueError(f"unknown trained teacher {name!r}; valid: {', '.join(TRAINED_TEACHERS)}")
+
+
+def teacher_hypers(study: Study, name: str) -> LossHypers:
+    """The loss values of teacher `name`'s step (`teacher_spec`): τ, ω and, for ast and stt, k."""
+    c = study.config
+    if name in ("ast", "stt"):
+        section = c[name]
+        return LossHypers(section.temperature, section.omega, sparsity_k(section, study.num_classes))
+    if name == "nasty":
+        return LossHypers(c.nasty.temperature, c.nasty.omega)
+    return LossHypers()
 
 
 def meco_settings(study: Study) -> meco.MecoSettings:
@@ -510,7 +518,8 @@ def teacher_stage(study: Study, name: str) -> Stage:
         clone, clone_variables = ini_clone(study)
         kwargs = dict(ood_images=np.asarray(normalize(to_unit_float(ood.images), study.dataset.mean, study.dataset.std)),
                       teacher=clone, teacher_variables=clone_variables)
-    return _stage(study, name, directory, architecture, train_config, spec, inputs, **kwargs)
+    return _stage(study, name, directory, architecture, train_config, spec, inputs,
+                  hypers=teacher_hypers(study, name), **kwargs)
 
 
 def teacher_fingerprint(study: Study, name: str) -> str:
@@ -661,8 +670,14 @@ def released_logits(study: Study, released: Teacher, variables, images: np.ndarr
 
 
 def distill_spec(study: Study, teacher: str) -> StepSpec:
+    """The step that distils a student from `teacher`: kd (eq. 1), its τ and ω in `distill_hypers`."""
+    return StepSpec("kd")
+
+
+def distill_hypers(study: Study, teacher: str) -> LossHypers:
+    """τ and ω of the students distilled from `teacher` (`config.stingy` for the Stingy Teacher, else `config.kd`)."""
     section = study.config.stingy if teacher == "stingy" else study.config.kd
-    return StepSpec("kd", section.temperature, section.omega)
+    return LossHypers(section.temperature, section.omega)
 
 
 def student_directory(study: Study, teacher: str, architecture: str) -> str:
@@ -690,7 +705,7 @@ def student_stage(study: Study, teacher: str, architecture: str) -> Stage:
     inputs = _stage_inputs(study, teacher=teacher_fingerprint(study, teacher))
     check_stage(study, stage, directory, inputs)
     return _stage(study, stage, directory, architecture, train_config, distill_spec(study, teacher), inputs,
-                  teacher=released, teacher_variables=variables)
+                  hypers=distill_hypers(study, teacher), teacher=released, teacher_variables=variables)
 
 
 def _planned_runs(studies: Sequence[Study]) -> dict[str, tuple]:

@@ -19,8 +19,8 @@ fingerprint) and the students distilled from the base teacher, so a grid may var
 those do not depend on: the keys under `ast.`, `pgd.` and `teacher_train.ast.`. Runs of one kind
 (the base teachers, the AST teachers, each student architecture) train together across cells
 and seeds wherever `train.batch_conflicts` allows; the ω, τ, k, lr and seed of a run are data
-of the program, so a grid over them compiles once (on CPU one run per program:
-`pipeline.max_batch_runs`). Every run resumes from its own checkpoints:
+of the program, so a grid over them compiles once (on CPU one run per program: the
+`ExecutionPolicy`'s `runs_per_program`). Every run resumes from its own checkpoints:
 a killed sweep goes on where it stopped, finished runs are loaded, not retrained.
 """
 
@@ -36,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from ast_jax.engine import checkpoints
+from ast_jax.engine import ExecutionPolicy, checkpoints
 from ast_jax.engine.loop import check_run_devices
 from ast_jax.results import report
 from ast_jax.studies.pipeline import (
@@ -72,9 +72,9 @@ def claim_root(config, workdir: str, kind: str) -> None:
 
 
 def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[[str], None] = LOG, *,
-                      kind: str = "seeds", run_devices: int = 1) -> list[Study]:
+                      kind: str = "seeds", run_devices: int = 1, policy: ExecutionPolicy | None = None) -> list[Study]:
     """`pipeline.open_study` of `config` at every seed, in `<workdir>/seed-<s>` (`run_devices`: the
-    device groups a batch of runs is spread over); every seed's checks pass before `workdir` is claimed."""
+    device groups a batch of runs is spread over; `policy`: how runs execute, see `open_study`); every seed's checks pass before `workdir` is claimed."""
     if not seeds or len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds needs distinct seeds, got {list(seeds)}")
     studies = []
@@ -83,7 +83,8 @@ def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[
         studies.append((seeded, os.path.join(workdir, SEED_DIR.format(seed=seed))))
     check_run_devices(run_devices, jax.device_count())
     claim_root(config, workdir, kind)
-    return [open_study(seeded, directory, log, run_devices=run_devices) for seeded, directory in studies]
+    return [open_study(seeded, directory, log, run_devices=run_devices, policy=policy)
+            for seeded, directory in studies]
 
 
 def run_seeds(studies: Sequence[Study], workdir: str) -> list[str]:
@@ -128,7 +129,7 @@ def cell_study(base: Study, config, workdir: str) -> Study:
     check_study(config, base.dataset, base.train, base.mesh, students=tuple(config.students))
     checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
     return Study(config, workdir, base.dataset, base.train, base.test, base.mesh, base.log, base=base,
-                 run_devices=base.run_devices)
+                 run_devices=base.run_devices, policy=base.policy)
 
 
 def _cell_rows(study: Study) -> list[dict]:
@@ -151,14 +152,16 @@ class Sweep:
 
 
 def open_sweep(config, workdir: str, grid: Mapping[str, Sequence[str]], cell_configs: Mapping[str, object],
-               seeds: Sequence[int], log: Callable[[str], None] = LOG, *, run_devices: int = 1) -> Sweep:
+               seeds: Sequence[int], log: Callable[[str], None] = LOG, *, run_devices: int = 1,
+               policy: ExecutionPolicy | None = None) -> Sweep:
     """Claim `workdir` and open the base and cell studies of `grid`; `cell_configs` maps each
     `cell_name` of `grid_cells(grid)` to its validated config (`ast_jax.cli.config.sweep_cell_configs`).
-    `run_devices`: the device groups a batch of runs is spread over (`pipeline.batch_plan`)."""
+    `run_devices`: the device groups a batch of runs is spread over (`pipeline.batch_plan`); `policy`:
+    how runs execute (`pipeline.open_study`)."""
     configs = {cell_name(cell): cell_configs[cell_name(cell)] for cell in grid_cells(grid)}
     base_config = copy.deepcopy(config)
     base_config.teachers = ("base",)  # a seed's base study: the base teacher and its students
-    bases = open_seed_studies(base_config, workdir, seeds, log, kind="sweep", run_devices=run_devices)
+    bases = open_seed_studies(base_config, workdir, seeds, log, kind="sweep", run_devices=run_devices, policy=policy)
     cells = {(name, base.config.seed): cell_study(base, _seed_config(cell, base.config.seed),
                                                   os.path.join(workdir, CELLS_DIR, name,
                                                                SEED_DIR.format(seed=base.config.seed)))

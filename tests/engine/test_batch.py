@@ -9,8 +9,7 @@ from conftest import TinyNet, tiny_split
 from ml_collections import ConfigDict
 
 from ast_jax.data import AugmentSpec
-from ast_jax.engine import RunData, StepSpec, TrainingRun, fit, fit_batch, loop
-from ast_jax.engine.loop import RUN_LOWERINGS
+from ast_jax.engine import RUN_LOWERINGS, ExecutionPolicy, LossHypers, RunData, StepSpec, TrainingRun, fit, fit_batch
 
 EPOCHS = 2
 #: float32 rounding of a vmapped program against the unbatched one, carried over 2 epochs of 6
@@ -29,7 +28,8 @@ def _run(directory, seed, omega, temperature, k, lr, *, epochs=EPOCHS, adv_seed=
     config = ConfigDict(dict(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, milestones=(1,), lr_decay=0.1,
                              batch_size=8, eval_batch_size=20, epochs=epochs, checkpoint_every=1, eval_every=1))
     return TrainingRun(directory=str(directory), record={"run": seed}, model=TinyNet(axis_name="data"),
-                       train_config=config, spec=StepSpec("ast", temperature, omega, k), seed=seed, data=data)
+                       train_config=config, spec=StepSpec("ast"), seed=seed, data=data,
+                       hypers=LossHypers(temperature, omega, k))
 
 
 def _leaves(result):
@@ -47,11 +47,12 @@ def alone(tmp_path_factory):
 
 
 @pytest.mark.parametrize("lowering", RUN_LOWERINGS)
-def test_each_run_of_a_batch_equals_the_run_alone(tmp_path, alone, monkeypatch, lowering):
+def test_each_run_of_a_batch_equals_the_run_alone(tmp_path, alone, lowering):
     """Seeds, ω, τ, the sparsity k, the lr and the adversarial sets all differ across the batch;
     with the step vmapped (the accelerators' lowering) and unrolled (the CPU's)."""
-    monkeypatch.setattr(loop, "default_run_lowering", lambda: lowering)
-    batch = fit_batch([_run(tmp_path / str(i), *values) for i, values in enumerate(RUNS)], log=lambda _: None)
+    policy = ExecutionPolicy("host", lowering, None)
+    batch = fit_batch([_run(tmp_path / str(i), *values) for i, values in enumerate(RUNS)], policy=policy,
+                      log=lambda _: None)
     for one, together in zip(alone, batch):
         assert _max_difference(one, together) < TOLERANCE
         assert together.final_accuracy == pytest.approx(one.final_accuracy, abs=1 / 20)

@@ -15,6 +15,7 @@ from ast_jax.data import AugmentSpec
 from ast_jax.defences import ini
 from ast_jax.defences.ini import InISettings
 from ast_jax.engine import (
+    ExecutionPolicy,
     StepSpec,
     Teacher,
     init_state,
@@ -224,7 +225,8 @@ def test_ini_without_clone_or_ood_set_is_a_value_error():
     kwargs = dict(batch_size=4, augment_spec=AugmentSpec(), mean=(0.5,) * 3, std=(0.25,) * 3)
     with pytest.raises(ValueError, match="frozen clone") as no_clone:
         make_train_epoch(model, tx, StepSpec("ini", objective=InISettings()), mesh, **kwargs)
-    epoch = make_train_epoch(model, tx, StepSpec("ini", objective=InISettings()), mesh, teacher=Teacher(TinyNet()), loop="host", **kwargs)
+    epoch = make_train_epoch(model, tx, StepSpec("ini", objective=InISettings()), mesh, teacher=Teacher(TinyNet()),
+                             policy=ExecutionPolicy.for_backend("cpu"), **kwargs)
     data = {"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": np.zeros(4, np.int32)}
     with pytest.raises(ValueError, match="OOD set") as no_ood:
         epoch(state, data, clone_variables, jax.random.PRNGKey(0), 0)
@@ -264,7 +266,8 @@ def _compare_device_counts() -> dict:
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = make_mesh(devices)
             epoch = make_train_epoch(model, tx, spec, mesh, batch_size=8, augment_spec=AugmentSpec(flip=True),
-                                     mean=(0.5,) * 3, std=(0.25,) * 3, teacher=Teacher(TinyNet()), loop="host")
+                                     mean=(0.5,) * 3, std=(0.25,) * 3, teacher=Teacher(TinyNet()),
+                                     policy=ExecutionPolicy.for_backend("cpu"))
             inputs = (replicate(mesh, data), replicate(mesh, clone_variables), jax.random.PRNGKey(3))
             first, _ = epoch(replicate(mesh, state0), *inputs, 1, stop=lambda: True)
             state, metrics = epoch(replicate(mesh, state0), *inputs, 1)

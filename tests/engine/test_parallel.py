@@ -25,7 +25,17 @@ def _compare_device_counts() -> dict:
     from ml_collections import ConfigDict
 
     from ast_jax.data import AugmentSpec
-    from ast_jax.engine import StepSpec, Teacher, init_state, make_mesh, make_optimizer, make_train_epoch, replicate
+    from ast_jax.engine import (
+        ExecutionPolicy,
+        LossHypers,
+        StepSpec,
+        Teacher,
+        init_state,
+        make_mesh,
+        make_optimizer,
+        make_train_epoch,
+        replicate,
+    )
 
     assert jax.device_count() == 4, jax.devices()
     split = tiny_split(48, channels=3)
@@ -37,8 +47,11 @@ def _compare_device_counts() -> dict:
     teacher_variables = jax.tree.map(np.asarray, TinyNet().init(jax.random.PRNGKey(1), split.images[:1] / 255.0))
     adv = np.random.default_rng(2).normal(size=split.images.shape).astype(np.float32)
     data = {"images": split.images, "labels": split.labels, "adv_images": adv}
-    specs = {"ce": StepSpec("ce"), "kd": StepSpec("kd", 4.0, 0.9), "ast": StepSpec("ast", 6.0, 0.05, k=2),
-             "stt": StepSpec("stt", 4.0, 0.04, k=2), "nasty": StepSpec("nasty", 4.0, 0.04)}
+    specs = {"ce": StepSpec("ce"), "kd": StepSpec("kd"), "ast": StepSpec("ast"), "stt": StepSpec("stt"),
+             "nasty": StepSpec("nasty")}
+    hypers = {"ce": LossHypers(), "kd": LossHypers(4.0, 0.9), "ast": LossHypers(6.0, 0.05, 2),
+              "stt": LossHypers(4.0, 0.04, 2), "nasty": LossHypers(4.0, 0.04)}
+    policies = {loop: ExecutionPolicy(loop, "unroll", 1) for loop in ("scan", "host")}
     def max_diff(a, b):
         return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -52,17 +65,19 @@ def _compare_device_counts() -> dict:
             mesh = make_mesh(devices)
             epoch = make_train_epoch(model, tx, specs[kind], mesh, batch_size=16,
                                      augment_spec=AugmentSpec(crop_padding=2, flip=True), mean=(0.5,) * 3,
-                                     std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random", loop=loop)
+                                     std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random",
+                                     policy=policies[loop])
             inputs = (replicate(mesh, data), replicate(mesh, teacher_variables), jax.random.PRNGKey(3))
             if loop == "scan":  # one step, driven from the host on this mesh
                 one_step = make_train_epoch(model, tx, specs[kind], mesh, batch_size=16,
                                             augment_spec=AugmentSpec(crop_padding=2, flip=True), mean=(0.5,) * 3,
                                             std=(0.25,) * 3, teacher=Teacher(TinyNet()), pairing="random",
-                                            loop="host")
-                first_steps.append(host(one_step(replicate(mesh, state0), *inputs, 0, stop=lambda: True)[0].params))
+                                            policy=policies["host"])
+                first_steps.append(host(one_step(replicate(mesh, state0), *inputs, 0, stop=lambda: True,
+                                                 hypers=hypers[kind])[0].params))
             state, per_epoch = replicate(mesh, state0), []
             for e in range(2):
-                state, metrics = epoch(state, *inputs, e)
+                state, metrics = epoch(state, *inputs, e, hypers=hypers[kind])
                 per_epoch.append((host((state.params, state.batch_stats)), np.asarray(metrics["loss"])))
             runs.append(per_epoch)
         one, four, host_loop = runs
@@ -144,19 +159,19 @@ def _compare_run_meshes() -> dict:
     import jax
     from test_batch import RUNS, _max_difference, _run
 
-    from ast_jax.engine import fit, fit_batch, loop, make_mesh
+    from ast_jax.engine import ExecutionPolicy, fit, fit_batch, make_mesh
     from ast_jax.studies import pipeline
 
-    loop.default_run_lowering = lambda: "vmap"  # the accelerators' lowering, where a run axis over devices is used
+    policy = ExecutionPolicy("host", "vmap", 1)  # the accelerators' lowering, where a run axis over devices is used
     quiet = lambda _: None  # noqa: E731
     with tempfile.TemporaryDirectory() as root:
-        alone = [fit(_run(f"{root}/alone{i}", *values), mesh=make_mesh(jax.devices()[:1]), log=quiet)
+        alone = [fit(_run(f"{root}/alone{i}", *values), mesh=make_mesh(jax.devices()[:1]), policy=policy, log=quiet)
                  for i, values in enumerate(RUNS)]
-        study = pipeline.Study(None, root, None, None, None, make_mesh(), quiet, run_devices=2)
+        study = pipeline.Study(None, root, None, None, None, make_mesh(), quiet, run_devices=2, policy=policy)
         pipeline.fit_stages([pipeline.Stage(study, "ast", _run(f"{root}/staged{i}", *values))
                              for i, values in enumerate(RUNS)])
         batch = fit_batch([_run(f"{root}/data{i}", *values) for i, values in enumerate(RUNS)], mesh=make_mesh(),
-                          log=quiet)
+                          policy=policy, log=quiet)
         diffs = {"run_and_data": [_max_difference(a, study.runs[f"{root}/staged{i}"]) for i, a in enumerate(alone)],
                  "data": [_max_difference(a, b) for a, b in zip(alone, batch)],
                  "runs_differ": _max_difference(*alone[:2])}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from ml_collections import ConfigDict
 
 from ast_jax.data import AugmentSpec
 from ast_jax.engine import (
+    ExecutionPolicy,
     RunData,
     RunInterrupted,
     StepSpec,
@@ -22,6 +24,8 @@ from ast_jax.engine import (
     TrainingRun,
     checkpoints,
     fit,
+    init_state,
+    make_optimizer,
     runner,
 )
 
@@ -75,6 +79,28 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, unin
     assert_same_parameters(leaves(result), uninterrupted)
 
 
+def test_a_checkpoint_of_the_constant_lr_optimizer_resumes_exactly(tmp_path, uninterrupted):
+    """A checkpoint written while the lr was a constant of the optimizer (its state without the injected
+    lr) is read in that layout and resumed to the uninterrupted run's parameters."""
+    run = tiny_run(tmp_path, epochs=1)
+    fit(run, log=lambda _: None)
+    like = jax.eval_shape(lambda: init_state(run.model, make_optimizer(run.train_config, STEPS_PER_EPOCH),
+                                             jax.random.PRNGKey(0), (8, 8, 1)))
+    mngr = checkpoints.manager(str(tmp_path))
+    state = checkpoints.restore_latest(mngr, like)
+    mngr.close()
+    shutil.rmtree(tmp_path / "checkpoints")
+    mngr = checkpoints.manager(str(tmp_path))
+    checkpoints.save(mngr, STEPS_PER_EPOCH, state.replace(opt_state=state.opt_state.inner_state))
+    mngr.wait_until_finished()
+    mngr.close()
+    lines = []
+    resumed = fit(tiny_run(tmp_path), log=lines.append)
+    assert not [line for line in lines if line.startswith("warning:")], lines
+    assert any("resuming" in line and "after epoch 1" in line for line in lines), lines
+    assert_same_parameters(leaves(resumed), uninterrupted)
+
+
 def test_no_readable_checkpoint_is_one_line_naming_the_directory(tmp_path):
     fit(tiny_run(tmp_path, epochs=1), log=lambda _: None)
     _corrupt(tmp_path / "checkpoints")
@@ -107,14 +133,14 @@ def test_signal_inside_an_epoch_checkpoints_that_step_and_resumes_exactly(tmp_pa
 
     monkeypatch.setattr(runner, "make_train_epoch", signalling)
     with pytest.raises(RunInterrupted) as stopped:
-        fit(tiny_run(tmp_path), loop="host", log=lambda _: None)
+        fit(tiny_run(tmp_path), policy=ExecutionPolicy.for_backend("cpu"), log=lambda _: None)
     assert stopped.value.exit_code == 143
     assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["8", "11"]
     assert "after epoch 2, step 3 of 8" in str(stopped.value) and "same command" in str(stopped.value)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     monkeypatch.undo()
     lines = []
-    resumed = fit(tiny_run(tmp_path), loop="host", log=lines.append)
+    resumed = fit(tiny_run(tmp_path), policy=ExecutionPolicy.for_backend("cpu"), log=lines.append)
     assert any("resuming" in line and "after epoch 2, step 3 of 8" in line for line in lines), lines
     assert_same_parameters(leaves(resumed), uninterrupted)
     assert [row["epoch"] for row in checkpoints.read_metrics(str(tmp_path))] == [1, 2, 3]

@@ -20,6 +20,8 @@ from ast_jax import losses
 from ast_jax.data import AugmentSpec
 from ast_jax.engine import (
     TARGET_STATISTICS,
+    ExecutionPolicy,
+    LossHypers,
     NonFiniteLossError,
     RunData,
     StepSpec,
@@ -36,6 +38,7 @@ from ast_jax.engine import (
     make_train_epoch,
     train_step,
 )
+from ast_jax.engine.optim import cosine_per_epoch, learning_rate
 from ast_jax.engine.steps import identity
 
 
@@ -64,6 +67,29 @@ def test_sgd_is_pytorch_coupled_weight_decay_with_momentum():
         updates, opt_state = tx.update(jnp.asarray(g, jnp.float32), opt_state, params)
         params = optax.apply_updates(params, updates)
     np.testing.assert_allclose(params, theta, rtol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["multistep", "cosine"])
+def test_injected_lr_follows_the_schedule_bit_for_bit(schedule):
+    """The lr lives in the optimizer state (`optim.learning_rate`) and follows the schedule exactly as
+    an optimizer built from the constant lr does; a state initialised with another lr uses that one."""
+    def optimizers(lr):
+        config = sgd_config(lr=lr, milestones=(1, 2), lr_decay=0.2, epochs=3, schedule=schedule)
+        lrs = {"multistep": lr_schedule(lr, (1, 2), 0.2, 2), "cosine": cosine_per_epoch(lr, 3, 2)}
+        return make_optimizer(config, 2), optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(lrs[schedule], momentum=0.9))
+
+    tx, _ = optimizers(0.3)
+    for lr in (0.3, 0.03):
+        params = jnp.asarray([1.0, -2.0], jnp.float32)
+        injected, plain = optimizers(lr)
+        state, plain_state = injected.init(params), plain.init(params)
+        assert float(learning_rate(state)) == np.float32(lr)
+        for step in range(6):  # three epochs of two steps: both milestones passed
+            grads = jnp.asarray([0.3, -0.1 * step], jnp.float32)
+            updates, state = tx.update(grads, state, params)  # the lr=0.3 transformation, the state's lr
+            expected, plain_state = plain.update(grads, plain_state, params)
+            np.testing.assert_array_equal(updates, expected)
+            params = optax.apply_updates(params, updates)
 
 
 def test_unknown_optimizer():
@@ -104,14 +130,14 @@ def test_step_applies_the_objective_gradient(step_setup, kind):
     own = {"params": state.params, "batch_stats": state.batch_stats}
     y = batch["label"]
     objectives = {
-        "ce": (StepSpec("ce"), lambda z: jnp.mean(losses.cross_entropy(z, y))),
-        "kd": (StepSpec("kd", 4.0, 0.9), lambda z: losses.kd_loss(z, _infer(teacher.module, teacher_vars, batch["image"]), y, 4.0, 0.9)),
-        "nasty": (StepSpec("nasty", 4.0, 0.04), lambda z: losses.nasty_loss(z, _infer(teacher.module, teacher_vars, batch["image"]), y, 4.0, 0.04)),
-        "ast": (StepSpec("ast", 6.0, 0.05, k=2), lambda z: losses.ast_loss(z, _infer(model, own, batch["adv_image"]), y, 6.0, 0.05, 2)),
-        "stt": (StepSpec("stt", 4.0, 0.04, k=2, divergence="kl"), lambda z: losses.ast_loss(z, _infer(model, own, batch["image"]), y, 4.0, 0.04, 2, "kl")),
+        "ce": (StepSpec("ce"), LossHypers(), lambda z: jnp.mean(losses.cross_entropy(z, y))),
+        "kd": (StepSpec("kd"), LossHypers(4.0, 0.9), lambda z: losses.kd_loss(z, _infer(teacher.module, teacher_vars, batch["image"]), y, 4.0, 0.9)),
+        "nasty": (StepSpec("nasty"), LossHypers(4.0, 0.04), lambda z: losses.nasty_loss(z, _infer(teacher.module, teacher_vars, batch["image"]), y, 4.0, 0.04)),
+        "ast": (StepSpec("ast"), LossHypers(6.0, 0.05, 2), lambda z: losses.ast_loss(z, _infer(model, own, batch["adv_image"]), y, 6.0, 0.05, 2)),
+        "stt": (StepSpec("stt", divergence="kl"), LossHypers(4.0, 0.04, 2), lambda z: losses.ast_loss(z, _infer(model, own, batch["image"]), y, 4.0, 0.04, 2, "kl")),
     }
-    spec, objective = objectives[kind]
-    new_state, metrics = train_step(model, tx, spec, teacher, state, batch, teacher_vars)
+    spec, hypers, objective = objectives[kind]
+    new_state, metrics = train_step(model, tx, spec, teacher, state, batch, teacher_vars, hypers=hypers)
     grads = _expected_grads(model, state, batch, objective)
     expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)
     for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
@@ -125,10 +151,10 @@ def test_step_applies_the_objective_gradient(step_setup, kind):
 def test_ast_target_uses_inference_mode_statistics(step_setup):
     """Changing the running statistics changes the AST target (it is computed in inference mode)."""
     model, tx, state, batch, teacher, _ = step_setup
-    spec = StepSpec("ast", 6.0, 0.5, k=2)
+    spec, hypers = StepSpec("ast"), LossHypers(6.0, 0.5, 2)
     shifted = state.replace(batch_stats=jax.tree.map(lambda s: s + 0.5, state.batch_stats))
-    a, _ = train_step(model, tx, spec, None, state, batch)
-    b, _ = train_step(model, tx, spec, None, shifted, batch)
+    a, _ = train_step(model, tx, spec, None, state, batch, hypers=hypers)
+    b, _ = train_step(model, tx, spec, None, shifted, batch, hypers=hypers)
     diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
     assert diff > 1e-6
 
@@ -179,8 +205,8 @@ def test_ast_target_statistics_orderings_against_a_float64_hand_computation(step
     for ordering in TARGET_STATISTICS:
         target, _, _ = _np_tiny_net(variables, adv, *running[ordering])
         expected[ordering] = _np_ast_loss(logits, target, labels, 4.0, 0.5, 2)
-        _, metrics = train_step(model, tx, StepSpec("ast", 4.0, 0.5, k=2, target_statistics=ordering), None,
-                                state, batch)
+        _, metrics = train_step(model, tx, StepSpec("ast", target_statistics=ordering), None,
+                                state, batch, hypers=LossHypers(4.0, 0.5, 2))
         np.testing.assert_allclose(float(metrics["loss"]), expected[ordering], rtol=1e-5)
     # the orderings differ by far more than the tolerance each one is matched to
     assert abs(expected["before_step"] - expected["after_train_forward"]) > 1e-4 * abs(expected["before_step"])
@@ -193,10 +219,13 @@ def _masked_batch(batch, valid):
     return {**padded, "mask": jnp.asarray(valid)}
 
 
-@pytest.mark.parametrize("spec", [StepSpec("ce"), StepSpec("kd", 4.0, 0.9), StepSpec("nasty", 4.0, 0.04),
-                                  StepSpec("ast", 4.0, 0.5, k=2, target_statistics="after_train_forward"),
-                                  StepSpec("stt", 4.0, 0.5, k=2)], ids=lambda s: s.kind)
-def test_padded_masked_step_equals_the_step_on_the_valid_examples(step_setup, spec):
+@pytest.mark.parametrize("spec,hypers", [(StepSpec("ce"), LossHypers()), (StepSpec("kd"), LossHypers(4.0, 0.9)),
+                                         (StepSpec("nasty"), LossHypers(4.0, 0.04)),
+                                         (StepSpec("ast", target_statistics="after_train_forward"),
+                                          LossHypers(4.0, 0.5, 2)),
+                                         (StepSpec("stt"), LossHypers(4.0, 0.5, 2))],
+                         ids=["ce", "kd", "nasty", "ast", "stt"])
+def test_padded_masked_step_equals_the_step_on_the_valid_examples(step_setup, spec, hypers):
     """The epoch's last partial batch, padded to the full size with a mask, gives the update (parameters,
     BatchNorm statistics, optimizer state) and the metrics of the unpadded partial batch."""
     model, _, state, batch, teacher, teacher_vars = step_setup
@@ -204,10 +233,10 @@ def test_padded_masked_step_equals_the_step_on_the_valid_examples(step_setup, sp
     state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
     valid = np.array([True, False, True, True, False, True, True, False])
     padded, alone = _masked_batch(batch, valid), {k: v[valid] for k, v in batch.items()}
-    got = train_step(model, tx, spec, teacher, state, padded, teacher_vars)
-    want = train_step(model, tx, spec, teacher, state, alone, teacher_vars)
+    got = train_step(model, tx, spec, teacher, state, padded, teacher_vars, hypers=hypers)
+    want = train_step(model, tx, spec, teacher, state, alone, teacher_vars, hypers=hypers)
     unmasked = train_step(model, tx, spec, teacher, state, {k: v for k, v in padded.items() if k != "mask"},
-                          teacher_vars)
+                          teacher_vars, hypers=hypers)
     for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(unmasked)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert any(not np.allclose(b, c, rtol=1e-3) for b, c in zip(jax.tree.leaves(want), jax.tree.leaves(unmasked)))
@@ -230,11 +259,11 @@ UNEVEN_DEVICES_SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
 sys.path.insert(0, {tests!r})
-from ast_jax.engine import StepSpec, init_state, make_mesh, make_train_step, replicate, train_step
+from ast_jax.engine import LossHypers, StepSpec, init_state, make_mesh, make_train_step, replicate, train_step
 from conftest import TinyNet, tiny_split
 
 model, tx = TinyNet(axis_name="data"), optax.sgd(0.1, momentum=0.9)
-spec = StepSpec("ast", 4.0, 0.5, k=2, target_statistics="after_train_forward")
+spec, hypers = StepSpec("ast", target_statistics="after_train_forward"), LossHypers(4.0, 0.5, 2)
 state = jax.tree.map(np.asarray, init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3)))
 split = tiny_split(16, channels=3)
 valid = np.zeros(16, bool)
@@ -245,10 +274,10 @@ batch = jax.tree.map(lambda a: np.asarray(a, np.float32) if a.dtype == np.float6
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
     mesh = make_mesh(devices)
-    new, metrics = jax.jit(make_train_step(model, tx, spec, mesh))(replicate(mesh, state), batch, None)
+    new, metrics = jax.jit(make_train_step(model, tx, spec, mesh))(replicate(mesh, state), batch, None, None, hypers)
     results.append(jax.tree.map(np.asarray, (new.params, new.batch_stats, metrics)))
 alone = {{k: v[valid] for k, v in batch.items() if k != "mask"}}
-new, metrics = train_step(TinyNet(), tx, spec, None, state, alone)
+new, metrics = train_step(TinyNet(), tx, spec, None, state, alone, hypers=hypers)
 results.append(jax.tree.map(np.asarray, (new.params, new.batch_stats, metrics)))
 diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 print(json.dumps({{"devices": diff(results[0], results[1]), "vs_valid_alone": diff(results[1], results[2]),
@@ -275,38 +304,40 @@ def test_precomputed_teacher_logits_give_the_per_step_teacher_epoch(transform):
     teacher_vars = teacher.module.init(jax.random.PRNGKey(5), jnp.zeros((1, 8, 8, 1)))
     state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
     data = {"images": jnp.asarray(split.images), "labels": jnp.asarray(split.labels)}
-    kwargs = dict(batch_size=16, mean=(0.5,), std=(0.25,), teacher=teacher, loop="host")
-    epoch = make_train_epoch(model, tx, StepSpec("kd", 4.0, 0.9), mesh, augment_spec=AugmentSpec(), **kwargs)
+    kwargs = dict(batch_size=16, mean=(0.5,), std=(0.25,), teacher=teacher, policy=ExecutionPolicy.for_backend("cpu"))
+    epoch = make_train_epoch(model, tx, StepSpec("kd"), mesh, augment_spec=AugmentSpec(), **kwargs)
+    hypers = LossHypers(4.0, 0.9)
     table = fixed_teacher_logits(teacher, teacher_vars, data["images"], mesh, batch_size=16, mean=(0.5,), std=(0.25,))
     fresh = functools.partial(jax.tree.map, jnp.copy, state)  # the epoch donates its state
-    per_step, _ = epoch(fresh(), data, teacher_vars, jax.random.PRNGKey(1), 0)
-    precomputed, _ = epoch(fresh(), {**data, "teacher_logits": table}, teacher_vars, jax.random.PRNGKey(1), 0)
+    per_step, _ = epoch(fresh(), data, teacher_vars, jax.random.PRNGKey(1), 0, hypers=hypers)
+    precomputed, _ = epoch(fresh(), {**data, "teacher_logits": table}, teacher_vars, jax.random.PRNGKey(1), 0,
+                           hypers=hypers)
     moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(per_step.params), jax.tree.leaves(state.params)))
     assert moved > 1e-3
     for a, b in zip(jax.tree.leaves(precomputed.params), jax.tree.leaves(per_step.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    augmented = make_train_epoch(model, tx, StepSpec("kd", 4.0, 0.9), mesh, augment_spec=AugmentSpec(flip=True), **kwargs)
+    augmented = make_train_epoch(model, tx, StepSpec("kd"), mesh, augment_spec=AugmentSpec(flip=True), **kwargs)
     with pytest.raises(ValueError, match="only valid without augmentation"):
-        augmented(fresh(), {**data, "teacher_logits": table}, teacher_vars, jax.random.PRNGKey(1), 0)
+        augmented(fresh(), {**data, "teacher_logits": table}, teacher_vars, jax.random.PRNGKey(1), 0, hypers=hypers)
 
 
 def test_step_spec_validation():
     with pytest.raises(ValueError, match="step kind"):
         StepSpec("adversarial")
     with pytest.raises(ValueError, match="needs k"):
-        StepSpec("ast", 6.0, 0.05)
+        StepSpec("ast").check_hypers(LossHypers(6.0, 0.05))
     with pytest.raises(ValueError, match="target_statistics must be one of"):
-        StepSpec("ast", 6.0, 0.05, k=2, target_statistics="after_step")
+        StepSpec("ast", target_statistics="after_step")
 
 
 # ---- a checkpointed run ----
-def _fit(directory, train_config, spec=StepSpec("ce"), record=None, log=lambda _: None, *, teacher=None,
-         teacher_variables=None, **data_fields):
+def _fit(directory, train_config, spec=StepSpec("ce"), record=None, log=lambda _: None, *, hypers=LossHypers(),
+         teacher=None, teacher_variables=None, **data_fields):
     split, test = tiny_split(64, channels=1, seed=0), tiny_split(30, channels=1, seed=1)
     data = RunData(split, test, (0.5,), (0.25,), AugmentSpec(crop_padding=1, flip=True), **data_fields)
     run = TrainingRun(directory=str(directory), record=record or {"run": "tiny"}, model=TinyNet(axis_name="data"),
                       train_config=train_config, spec=spec, seed=0, data=data, teacher=teacher,
-                      teacher_variables=teacher_variables)
+                      teacher_variables=teacher_variables, hypers=hypers)
     return fit(run, log=log)
 
 
@@ -340,9 +371,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_missing_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="adversarial"):
-        _fit(tmp_path, sgd_config(), spec=StepSpec("ast", 6.0, 0.05, k=2))
+        _fit(tmp_path, sgd_config(), spec=StepSpec("ast"), hypers=LossHypers(6.0, 0.05, 2))
+    with pytest.raises(ValueError, match="needs k"):
+        _fit(tmp_path, sgd_config(), spec=StepSpec("ast"), hypers=LossHypers(6.0, 0.05))
     with pytest.raises(ValueError, match="teacher"):
-        _fit(tmp_path, sgd_config(), spec=StepSpec("kd", 4.0, 0.9))
+        _fit(tmp_path, sgd_config(), spec=StepSpec("kd"), hypers=LossHypers(4.0, 0.9))
 
 
 RESUME_SCRIPT = """
@@ -391,8 +424,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
     state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
     split = tiny_split(8, num_classes=10, channels=1)
     batch = {"image": jnp.asarray(split.images / 255.0, jnp.float32), "label": jnp.asarray(split.labels)}
-    new_state, metrics = jax.jit(functools.partial(train_step, model, tx, StepSpec("ast", 6.0, 0.05, k=2), None))(
-        state, {**batch, "adv_image": batch["image"][::-1]})
+    new_state, metrics = jax.jit(functools.partial(train_step, model, tx, StepSpec("ast"), None))(
+        state, {**batch, "adv_image": batch["image"][::-1]}, hypers=LossHypers(6.0, 0.05, 2))
     leaves = jax.tree.leaves((new_state.params, new_state.opt_state, new_state.batch_stats))
     assert all(leaf.dtype == jnp.float32 for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating))
     assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))

@@ -10,7 +10,7 @@ import pytest
 from ast_jax.cli import config as loader
 from ast_jax.cli.config import load_config
 from ast_jax.cli.commands import main
-from ast_jax.engine import loop
+from ast_jax.engine import ExecutionPolicy
 from ast_jax.results import report
 from ast_jax.studies import pipeline, sweep
 
@@ -127,11 +127,11 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
 
     fit_batch = pipeline.fit_batch
     monkeypatch.setattr(pipeline, "fit_batch", killed_at_the_students)
-    monkeypatch.setattr(pipeline, "max_batch_runs", lambda: None)  # an accelerator's batches (CPU: one run each)
-    monkeypatch.setattr(loop, "default_run_lowering", lambda: "vmap")  # and its lowering (compiles once at any R)
+    # an accelerator's batches (CPU: one run each) and its lowering (compiles once at any R), on the host loop
+    policy = ExecutionPolicy(loop="host", run_lowering="vmap", runs_per_program=None)
     with pytest.raises(Killed):
         sweep.run_sweep(sweep.open_sweep(config, workdir, grid, loader.sweep_cell_configs(config, grid), (0, 1),
-                                         log=lambda _: None))
+                                         log=lambda _: None, policy=policy))
     assert [len(b) for b in batches] == [2, 4]  # the seeds' base teachers, then every cell's AST teacher at once
     teachers = [d for batch in batches for d in batch]
     written = {d: os.stat(os.path.join(d, "metrics.jsonl")).st_mtime_ns for d in teachers}
@@ -139,7 +139,7 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
 
     monkeypatch.setattr(pipeline, "fit_batch", fit_batch)
     paths = sweep.run_sweep(sweep.open_sweep(config, workdir, grid, loader.sweep_cell_configs(config, grid), (0, 1),
-                                         log=lambda _: None))
+                                         log=lambda _: None, policy=policy))
     assert {d: os.stat(os.path.join(d, "metrics.jsonl")).st_mtime_ns for d in teachers} == written  # not retrained
     assert [os.path.basename(p) for p in paths] == ["sweep.md", "sweep.json", "sweep.csv", "sweep.png"]
     rows = {(r["teacher"], r["ast.k"]): r for r in _csv(paths[2])}

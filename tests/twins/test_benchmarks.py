@@ -27,7 +27,18 @@ from ast_jax.data import normalize  # noqa: E402
 from ast_jax.engine import train_step  # noqa: E402
 from ast_jax.interop import from_torch_state_dict, torch_models  # noqa: E402
 from benchmarks import jax_path, profile, report, run, torch_path  # noqa: E402
-from benchmarks.common import MEAN, PGD_EPS, PGD_STEP_SIZE, STD, STEP_SPECS, Case, Weights, fixed_batch, synthetic_data  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    MEAN,
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    STD,
+    STEP_HYPERS,
+    STEP_SPECS,
+    Case,
+    Weights,
+    fixed_batch,
+    synthetic_data,
+)
 
 NAME, CLASSES, SIZE, BATCH = "preresnet20", 10, 16, 6
 
@@ -61,7 +72,7 @@ def _jax_losses(weights, batch):
         logits, _ = model.apply(student, batch["image"], train=True, mutable=["batch_stats"])
         adv_logits = model.apply(student, batch["adv_image"], train=False)
         teacher_logits = model.apply(teacher, batch["image"], train=False)
-        y, kd, ast, nasty = batch["label"], STEP_SPECS["kd"], STEP_SPECS["ast"], STEP_SPECS["nasty"]
+        y, kd, ast, nasty = batch["label"], STEP_HYPERS["kd"], STEP_HYPERS["ast"], STEP_HYPERS["nasty"]
         return {"ce": jnp.mean(losses.cross_entropy(logits, y)),
                 "kd": losses.kd_loss(logits, teacher_logits, y, kd.temperature, kd.omega),
                 "ast": losses.ast_loss(logits, adv_logits, y, ast.temperature, ast.omega, ast.k),
@@ -76,7 +87,7 @@ def test_torch_losses_equal_ast_jax_losses(twins):
     for kind, spec in STEP_SPECS.items():
         modules.reset()
         with torch.no_grad():
-            got = torch_path.step_loss(spec, modules, _torch_batch(batch)).item()
+            got = torch_path.step_loss(spec, STEP_HYPERS[kind], modules, _torch_batch(batch)).item()
         np.testing.assert_allclose(got, expected[kind], rtol=0, atol=1e-4, err_msg=kind)
 
 
@@ -85,12 +96,13 @@ def test_torch_ast_step_updates_like_ast_jax(twins):
     weights, modules, _, batch = twins
     modules.reset()
     opt = torch_path.optimizer(modules)
-    torch_path.train_step(STEP_SPECS["ast"], modules, opt, _torch_batch(batch), "float32")
+    torch_path.train_step(STEP_SPECS["ast"], STEP_HYPERS["ast"], modules, opt, _torch_batch(batch), "float32")
     got = from_torch_state_dict(modules.student.state_dict(), NAME, CLASSES)["params"]
 
     model, tx = models.create(NAME, CLASSES), jax_path.optimizer()
     state = jax_path.fresh_state(tx, weights.student)
-    step = jax.jit(lambda state, batch: train_step(model, tx, STEP_SPECS["ast"], None, state, batch))
+    step = jax.jit(lambda state, batch: train_step(model, tx, STEP_SPECS["ast"], None, state, batch,
+                                                   hypers=STEP_HYPERS["ast"]))
     new_state, _ = step(state, batch)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(new_state.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
