@@ -23,8 +23,8 @@ class Stream(enum.IntEnum):
     PARAMS_INIT = FIRST_STREAM        # the model's initial parameters (`train.runner.fit`)
     PGD_START = FIRST_STREAM + 1      # PGD's random starts for the adversarial set and the figure
     STEP_NOISE = FIRST_STREAM + 2     # a train step's own draws, folded into the epoch's augmentation key (`train.loop`)
-    INI_CLONE = FIRST_STREAM + 3      # InI's untrained surrogate clone (`pipeline.ini_clone`)
-    MECO_EVAL = FIRST_STREAM + 4      # MeCo's release on the test set in the report (`pipeline.released_logits`)
+    INI_CLONE = FIRST_STREAM + 3      # InI's untrained surrogate clone (`stages.ini_clone`)
+    MECO_EVAL = FIRST_STREAM + 4      # MeCo's release on the test set in the report (`stages.released_logits`)
     GENERATOR_INIT = FIRST_STREAM + 100  # DFME's generator parameters (`attacks.dfme`)
     ADV_PAIRING = 0xFFFFFFFF          # the random clean/adversarial pairing of the AST step (`train.loop`)
 

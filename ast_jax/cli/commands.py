@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--debug", action="store_true", help="show the traceback of an error instead of logging it")
         return sub
 
-    from ast_jax.studies.pipeline import TEACHERS, TRAINED_TEACHERS
+    from ast_jax.studies.study import TEACHERS, TRAINED_TEACHERS
 
     train = command("train", "train one teacher (and what it needs: the base teacher, the PGD set)")
     train.add_argument("--stage", choices=TRAINED_TEACHERS, default="base", help="which teacher (default base)")
@@ -116,13 +116,14 @@ def _print_table(paths) -> None:
 
 
 def open_command(args, config):
-    """What `args.command` runs on: a `pipeline.Study`, or for `sweep` and `--seeds` a
+    """What `args.command` runs on: a `study.Study`, or for `sweep` and `--seeds` a
     `sweep.Sweep` / the list of seed studies (every check passes before the work directory is claimed)."""
     import jax
 
     from ast_jax.cli.config import parse_grid, sweep_cell_configs
     from ast_jax.engine import ExecutionPolicy
-    from ast_jax.studies import pipeline, sweep
+    from ast_jax.studies import sweep
+    from ast_jax.studies.study import open_study
 
     policy = ExecutionPolicy.for_backend(jax.default_backend())  # how every run of the command executes
     if args.command == "sweep":
@@ -131,14 +132,15 @@ def open_command(args, config):
                                 args.seeds or config.sweep.seeds, run_devices=args.run_devices, policy=policy)
     if args.command in ("pipeline", "demo") and args.seeds is not None:
         return sweep.open_seed_studies(config, args.workdir, args.seeds, run_devices=args.run_devices, policy=policy)
-    return pipeline.open_study(config, args.workdir, students=getattr(args, "student", None),
-                               teacher=getattr(args, "teacher", None), run_devices=getattr(args, "run_devices", 1),
-                               policy=policy)
+    return open_study(config, args.workdir, students=getattr(args, "student", None),
+                      teacher=getattr(args, "teacher", None), run_devices=getattr(args, "run_devices", 1),
+                      policy=policy)
 
 
 def run(args, opened) -> None:
     """Runs command `args.command` on what `open_command` opened."""
     from ast_jax.studies import pipeline, sweep
+    from ast_jax.studies.report import write_report
 
     if args.command == "sweep":
         _print_table(sweep.run_sweep(opened))
@@ -161,13 +163,14 @@ def run(args, opened) -> None:
             result = pipeline.distill_student(study, args.teacher, architecture)
             print(f"{args.teacher} -> {architecture}: student test accuracy {result.final_accuracy:.4f}")
     elif args.command == "report":
-        _print_table(pipeline.write_report(study))
+        _print_table(write_report(study))
     elif args.command == "matrix":
         from ast_jax.studies.matrix import run_matrix
 
         _print_table(run_matrix(study, args.seeds))
-    else:  # pipeline, demo
-        _print_table(pipeline.run(study))
+    else:  # pipeline, demo: every stage, then the report
+        pipeline.train_studies([study])
+        _print_table(write_report(study))
 
 
 def enable_compilation_cache() -> str:

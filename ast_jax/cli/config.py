@@ -36,7 +36,6 @@ from ast_jax.adversarial import SPACES as PGD_SPACES
 from ast_jax.attacks.common import check_settings
 from ast_jax.configs.common import (
     DTYPES,
-    FREE_FORM_SECTIONS,
     INI_DEFAULTS,
     MECO_DEFAULTS,
     SCHEMA,

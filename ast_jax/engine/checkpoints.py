@@ -49,21 +49,29 @@ class NoReadableCheckpointError(ValueError):
 def claim(directory: str, record: dict, record_name: str = RUN_RECORD) -> None:
     """Write `record` to `<directory>/<record_name>`, or check it equals the one already there.
 
-    Refuses (WorkdirConflictError) when the directory belongs to a run with another config:
-    nothing of that run is touched. Only process 0 writes.
+    Refuses (WorkdirConflictError, `check_record`) when the directory belongs to a run with
+    another config: nothing of that run is touched. Only process 0 writes.
     """
     path = os.path.join(directory, record_name)
-    text = json.dumps(record, sort_keys=True, indent=1)
     if os.path.exists(path):
-        existing = files.read_json(path)
-        if existing != json.loads(text):
-            changed = sorted(_diff_keys(existing, json.loads(text)))
-            raise WorkdirConflictError(
-                f"{directory} holds a run with another configuration (differs in: {', '.join(changed)}); "
-                f"use another --workdir, or delete that directory to start over")
+        check_record(files.read_json(path), record, WorkdirConflictError, lambda changed: (
+            f"{directory} holds a run with another configuration (differs in: {changed}); "
+            f"use another --workdir, or delete that directory to start over"))
         return
     if files.is_writer():
-        files.atomic_write(path, text)
+        files.atomic_write(path, json.dumps(record, sort_keys=True, indent=1))
+
+
+def check_record(recorded, expected: dict, error: type[Exception], refusal: Callable[[str], str]) -> None:
+    """Refuse a record found on disk that differs from the `expected` one (what would be written now).
+
+    Raises `error(refusal(changed))`, where `changed` names the keys that differ (dotted paths into
+    nested records, sorted, comma-separated): the caller's one line says what was kept and how to
+    start fresh. `expected` is compared as JSON holds it (tuples as lists).
+    """
+    changed = sorted(_diff_keys(recorded, json.loads(json.dumps(expected))))
+    if changed:
+        raise error(refusal(", ".join(changed)))
 
 
 def _diff_keys(a, b, prefix=""):

@@ -43,6 +43,7 @@ from ast_jax.engine.loop import (
 from ast_jax.engine.loop import steps_per_epoch as epoch_steps
 from ast_jax.engine.optim import from_constant_lr_state, make_optimizer, with_learning_rate
 from ast_jax.engine.policy import ExecutionPolicy
+from ast_jax.engine.progress import Pace
 from ast_jax.engine.steps import SPARSE_KINDS, LossHypers, StepSpec, Teacher, init_state
 from ast_jax.losses import cross_entropy
 from ast_jax.rng import Stream
@@ -394,7 +395,7 @@ def _train_group(runs, states, managers, done: int, mesh, policy: ExecutionPolic
                 run_log(f"resuming {run.directory} after {position(done)}")
         inputs = _device_inputs(runs, mesh, config) if start < epochs else None
         references = [writer.rows[0].get("reference_loss") if writer.rows else None for writer in writers]
-        run_start = time.perf_counter()
+        pace = Pace()  # of the epochs this session trains
         for epoch in range(start, epochs):
             tick = time.perf_counter()
             state, metrics = train_epoch(state, *inputs, keys, epoch, first_step, stop, hypers=hypers)
@@ -428,10 +429,9 @@ def _train_group(runs, states, managers, done: int, mesh, policy: ExecutionPolic
                 if evaluate_now:
                     variables = {"params": run_states[r].params, "batch_stats": run_states[r].batch_stats}
                     row.update(evaluate(predict, variables, data.test))
-                    eta = (time.perf_counter() - run_start) / (epoch + 1 - start) * (epochs - epoch - 1)
                     logs[r](f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                                       if k not in ("epoch", "reference_loss"))
-                            + f" eta={eta:.0f}s")
+                            + f" eta={pace.eta(epoch + 1 - start, epochs - epoch - 1)}")
                 writer.append(row)
             if save_now:
                 save((epoch + 1) * steps_per_epoch, run_states)

@@ -55,7 +55,6 @@ import jax.numpy as jnp
 import optax
 
 from ast_jax import losses
-from ast_jax.rng import example_keys  # re-exported: `ast_jax.engine.example_keys`
 
 #: Kinds whose objective a training-time defence brings as `StepSpec.objective` (module docstring).
 DEFENCE_KINDS = ("ini", "meco")

@@ -1,3 +1,4 @@
-"""Studies: the thesis's study as resumable stages (`pipeline`), over seeds and grids (`sweep`),
-and the stealing-attack matrix (`matrix`). They receive validated configs from the CLI and never
-load one."""
+"""Studies: the thesis's study as resumable stages, over seeds and grids (`sweep`), and the
+stealing-attack matrix (`matrix`). A study (`study`) is made of stages (`stages`) whose inputs are
+recorded and checked (`provenance`); `pipeline` makes them, `report` reads the finished ones.
+They receive validated configs from the CLI and never load one."""

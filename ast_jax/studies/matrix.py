@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -34,20 +33,15 @@ from ast_jax.data import load_query_set
 from ast_jax.defences import outputs as defenses
 from ast_jax.defences.blackbox import BlackBox, victim_release
 from ast_jax.engine import make_predict, to_host
-from ast_jax.engine.checkpoints import WorkdirConflictError
+from ast_jax.engine.checkpoints import WorkdirConflictError, check_record
+from ast_jax.engine.progress import Pace
 from ast_jax.files import atomic_write, is_writer, read_json
 from ast_jax.results.report import plot_heatmaps
-from ast_jax.studies.pipeline import (
-    TEACHERS,
-    Study,
-    fingerprint,
-    released_logits,
-    released_teacher,
-    teacher_fingerprint,
-    teacher_input_defense,
-    train_teacher,
-)
+from ast_jax.studies.pipeline import released_teacher, teacher_fingerprint, train_teacher
+from ast_jax.studies.provenance import fingerprint
 from ast_jax.studies.settings import sparsity_k, to_json
+from ast_jax.studies.stages import released_logits, teacher_input_defense
+from ast_jax.studies.study import Study
 from ast_jax.studies.victims import BASE, Victim, parse_victim
 
 MATRIX_DIR = "matrix"
@@ -167,12 +161,9 @@ class _Matrix:
         inputs = self.inputs(cell)
         record_path, result_path = os.path.join(directory, CELL_RECORD), os.path.join(directory, CELL_RESULT)
         if os.path.exists(record_path):
-            recorded = read_json(record_path)
-            changed = sorted(k for k in {*recorded, *inputs} if recorded.get(k) != inputs.get(k))
-            if changed:
-                raise StaleCellError(f"matrix cell {os.path.relpath(directory, self.study.workdir)} was built from "
-                                     f"other inputs (changed: {', '.join(changed)}); it is kept as it was. To redo it "
-                                     f"delete {directory}, or use another --workdir")
+            check_record(read_json(record_path), inputs, StaleCellError, lambda changed: (
+                f"matrix cell {os.path.relpath(directory, self.study.workdir)} was built from other inputs (changed: "
+                f"{changed}); it is kept as it was. To redo it delete {directory}, or use another --workdir"))
             if os.path.exists(result_path):
                 return read_json(result_path)
         elif is_writer():
@@ -276,17 +267,16 @@ def run_matrix(study: Study, seeds=None, log: Callable[[str], None] | None = Non
             matrix.query_set(study.config.attacks[attack])
         except ValueError as error:
             raise ValueError(f"config.attacks.{attack}.query_set: {error}") from None
-    rows, start, computed = [], time.perf_counter(), 0
+    rows, pace, computed = [], Pace(), 0
     for index, cell in enumerate(cells, 1):
         complete = os.path.exists(os.path.join(cell_directory(study, cell), CELL_RESULT))
         rows.append(matrix.run_cell(cell))
         computed += not complete
-        elapsed = time.perf_counter() - start
-        eta = elapsed / max(computed, 1) * sum(
-            not os.path.exists(os.path.join(cell_directory(study, c), CELL_RESULT)) for c in cells[index:])
+        left = sum(not os.path.exists(os.path.join(cell_directory(study, c), CELL_RESULT)) for c in cells[index:])
+        now = pace.now()
         log(f"[matrix] {index}/{len(cells)} cells: {cell.victim.label} / {cell.attack} / seed {cell.seed}: clone "
             f"{100 * rows[-1]['clone_accuracy']:.1f}%{' (done before)' if complete else ''}; "
-            f"elapsed {elapsed:.0f}s, eta {eta:.0f}s")
+            f"elapsed {pace.elapsed(now):.0f}s, eta {pace.eta(computed, left, now)}")
     summary = summarise(rows)
     workdir = study.workdir
     paths = [os.path.join(workdir, f"matrix.{ext}") for ext in ("md", "json", "csv", "png")]

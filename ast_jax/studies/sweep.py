@@ -39,17 +39,11 @@ import numpy as np
 from ast_jax.engine import ExecutionPolicy, checkpoints
 from ast_jax.engine.loop import check_run_devices
 from ast_jax.results import report
-from ast_jax.studies.pipeline import (
-    STUDY_RECORD,
-    Study,
-    check_study,
-    distill_student,
-    open_study,
-    train_studies,
-    train_teacher,
-    write_report,
-)
+from ast_jax.studies.pipeline import distill_student, train_studies, train_teacher
+from ast_jax.studies.report import write_report
 from ast_jax.studies.settings import study_record
+from ast_jax.studies.stages import teacher_stage
+from ast_jax.studies.study import STUDY_RECORD, Study, check_study, open_study
 
 LOG = functools.partial(print, flush=True)
 GRID_PREFIXES = ("ast.", "pgd.", "teacher_train.ast.")
@@ -73,7 +67,7 @@ def claim_root(config, workdir: str, kind: str) -> None:
 
 def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[[str], None] = LOG, *,
                       kind: str = "seeds", run_devices: int = 1, policy: ExecutionPolicy | None = None) -> list[Study]:
-    """`pipeline.open_study` of `config` at every seed, in `<workdir>/seed-<s>` (`run_devices`: the
+    """`study.open_study` of `config` at every seed, in `<workdir>/seed-<s>` (`run_devices`: the
     device groups a batch of runs is spread over; `policy`: how runs execute, see `open_study`); every seed's checks pass before `workdir` is claimed."""
     if not seeds or len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds needs distinct seeds, got {list(seeds)}")
@@ -88,8 +82,8 @@ def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[
 
 
 def run_seeds(studies: Sequence[Study], workdir: str) -> list[str]:
-    """The whole study at every seed (`open_seed_studies`; `pipeline.run`'s stages, batched across
-    the seeds), each seed's report, then `<workdir>/report.*` over the seeds. Returns those paths."""
+    """The whole study at every seed (`open_seed_studies`; every stage, batched across the seeds,
+    `pipeline.train_studies`), each seed's report, then `<workdir>/report.*` over the seeds. Returns those paths."""
     train_studies(studies)
     config, seeds = studies[0].config, [study.config.seed for study in studies]
     rows = {}
@@ -125,11 +119,11 @@ def cell_name(cell: Mapping[str, str]) -> str:
 
 def cell_study(base: Study, config, workdir: str) -> Study:
     """The study of one cell and seed: `config` (the cell's, at the base's seed) on the base
-    study's data, its base teacher and base students those of `base`. Claims `workdir`."""
+    study's data, sharing its base teacher (and so its base students and PGD sets). Claims `workdir`."""
     check_study(config, base.dataset, base.train, base.mesh, students=tuple(config.students))
     checkpoints.claim(workdir, study_record(config), record_name=STUDY_RECORD)
-    return Study(config, workdir, base.dataset, base.train, base.test, base.mesh, base.log, base=base,
-                 run_devices=base.run_devices, policy=base.policy)
+    return Study(config, workdir, base.dataset, base.train, base.test, base.mesh, base.log,
+                 base_teacher=teacher_stage(base, "base"), run_devices=base.run_devices, policy=base.policy)
 
 
 def _cell_rows(study: Study) -> list[dict]:

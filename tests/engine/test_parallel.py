@@ -155,21 +155,23 @@ def _compare_run_meshes() -> dict:
     as `pipeline.fit_stages` with run_devices 2 (`batch_plan`: two runs over the 2 x 2 (run, data)
     mesh, the third over all 4 devices), and as one batch on the 4-device data mesh (`fit_batch`)."""
     import tempfile
+    import types
 
     import jax
     from test_batch import RUNS, _max_difference, _run
 
     from ast_jax.engine import ExecutionPolicy, fit, fit_batch, make_mesh
     from ast_jax.studies import pipeline
+    from ast_jax.studies.study import Study
 
     policy = ExecutionPolicy("host", "vmap", 1)  # the accelerators' lowering, where a run axis over devices is used
     quiet = lambda _: None  # noqa: E731
     with tempfile.TemporaryDirectory() as root:
         alone = [fit(_run(f"{root}/alone{i}", *values), mesh=make_mesh(jax.devices()[:1]), policy=policy, log=quiet)
                  for i, values in enumerate(RUNS)]
-        study = pipeline.Study(None, root, None, None, None, make_mesh(), quiet, run_devices=2, policy=policy)
-        pipeline.fit_stages([pipeline.Stage(study, "ast", _run(f"{root}/staged{i}", *values))
-                             for i, values in enumerate(RUNS)])
+        study = Study(None, root, None, None, None, make_mesh(), quiet, run_devices=2, policy=policy)
+        pipeline.fit_stages([types.SimpleNamespace(study=study, name="ast", run=_run(f"{root}/staged{i}", *values))
+                             for i, values in enumerate(RUNS)])  # what fit_stages reads of a stage
         batch = fit_batch([_run(f"{root}/data{i}", *values) for i, values in enumerate(RUNS)], mesh=make_mesh(),
                           policy=policy, log=quiet)
         diffs = {"run_and_data": [_max_difference(a, study.runs[f"{root}/staged{i}"]) for i, a in enumerate(alone)],

@@ -449,12 +449,12 @@ def test_host_driven_attack_reports_progress_per_batch():
 
 
 def test_progress_log_is_rate_limited_and_always_reports_the_end(monkeypatch):
-    from ast_jax.studies import pipeline
+    from ast_jax.engine import progress as progress_lines
 
     clock = iter([0.0, 1.0, 40.0, 41.0, 42.0])  # start, then one reading per call
-    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress_lines.time, "perf_counter", lambda: next(clock))
     lines = []
-    progress = pipeline._progress_log(lines.append, every_seconds=30.0)
+    progress = progress_lines.image_progress(lines.append, every_seconds=30.0)
     for done in (10, 20, 30, 40):
         progress(done, 40)
     assert lines == ["20/40 images, 0.5 images/s, eta 40s", "40/40 images, 1.0 images/s, eta 0s"]

@@ -42,8 +42,9 @@ def test_bad_defence_settings_are_one_clear_line(tmp_path, capsys, override, nam
 
 def test_defence_teachers_take_their_own_schedules_and_settings(tmp_path):
     from ast_jax.cli.config import load_config
-    from ast_jax.studies.pipeline import open_study, teacher_spec
     from ast_jax.studies.settings import teacher_train_config
+    from ast_jax.studies.stages import teacher_spec
+    from ast_jax.studies.study import open_study
 
     config = load_config("digits_defences", ["--config.meco.scale=0.25", "--config.ini.gamma=0.5"])
     assert config.teachers == ("base", "stingy", "ast", "nasty", "stt", "ini", "meco")
@@ -63,7 +64,8 @@ def test_meco_release_in_the_report_is_random_per_query_and_reproducible(tmp_pat
 
     from ast_jax.cli.config import load_config
     from ast_jax.engine import Teacher
-    from ast_jax.studies.pipeline import open_study, released_logits, teacher_input_defense
+    from ast_jax.studies.stages import released_logits, teacher_input_defense
+    from ast_jax.studies.study import open_study
 
     study = open_study(load_config("digits_defences", TINY), str(tmp_path / "w"))
     released = Teacher(study.model("cnn"), input_defense=teacher_input_defense(study, "meco"))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ast_jax.cli.config import load_config
-from ast_jax.studies import matrix, pipeline
+from ast_jax.studies import matrix
+from ast_jax.studies.study import open_study
 
 
 def test_victims_parse_with_default_gamma_and_refuse_bad_specs():
@@ -74,7 +75,7 @@ TINY = ["--config.train.epochs=2", "--config.train.milestones=()", "--config.tra
 @pytest.mark.slow
 def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(tmp_path):
     workdir = str(tmp_path / "w")
-    study = pipeline.open_study(load_config("digits", TINY), workdir, log=lambda message: None)
+    study = open_study(load_config("digits", TINY), workdir, log=lambda message: None)
     paths = matrix.run_matrix(study)
     summary = json.load(open(paths[1]))["summary"]
     assert [(e["victim"], e["attack"], e["seeds"]) for e in summary] == [
@@ -86,13 +87,13 @@ def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(tmp_pa
     stamps = [os.stat(p).st_mtime_ns for p in results]
     os.remove(results[3])  # a cell killed before its result was written
     log = []
-    study = pipeline.open_study(load_config("digits", TINY), workdir, log=log.append)
+    study = open_study(load_config("digits", TINY), workdir, log=log.append)
     matrix.run_matrix(study)
     assert [os.stat(p).st_mtime_ns for p in results[:3]] == stamps[:3]
     assert sum("(done before)" in line for line in log) == 3
     assert json.load(open(results[3]))["queries"] == 100
-    changed = pipeline.open_study(load_config("digits", TINY + ["--config.attacks.knockoff_soft.labels=hard"]),
-                                  workdir, log=lambda message: None)
+    changed = open_study(load_config("digits", TINY + ["--config.attacks.knockoff_soft.labels=hard"]),
+                         workdir, log=lambda message: None)
     with pytest.raises(matrix.StaleCellError, match="changed: attack.*kept as it was"):
         matrix.run_matrix(changed)
     assert [os.stat(p).st_mtime_ns for p in results[:3]] == stamps[:3]

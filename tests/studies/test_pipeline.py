@@ -42,7 +42,7 @@ def test_bad_config_is_one_clear_line(tmp_path, capsys, override, named):
 
 def test_study_on_a_class_balanced_subset(tmp_path):
     from ast_jax.cli.config import load_config
-    from ast_jax.studies.pipeline import open_study
+    from ast_jax.studies.study import open_study
 
     study = open_study(load_config("digits", ["--config.data.train_examples=200"]), str(tmp_path / "w"))
     assert len(study.train) == 200 and len(study.test) == 360  # the test split stays whole
@@ -171,7 +171,10 @@ def test_replaced_pytorch_teacher_refuses_every_stage_built_from_the_old_one(tmp
 def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem):
     from ast_jax.cli.config import load_config
     from ast_jax.files import UnreadableFileError, atomic_write, save_npy
-    from ast_jax.studies.pipeline import _pgd_settings, adversarial_set, adversarial_set_name, open_study
+    from ast_jax.studies.pipeline import adversarial_set
+    from ast_jax.studies.provenance import pgd_settings
+    from ast_jax.studies.stages import adversarial_set_name, adversarial_stage
+    from ast_jax.studies.study import open_study
 
     path = _torch_teacher(tmp_path / "teacher.pth", seed=3)  # imported, not trained: no compute
     study = open_study(load_config("digits", [*TINY, f"--config.teacher.torch_checkpoint={path}"]),
@@ -180,14 +183,14 @@ def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem
     good = np.zeros((n, 8, 8, 1), np.float32)
     adv = {"short": good[:100], "nan": np.full_like(good, np.nan), "uint8": good.astype(np.uint8),
            "channels": np.zeros((n, 8, 8, 3), np.float32), "record": good}[problem]
-    name = adversarial_set_name(study)
+    name = adversarial_set_name(adversarial_stage(study))
     npy = tmp_path / "w" / "adversarial" / f"{name}.npy"
     save_npy(str(npy), adv)
     import hashlib
     import json
 
     sha = hashlib.sha256(np.ascontiguousarray(adv).tobytes()).hexdigest()
-    settings = _pgd_settings(study)
+    settings = pgd_settings(study)
     if problem == "record":
         settings = dict(settings, seed=settings["seed"] + 1)
     atomic_write(str(npy.with_suffix(".json")), json.dumps({"settings": settings, "sha256": sha}))
@@ -215,9 +218,9 @@ def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem
 def test_late_checks_run_before_the_work_directory_is_claimed(tmp_path, capsys, monkeypatch, override, named):
     import types
 
-    from ast_jax.studies import pipeline
+    from ast_jax.studies import study
 
-    monkeypatch.setattr(pipeline, "make_mesh", lambda: types.SimpleNamespace(size=4, shape={"data": 4}))  # 4 devices
+    monkeypatch.setattr(study, "make_mesh", lambda: types.SimpleNamespace(size=4, shape={"data": 4}))  # 4 devices
     command = ["train"]
     if override.startswith("torch:"):
         kind = override.split(":")[1]
@@ -269,7 +272,8 @@ def test_random_streams_are_distinct_and_above_every_epoch_fold():
 @pytest.mark.parametrize("variant,statistics", [("thesis", "before_step"), ("reference", "after_train_forward")])
 def test_the_variant_picks_the_ast_and_stt_target_statistics(tmp_path, variant, statistics):
     from ast_jax.cli.config import load_config
-    from ast_jax.studies.pipeline import open_study, teacher_spec
+    from ast_jax.studies.stages import teacher_spec
+    from ast_jax.studies.study import open_study
 
     study = open_study(load_config(f"digits:{variant}"), str(tmp_path / "w"))
     assert teacher_spec(study, "ast").target_statistics == statistics

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from ast_jax.cli import config as loader
-from ast_jax.cli.config import load_config
 from ast_jax.cli.commands import main
+from ast_jax.cli.config import load_config
 from ast_jax.engine import ExecutionPolicy
+from ast_jax.engine.progress import Progress
 from ast_jax.results import report
 from ast_jax.studies import pipeline, sweep
 
@@ -191,7 +192,7 @@ def test_the_ablation_configs_are_sweeps_of_valid_cells():
 
 def test_progress_counts_the_runs_it_was_given_and_estimates_the_rest():
     lines = []
-    progress = pipeline.Progress(lines.append, ["a", "b"], images=300, every_seconds=0.0)
+    progress = Progress(lines.append, ["a", "b"], images=300, every_seconds=0.0)
     progress.trained(100)
     progress.finished(["a", "done-before"])  # a run that had finished before is not counted
     assert lines[0].startswith("runs 0/2 done") and lines[-1].startswith("runs 1/2 done")
