@@ -407,22 +407,25 @@ def _batched_map(fn, mesh: Mesh, batch_size: int, *arrays):
     return out.reshape(-1, *out.shape[2:])[:num]
 
 
-def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
+def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std, loop: str = "auto"):
     """Build `predict(variables, images_uint8) -> logits (N, C)` in inference mode, float32.
 
-    Memoised like `make_train_epoch`: equal arguments give the same (already compiled) program."""
-    return _make_predict(model, mesh, batch_size=int(batch_size), mean=_per_channel(mean), std=_per_channel(std))
+    `loop="scan"`: one jitted `lax.scan` over the batches; `"host"`: one jitted call per batch
+    (`host_batched_map`); `"auto"` picks `default_loop()`. Memoised like `make_train_epoch`:
+    equal arguments give the same (already compiled) program."""
+    return _make_predict(model, mesh, batch_size=int(batch_size), mean=_per_channel(mean), std=_per_channel(std),
+                         loop=_resolve_loop(loop))
 
 
 @functools.lru_cache(maxsize=64)
-def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std):
+def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std, loop: str):
     check_batch_size(batch_size, mesh, "eval_batch_size")
     mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def logits(variables, x):
         return model.apply(variables, normalize(to_unit_float(x), mean, std), train=False).astype(jnp.float32)
 
-    if default_loop() == "scan":
+    if loop == "scan":
         return jax.jit(lambda variables, images: _batched_map(lambda _, x: logits(variables, x), mesh, batch_size,
                                                               images))
     logits_jit = jax.jit(logits)

@@ -1,0 +1,217 @@
+"""`ast-jax plan`: compile a study's programs for an accelerator that is not attached and report
+their memory, FLOPs and a roofline lower bound on their time.
+
+The programs are compiled on the host for a TPU slice described by libtpu's topology
+(`jax.experimental.topologies`; `pip install "jax[tpu]"`), from abstract inputs
+(`ast_jax.engine.aot`). Nothing is trained and no data is read: the training-set sizes are the
+data sets' published ones (`TRAIN_IMAGES`) or `config.data.train_examples`.
+
+The time of a program is bounded below by the roofline, max(FLOPs / peak FLOP/s, bytes accessed
+/ memory bandwidth), per device; the study's estimate adds up steps × bound over its stages. It
+is a lower bound, not a measurement: real steps also wait on launches, collectives and the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import types
+
+#: Training / test images of each data set, as published (digits: the fixed stratified split).
+TRAIN_IMAGES = {"digits": 1437, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+                "tiny_imagenet": 100_000}
+TEST_IMAGES = {"digits": 360, "fashion_mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000, "tiny_imagenet": 10_000}
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An accelerator slice: its topology name and public per-chip figures.
+
+    Figures from the vendors' public specification pages (dense, no sparsity): TPU v5e 197
+    TFLOP/s bf16, 819 GB/s HBM, 16 GiB; TPU v4 275 TFLOP/s bf16, 1,200 GB/s, 32 GiB. No fp32
+    peak is published for TPUs; XLA runs float32 matrix products on the matrix units in bf16
+    passes at its default precision, so the bf16 peak stands for both (a higher peak keeps the
+    bound a lower bound).
+    """
+
+    platform: str
+    topology: str
+    memory_bytes: int
+    peak_flops: dict  # dtype name -> FLOP/s per device
+    bandwidth: float  # HBM bytes/s per device
+
+
+_V5E = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 197e12, "float32": 197e12}, bandwidth=819e9)
+_V4 = dict(memory_bytes=32 * GIB, peak_flops={"bfloat16": 275e12, "float32": 275e12}, bandwidth=1200e9)
+TARGETS = {
+    "tpu:v5e:2x2": Target("tpu", "v5e:2x2", **_V5E),
+    "tpu:v5e:2x4": Target("tpu", "v5e:2x4", **_V5E),
+    "tpu:v4:2x2x2": Target("tpu", "v4:2x2x2", **_V4),
+}
+GPU_TARGETS = ("gpu:a100:8", "gpu:h100:8")
+
+
+class DoesNotFitError(ValueError):
+    """A program needs more device memory than the target has (exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedProgram:
+    """One compiled program of the study and how often the study runs its counted unit."""
+
+    name: str
+    cost: object  # aot.ProgramCost
+    repeats: int  # steps (epochs), PGD steps x batches, or batches (prediction) the study runs
+    bound_seconds: float  # the roofline lower bound of one counted unit
+
+
+def target_mesh(target: Target, tpu_topology=None):
+    """The `data` mesh over the devices of `target`'s topology (every process's devices)."""
+    from jax.experimental import topologies
+
+    from ast_jax.engine.loop import make_mesh
+
+    topology = tpu_topology or topologies.get_topology_desc(topology_name=target.topology, platform=target.platform)
+    return make_mesh(topology.devices)
+
+
+def resolve_target(name: str) -> Target:
+    if name in GPU_TARGETS:
+        raise ValueError(f"target {name}: GPU targets are not supported yet; use one of {', '.join(TARGETS)}")
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; use one of {', '.join((*TARGETS, *GPU_TARGETS))}")
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise ValueError(f"target {name} needs libtpu: pip install 'jax[tpu]'") from None
+    return TARGETS[name]
+
+
+def roofline_seconds(cost, target: Target, dtype: str) -> float:
+    """max(FLOPs / peak FLOP/s, bytes accessed / bandwidth): a lower bound on one unit's time."""
+    return max(cost.flops / target.peak_flops[dtype], cost.bytes_accessed / target.bandwidth)
+
+
+def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
+    """Compile every program `config`'s study runs for `mesh` and count how often each runs.
+
+    Rows: each trained teacher's epoch, each student's epoch per teacher, the PGD set (with an
+    AST teacher) and prediction (evaluation every `eval_every` epochs of each stage). Refuses,
+    with `DoesNotFitError`, the first program that needs more than the target's memory.
+    """
+    import jax.numpy as jnp
+
+    from ast_jax import models
+    from ast_jax.data import dataset_spec
+    from ast_jax.engine import Teacher, aot, make_optimizer
+    from ast_jax.engine.loop import AXIS, steps_per_epoch
+    from ast_jax.studies.pipeline import _augment_spec, distill_spec, teacher_spec
+    from ast_jax.studies.settings import teacher_train_config, train_config_for
+
+    dataset = dataset_spec(config.data.name)
+    num_train = config.data.train_examples or TRAIN_IMAGES[config.data.name]
+    num_test = TEST_IMAGES[config.data.name]
+    dtype = jnp.dtype(config.dtype)
+    augment_spec = _augment_spec(config)
+    specs = types.SimpleNamespace(config=config, num_classes=dataset.num_classes)  # what the step builders read
+    shape, stats = dataset.image_shape, dict(mean=dataset.mean, std=dataset.std)
+
+    def model(architecture):
+        return models.create(architecture, dataset.num_classes, dtype, axis_name=AXIS)
+
+    planned = []
+
+    def add(name, cost, repeats):
+        if cost.device_bytes > target.memory_bytes:
+            raise DoesNotFitError(
+                f"{name} needs {cost.device_bytes / GIB:.2f} GiB per device, {target.topology} has "
+                f"{target.memory_bytes / GIB:.0f} GiB: lower its batch size or use a smaller dtype (config.dtype)")
+        planned.append(PlannedProgram(name, cost, repeats, roofline_seconds(cost, target, dtype.name)))
+        log(f"compiled {name} in {cost.compile_seconds:.1f}s")
+
+    def evaluations(train_config):
+        return -(-train_config.epochs // max(train_config.eval_every, 1)) * steps_per_epoch(
+            num_test, train_config.eval_batch_size)
+
+    def train(name, architecture, train_config, spec, stages, **kwargs):
+        tx = make_optimizer(train_config, steps_per_epoch(num_train, train_config.batch_size))
+        cost = aot.epoch_cost(model(architecture), tx, spec, mesh, num_examples=num_train,
+                              batch_size=train_config.batch_size, image_shape=shape, num_classes=dataset.num_classes,
+                              augment_spec=augment_spec, **stats, **kwargs)
+        add(name, cost, stages * train_config.epochs * steps_per_epoch(num_train, train_config.batch_size))
+
+    teacher_arch = config.teacher.model
+    trained = [name for name in config.teachers
+               if name not in ("stingy", "ini", "meco") and not (name == "base" and config.teacher.torch_checkpoint)]
+    for name in trained:
+        kwargs = dict(teacher=Teacher(model(teacher_arch))) if name == "nasty" else {}
+        if name == "ast":
+            kwargs = dict(pairing=config.ast.pairing)
+        train(f"{name} teacher ({teacher_arch})", teacher_arch, teacher_train_config(config, name),
+              teacher_spec(specs, name), 1, **kwargs)
+    for architecture in config.students:
+        train(f"kd students ({architecture})", architecture, train_config_for(config, architecture),
+              distill_spec(specs, "base"), len(config.teachers), teacher=Teacher(model(teacher_arch)))
+    if "ast" in config.teachers:
+        pgd = config.pgd
+        add(f"pgd ({teacher_arch})", aot.pgd_cost(model(teacher_arch), mesh, num_examples=num_train, image_shape=shape,
+                                                  batch_size=pgd.batch_size, eps=pgd.eps, step_size=pgd.step_size,
+                                                  steps=pgd.steps, space=pgd.space, random_start=pgd.random_start,
+                                                  **stats),
+            pgd.steps * steps_per_epoch(num_train, pgd.batch_size))
+    eval_batch = config.train.eval_batch_size
+    runs = ([teacher_train_config(config, name) for name in trained]
+            + [train_config_for(config, a) for a in config.students for _ in config.teachers])
+    add(f"predict ({teacher_arch})", aot.predict_cost(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
+                                                      batch_size=eval_batch, **stats),
+        sum(evaluations(run) for run in runs))
+    return planned
+
+
+def format_rows(planned: list[PlannedProgram], target: Target) -> list[str]:
+    """A table of the programs (bytes per device, FLOPs per counted unit) and the study's lower bound."""
+    header = (f"{'program':<28}{'argument':>10}{'output':>10}{'temp':>10}{'alias':>10}{'total':>10}{'of':>8}"
+              f"{'GFLOP/unit':>12}{'bound/unit':>12}{'units':>9}{'compile':>9}")
+    lines = [header]
+    mib = 2 ** 20
+    for p in planned:
+        c = p.cost
+        lines.append(f"{p.name:<28}{c.argument_bytes / mib:>9.1f}M{c.output_bytes / mib:>9.1f}M{c.temp_bytes / mib:>9.1f}M"
+                     f"{c.alias_bytes / mib:>9.1f}M{c.device_bytes / mib:>9.1f}M{c.device_bytes / target.memory_bytes:>8.2%}"
+                     f"{c.flops / 1e9:>12.3f}{p.bound_seconds * 1e6:>10.1f}us{p.repeats:>9}{c.compile_seconds:>8.1f}s")
+    total = sum(p.repeats * p.bound_seconds for p in planned)
+    lines.append(f"study on {target.platform}:{target.topology}: at least {total:.2f} s of device time (a roofline "
+                 f"lower bound from the compiler's counts, not a measurement)")
+    return lines
+
+
+def to_json(planned: list[PlannedProgram], target: Target) -> dict:
+    return {"target": f"{target.platform}:{target.topology}", "device_memory_bytes": target.memory_bytes,
+            "programs": [{"name": p.name, **dataclasses.asdict(p.cost), "device_bytes": p.cost.device_bytes,
+                          "units": p.repeats, "bound_seconds_per_unit": p.bound_seconds} for p in planned],
+            "study_lower_bound_seconds": sum(p.repeats * p.bound_seconds for p in planned)}
+
+
+def prepare_environment() -> None:
+    """Compile on the host CPU for a TPU that is not attached (set before JAX starts its backends)."""
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def main(args, overrides) -> int:
+    """`ast-jax plan --config C --target T [--json FILE]`: print the table (a program that does not
+    fit raises `DoesNotFitError`, a one-line error with exit status 2 in `commands.main`)."""
+    from ast_jax.cli.config import load_config
+
+    target = resolve_target(args.target)
+    config = load_config(args.config, overrides)
+    planned = plan_study(config, target, target_mesh(target), log=lambda m: print(m, file=sys.stderr))
+    print("\n".join(format_rows(planned, target)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json(planned, target), f, indent=2)
+    return 0

@@ -1,0 +1,118 @@
+"""Ahead-of-time compilation of a study's programs for a mesh whose devices need not be attached.
+
+XLA compiles for a target described by its topology alone (a TPU slice from libtpu, a GPU from its
+target description): the programs are lowered from abstract inputs (`jax.ShapeDtypeStruct`s
+carrying their sharding on the mesh; the state from `jax.eval_shape`), compiled, and their
+compiler's memory and cost analyses read. Nothing runs and nothing is allocated; no I/O.
+
+Counting conventions of XLA's analyses, which the numbers below inherit:
+- memory (`compiled.memory_analysis()`): bytes per device of the arguments, outputs and temporary
+  buffers, and the output bytes that alias a donated argument (`alias`); the program needs
+  argument + output + temp - alias bytes of device memory.
+- cost (`compiled.cost_analysis()`): FLOPs and bytes accessed per device, a `while` loop's body
+  counted once. A scanned epoch's FLOPs are therefore those of one train step (and the epoch's
+  shuffle); PGD's those of one PGD step on one batch; prediction's those of one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ast_jax.data import AugmentSpec
+from ast_jax.engine.loop import make_pgd_attack, make_predict, make_train_epoch
+from ast_jax.engine.steps import StepSpec, Teacher, init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramCost:
+    """What the compiler says of one program, per device (see the module docstring)."""
+
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    flops: float
+    bytes_accessed: float
+    compile_seconds: float
+
+    @property
+    def device_bytes(self) -> int:
+        """Device memory the program needs: arguments + outputs + temporaries - donated outputs."""
+        return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+
+def abstract(tree, mesh: Mesh, spec: P = P()):
+    """`tree`'s leaves (arrays or shape/dtype structs) as `ShapeDtypeStruct`s with sharding `spec` on `mesh`."""
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree)
+
+
+def abstract_variables(model, image_shape, mesh: Mesh):
+    """The variables of `model` on images of `image_shape` (H, W, C), abstract and replicated."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+    return abstract(shapes, mesh)
+
+
+def compile_cost(fn, *args, donate_argnums=()) -> ProgramCost:
+    """Lower `jax.jit(fn, donate_argnums)` on the abstract `args`, compile it, read its analyses."""
+    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    memory, cost = compiled.memory_analysis(), _cost(compiled)
+    return ProgramCost(memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.temp_size_in_bytes,
+                       memory.alias_size_in_bytes, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)), seconds)
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+
+
+def epoch_cost(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, batch_size: int, image_shape,
+               num_classes: int, augment_spec: AugmentSpec, mean, std, teacher: Teacher | None = None,
+               pairing: str = "aligned", ood_examples: int = 0, adv_dtype=jnp.float32) -> ProgramCost:
+    """`ProgramCost` of one run's training epoch (`loop.make_train_epoch`, scanned, the state
+    donated) on `num_examples` images of `image_shape`, with the inputs the step kind needs:
+    the adversarial set (ast), the frozen teacher and, without augmentation, its fixed logits
+    (kd, nasty; `runner`'s `_device_inputs`), the OOD set (ini)."""
+    epoch = make_train_epoch(model, tx, spec, mesh, batch_size=batch_size, augment_spec=augment_spec, mean=mean,
+                             std=std, teacher=teacher, pairing=pairing, loop="scan")
+    images = (num_examples, *image_shape)
+    data = {"images": jax.ShapeDtypeStruct(images, jnp.uint8), "labels": jax.ShapeDtypeStruct((num_examples,), jnp.int32)}
+    if spec.needs_adversarial:
+        data["adv_images"] = jax.ShapeDtypeStruct(images, adv_dtype)
+    if spec.needs_ood:
+        data["ood_images"] = jax.ShapeDtypeStruct((ood_examples, *image_shape), jnp.float32)
+    if spec.needs_teacher and augment_spec.is_identity and not (teacher and teacher.is_random):
+        data["teacher_logits"] = jax.ShapeDtypeStruct((num_examples, num_classes), jnp.float32)
+    teacher_variables = abstract_variables(teacher.module, image_shape, mesh) if teacher is not None else None
+    state = abstract(jax.eval_shape(functools.partial(init_state, model, tx, jax.random.PRNGKey(0), image_shape)), mesh)
+    key, index = abstract(jax.ShapeDtypeStruct((2,), jnp.uint32), mesh), abstract(jax.ShapeDtypeStruct((), jnp.int32), mesh)
+    return compile_cost(lambda s, d, t, k, e: epoch(s, d, t, k, e), state, abstract(data, mesh), teacher_variables,
+                        key, index, donate_argnums=(0,))
+
+
+def pgd_cost(model, mesh: Mesh, *, num_examples: int, image_shape, mean, std, batch_size: int, eps: float,
+             step_size: float, steps: int, space: str = "pixel", random_start: bool = False) -> ProgramCost:
+    """`ProgramCost` of the PGD attack (`loop.make_pgd_attack`, scanned) over `num_examples` images."""
+    attack = make_pgd_attack(model, mesh, batch_size=batch_size, mean=mean, std=std, eps=eps, step_size=step_size,
+                             steps=steps, space=space, random_start=random_start, loop="scan")
+    images = abstract(jax.ShapeDtypeStruct((num_examples, *image_shape), jnp.uint8), mesh)
+    labels = abstract(jax.ShapeDtypeStruct((num_examples,), jnp.int32), mesh)
+    key = abstract(jax.ShapeDtypeStruct((2,), jnp.uint32), mesh)
+    return compile_cost(attack, abstract_variables(model, image_shape, mesh), images, labels, key)
+
+
+def predict_cost(model, mesh: Mesh, *, num_examples: int, image_shape, mean, std, batch_size: int) -> ProgramCost:
+    """`ProgramCost` of inference (`loop.make_predict`, scanned) over `num_examples` images."""
+    predict = make_predict(model, mesh, batch_size=batch_size, mean=mean, std=std, loop="scan")
+    images = abstract(jax.ShapeDtypeStruct((num_examples, *image_shape), jnp.uint8), mesh)
+    return compile_cost(predict, abstract_variables(model, image_shape, mesh), images)
