@@ -29,13 +29,14 @@ GIB = 2 ** 30
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """An accelerator slice: its topology name and public per-chip figures.
+    """An accelerator slice: its topology name and public figures per device (JAX device).
 
-    Figures from the vendors' public specification pages (dense, no sparsity): TPU v5e 197
-    TFLOP/s bf16, 819 GB/s HBM, 16 GiB; TPU v4 275 TFLOP/s bf16, 1,200 GB/s, 32 GiB. No fp32
-    peak is published for TPUs; XLA runs float32 matrix products on the matrix units in bf16
-    passes at its default precision, so the bf16 peak stands for both (a higher peak keeps the
-    bound a lower bound).
+    Figures from the vendors' public specification pages (dense, no sparsity), per chip: TPU
+    v5e 197 TFLOP/s bf16, 819 GB/s HBM, 16 GiB (one device per chip); TPU v4 275 TFLOP/s bf16,
+    1,200 GB/s, 32 GiB, halved here because libtpu's v4 topology has one device per TensorCore
+    (two per chip). No fp32 peak is published for TPUs; XLA runs float32 matrix products on the
+    matrix units in bf16 passes at its default precision, so the bf16 peak stands for both (a
+    higher peak keeps the bound a lower bound).
     """
 
     platform: str
@@ -46,7 +47,7 @@ class Target:
 
 
 _V5E = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 197e12, "float32": 197e12}, bandwidth=819e9)
-_V4 = dict(memory_bytes=32 * GIB, peak_flops={"bfloat16": 275e12, "float32": 275e12}, bandwidth=1200e9)
+_V4 = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 137.5e12, "float32": 137.5e12}, bandwidth=600e9)
 TARGETS = {
     "tpu:v5e:2x2": Target("tpu", "v5e:2x2", **_V5E),
     "tpu:v5e:2x4": Target("tpu", "v5e:2x4", **_V5E),
@@ -125,11 +126,17 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
 
     planned = []
 
-    def add(name, cost, repeats):
+    def add(name, compile_program, repeats, knob):
+        """Compile a program (`compile_program()`: its `ProgramCost`) and plan it, or refuse it if it does not fit."""
+        try:
+            cost = compile_program()
+        except aot.OutOfDeviceMemoryError as error:
+            raise DoesNotFitError(f"{name} does not fit {target.topology}'s device memory ({error}); lower {knob} "
+                                  f"or use a smaller config.dtype") from error
         if cost.device_bytes > target.memory_bytes:
             raise DoesNotFitError(
                 f"{name} needs {cost.device_bytes / GIB:.2f} GiB per device, {target.topology} has "
-                f"{target.memory_bytes / GIB:.0f} GiB: lower its batch size or use a smaller dtype (config.dtype)")
+                f"{target.memory_bytes / GIB:.2f} GiB: lower {knob} or use a smaller config.dtype")
         planned.append(PlannedProgram(name, cost, repeats, roofline_seconds(cost, target, dtype.name)))
         log(f"compiled {name} in {cost.compile_seconds:.1f}s")
 
@@ -137,12 +144,12 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
         return -(-train_config.epochs // max(train_config.eval_every, 1)) * steps_per_epoch(
             num_test, train_config.eval_batch_size)
 
-    def train(name, architecture, train_config, spec, stages, **kwargs):
+    def train(name, architecture, train_config, spec, stages, knob, **kwargs):
         tx = make_optimizer(train_config, steps_per_epoch(num_train, train_config.batch_size))
-        cost = aot.epoch_cost(model(architecture), tx, spec, mesh, num_examples=num_train,
-                              batch_size=train_config.batch_size, image_shape=shape, num_classes=dataset.num_classes,
-                              augment_spec=augment_spec, **stats, **kwargs)
-        add(name, cost, stages * train_config.epochs * steps_per_epoch(num_train, train_config.batch_size))
+        add(name, lambda: aot.epoch_cost(model(architecture), tx, spec, mesh, num_examples=num_train,
+                                         batch_size=train_config.batch_size, image_shape=shape,
+                                         num_classes=dataset.num_classes, augment_spec=augment_spec, **stats, **kwargs),
+            stages * train_config.epochs * steps_per_epoch(num_train, train_config.batch_size), knob)
 
     teacher_arch = config.teacher.model
     trained = [name for name in config.teachers
@@ -152,23 +159,25 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
         if name == "ast":
             kwargs = dict(pairing=config.ast.pairing)
         train(f"{name} teacher ({teacher_arch})", teacher_arch, teacher_train_config(config, name),
-              teacher_spec(specs, name), 1, **kwargs)
+              teacher_spec(specs, name), 1, "config.train.batch_size", **kwargs)
     for architecture in config.students:
         train(f"kd students ({architecture})", architecture, train_config_for(config, architecture),
-              distill_spec(specs, "base"), len(config.teachers), teacher=Teacher(model(teacher_arch)))
+              distill_spec(specs, "base"), len(config.teachers), f"config.student_train.{architecture}.batch_size",
+              teacher=Teacher(model(teacher_arch)))
     if "ast" in config.teachers:
         pgd = config.pgd
-        add(f"pgd ({teacher_arch})", aot.pgd_cost(model(teacher_arch), mesh, num_examples=num_train, image_shape=shape,
-                                                  batch_size=pgd.batch_size, eps=pgd.eps, step_size=pgd.step_size,
-                                                  steps=pgd.steps, space=pgd.space, random_start=pgd.random_start,
-                                                  **stats),
-            pgd.steps * steps_per_epoch(num_train, pgd.batch_size))
+        add(f"pgd ({teacher_arch})",
+            lambda: aot.pgd_cost(model(teacher_arch), mesh, num_examples=num_train, image_shape=shape,
+                                 batch_size=pgd.batch_size, eps=pgd.eps, step_size=pgd.step_size, steps=pgd.steps,
+                                 space=pgd.space, random_start=pgd.random_start, **stats),
+            pgd.steps * steps_per_epoch(num_train, pgd.batch_size), "config.pgd.batch_size")
     eval_batch = config.train.eval_batch_size
     runs = ([teacher_train_config(config, name) for name in trained]
             + [train_config_for(config, a) for a in config.students for _ in config.teachers])
-    add(f"predict ({teacher_arch})", aot.predict_cost(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
-                                                      batch_size=eval_batch, **stats),
-        sum(evaluations(run) for run in runs))
+    add(f"predict ({teacher_arch})",
+        lambda: aot.predict_cost(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
+                                 batch_size=eval_batch, **stats),
+        sum(evaluations(run) for run in runs), "config.train.eval_batch_size")
     return planned
 
 

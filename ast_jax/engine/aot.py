@@ -30,6 +30,10 @@ from ast_jax.engine.loop import make_pgd_attack, make_predict, make_train_epoch
 from ast_jax.engine.steps import StepSpec, Teacher, init_state
 
 
+class OutOfDeviceMemoryError(ValueError):
+    """The compiler refused a program: it needs more memory than the target's device has."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ProgramCost:
     """What the compiler says of one program, per device (see the module docstring)."""
@@ -61,10 +65,19 @@ def abstract_variables(model, image_shape, mesh: Mesh):
 
 
 def compile_cost(fn, *args, donate_argnums=()) -> ProgramCost:
-    """Lower `jax.jit(fn, donate_argnums)` on the abstract `args`, compile it, read its analyses."""
+    """Lower `jax.jit(fn, donate_argnums)` on the abstract `args`, compile it, read its analyses.
+
+    Raises `OutOfDeviceMemoryError` with the compiler's words where it refuses the program for
+    its memory (the TPU compiler does; a program it accepts may still exceed the device's memory:
+    compare `ProgramCost.device_bytes`)."""
     jitted = jax.jit(fn, donate_argnums=donate_argnums)
     start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    try:
+        compiled = jitted.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        raise OutOfDeviceMemoryError(" ".join(str(error).split()).rstrip(".")) from error
     seconds = time.perf_counter() - start
     memory, cost = compiled.memory_analysis(), _cost(compiled)
     return ProgramCost(memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.temp_size_in_bytes,

@@ -1,0 +1,70 @@
+"""`ast-jax plan`: the digits study's programs compiled on the host for TPU slices that are not
+attached (libtpu's topologies), their memory and FLOPs read from the compiler."""
+
+import importlib.util
+import json
+
+import pytest
+from conftest import PARAM_COUNTS, start_cli
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                 reason="needs libtpu to compile for a TPU: pip install -e '.[tpu]'")]
+
+DIGITS_TRAIN = 1437
+#: Float32 parameters of the digits teacher (PreResNet-20; its first convolution sees 1 channel, not 3).
+TEACHER_PARAMETER_BYTES = 4 * (PARAM_COUNTS[("preresnet20", 10)] - 3 * 3 * 2 * 16)
+
+
+def plan(tmp_path, *args):
+    """`ast-jax plan --config digits ARGS --json FILE`: (exit status, stdout, stderr, the JSON or None)."""
+    path = tmp_path / "plan.json"
+    process = start_cli(["plan", "--config", "digits", "--json", str(path), *args])
+    stdout, stderr = process.communicate(timeout=900)
+    return process.returncode, stdout, stderr, json.loads(path.read_text()) if path.exists() else None
+
+
+def test_digits_study_on_v5e_2x2(tmp_path):
+    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2")
+    assert code == 0, stderr[-3000:]
+    programs = {p["name"]: p for p in result["programs"]}
+    assert set(programs) == {"base teacher (preresnet20)", "ast teacher (preresnet20)", "nasty teacher (preresnet20)",
+                             "stt teacher (preresnet20)", "kd students (cnn)", "pgd (preresnet20)",
+                             "predict (preresnet20)"}
+    for name, p in programs.items():
+        assert 0 < p["device_bytes"] < result["device_memory_bytes"], name
+        assert p["flops"] > 0 and p["bytes_accessed"] > 0 and p["units"] > 0, name
+        assert p["device_bytes"] == p["argument_bytes"] + p["output_bytes"] + p["temp_bytes"] - p["alias_bytes"]
+    for kind in ("base", "ast", "nasty", "stt"):
+        epoch = programs[f"{kind} teacher (preresnet20)"]
+        # The replicated state (parameters and SGD momentum) and the training images are arguments;
+        # the state is donated, so its outputs alias it.
+        assert epoch["argument_bytes"] >= 2 * TEACHER_PARAMETER_BYTES + DIGITS_TRAIN * 64
+        assert epoch["alias_bytes"] >= 2 * TEACHER_PARAMETER_BYTES
+        assert epoch["units"] == 30 * 23  # 30 epochs of ceil(1437 / 64) steps
+    # The AST and STT steps add a forward pass of the teacher's own target to the CE step.
+    assert programs["ast teacher (preresnet20)"]["flops"] > 1.2 * programs["base teacher (preresnet20)"]["flops"]
+    # One CE step, 16 images per device: between 1 and 10 forward passes' worth of the model's
+    # multiply-adds per image (2 FLOPs each, about 2.5 M at 8x8: a 32x32 PreResNet-20 does 41 M).
+    assert 16 * 2 * 2.5e6 < programs["base teacher (preresnet20)"]["flops"] < 10 * 16 * 2 * 2.5e6
+    assert programs["predict (preresnet20)"]["argument_bytes"] >= TEACHER_PARAMETER_BYTES + 360 * 64
+    assert result["study_lower_bound_seconds"] > 0
+    assert "lower bound" in stdout and "not a measurement" in stdout
+
+
+def test_program_that_does_not_fit_is_refused(tmp_path):
+    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2", "--config.train.batch_size=4194304")
+    assert code == 2 and result is None
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("ast-jax: error: base teacher (preresnet20) does not fit v5e:2x2's device memory")
+    assert "config.train.batch_size" in error and "exceeds available HBM" in error
+
+
+def test_multi_host_slice(tmp_path):
+    """v5e:2x4 is two hosts' devices: the programs are compiled for all 8 at once."""
+    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x4", "--config.teachers=('base',)")
+    assert code == 0, stderr[-3000:]
+    epoch, student, predict = result["programs"]
+    assert [epoch["name"], student["name"], predict["name"]] == ["base teacher (preresnet20)", "kd students (cnn)",
+                                                                 "predict (preresnet20)"]
+    assert epoch["argument_bytes"] >= 2 * TEACHER_PARAMETER_BYTES and epoch["flops"] > 0
