@@ -81,12 +81,12 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: config.sweep.grid)")
     sweep.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: config.sweep.seeds)")
     sweep.add_argument("--run-devices", type=_positive, default=1, metavar="N", help=run_devices_help)
-    from ast_jax.cli.plan import GPU_TARGETS, TARGETS
+    from ast_jax.cli.plan import TARGETS
 
     plan_help = "compile the study's programs for an accelerator that is not attached: memory, FLOPs, a time bound"
     plan = commands.add_parser("plan", help=plan_help, description=plan_help, epilog=f"{OVERRIDE_HELP}.")
     plan.add_argument("--config", required=True, help="config name or path, optionally NAME:variant")
-    plan.add_argument("--target", required=True, choices=(*TARGETS, *GPU_TARGETS), help="the accelerator slice")
+    plan.add_argument("--target", required=True, choices=TARGETS, help="the accelerator slice")
     plan.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
     plan.add_argument("--debug", action="store_true", help="show the traceback of an error instead of logging it")
     return parser

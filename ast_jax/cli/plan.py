@@ -14,6 +14,7 @@ is a lower bound, not a measurement: real steps also wait on launches, collectiv
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -29,31 +30,64 @@ GIB = 2 ** 30
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """An accelerator slice: its topology name and public figures per device (JAX device).
+    """An accelerator slice: how to describe it to the compiler and its public figures per
+    device (JAX device).
 
-    Figures from the vendors' public specification pages (dense, no sparsity), per chip: TPU
-    v5e 197 TFLOP/s bf16, 819 GB/s HBM, 16 GiB (one device per chip); TPU v4 275 TFLOP/s bf16,
-    1,200 GB/s, 32 GiB, halved here because libtpu's v4 topology has one device per TensorCore
-    (two per chip). No fp32 peak is published for TPUs; XLA runs float32 matrix products on the
-    matrix units in bf16 passes at its default precision, so the bf16 peak stands for both (a
-    higher peak keeps the bound a lower bound).
+    TPU figures from Google's public specification pages (dense), per chip: v5e 197 TFLOP/s
+    bf16, 819 GB/s HBM, 16 GiB (one device per chip); v4 275 TFLOP/s bf16, 1,200 GB/s, 32 GiB,
+    halved here because libtpu's v4 topology has one device per TensorCore (two per chip). No
+    fp32 peak is published for TPUs; XLA runs float32 matrix products on the matrix units in
+    bf16 passes at its default precision, so the bf16 peak stands for both.
+    GPU figures from NVIDIA's public data sheets (dense, SXM): A100 80GB 312 TFLOP/s bf16, 156
+    TFLOP/s TF32, 2.039 TB/s; H100 80GB 989 TFLOP/s bf16, 494 TFLOP/s TF32, 3.35 TB/s. XLA
+    multiplies float32 matrices in TF32 at its default precision, so TF32 stands for float32.
+    Either way a peak at least the real one keeps the bound a lower bound.
     """
 
-    platform: str
-    topology: str
+    name: str  # as `--target` names it
+    platform: str  # "tpu" or "cuda"
+    topology: str  # libtpu's topology name, or the GPU topology "slices x hosts x devices"
     memory_bytes: int
     peak_flops: dict  # dtype name -> FLOP/s per device
     bandwidth: float  # HBM bytes/s per device
+    gpu: dict | None = None  # the GPU's `gpu_device_info` for XLA's GpuTargetConfigProto
+
+
+def _a100_h100(compute_capability, sms, smem_per_sm_kib, bandwidth, l2_mib, clock_ghz, fp32_per_sm, name):
+    """A GPU's description for the compiler (public figures: NVIDIA's data sheet and the CUDA
+    programming guide's limits for its compute capability)."""
+    return {"cuda_compute_capability": compute_capability, "threads_per_block_limit": 1024, "threads_per_warp": 32,
+            "shared_memory_per_block": 48 * 1024, "shared_memory_per_core": smem_per_sm_kib * 1024,
+            "shared_memory_per_block_optin": (smem_per_sm_kib - 1) * 1024, "threads_per_core_limit": 2048,
+            "core_count": sms, "fpus_per_core": fp32_per_sm, "block_dim_limit_x": 2 ** 31 - 1,
+            "block_dim_limit_y": 65535, "block_dim_limit_z": 65535, "memory_bandwidth": int(bandwidth),
+            "l2_cache_size": l2_mib * 2 ** 20, "clock_rate_ghz": clock_ghz, "device_memory_size": 80 * GIB,
+            "name": name}
 
 
 _V5E = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 197e12, "float32": 197e12}, bandwidth=819e9)
 _V4 = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 137.5e12, "float32": 137.5e12}, bandwidth=600e9)
 TARGETS = {
-    "tpu:v5e:2x2": Target("tpu", "v5e:2x2", **_V5E),
-    "tpu:v5e:2x4": Target("tpu", "v5e:2x4", **_V5E),
-    "tpu:v4:2x2x2": Target("tpu", "v4:2x2x2", **_V4),
+    "tpu:v5e:2x2": Target("tpu:v5e:2x2", "tpu", "v5e:2x2", **_V5E),
+    "tpu:v5e:2x4": Target("tpu:v5e:2x4", "tpu", "v5e:2x4", **_V5E),
+    "tpu:v4:2x2x2": Target("tpu:v4:2x2x2", "tpu", "v4:2x2x2", **_V4),
+    "gpu:a100:8": Target("gpu:a100:8", "cuda", "1x1x8", 80 * GIB, {"bfloat16": 312e12, "float32": 156e12}, 2.039e12,
+                         _a100_h100((8, 0), 108, 164, 2.039e12, 40, 1.41, 64, "A100-SXM4-80GB")),
+    "gpu:h100:8": Target("gpu:h100:8", "cuda", "1x1x8", 80 * GIB, {"bfloat16": 989e12, "float32": 494e12}, 3.35e12,
+                         _a100_h100((9, 0), 132, 228, 3.35e12, 50, 1.98, 128, "H100-SXM5-80GB")),
 }
-GPU_TARGETS = ("gpu:a100:8", "gpu:h100:8")
+#: What each platform's compiler needs installed, and how to install it.
+COMPILERS = {"tpu": ("libtpu", "pip install -e '.[tpu]'"), "cuda": ("jax_plugins.xla_cuda12", "pip install 'jax[cuda12]'")}
+
+
+def gpu_target_config(gpu: dict) -> str:
+    """XLA's GpuTargetConfigProto, text format, for a GPU described by `gpu` (`Target.gpu`)."""
+    info = {key: value for key, value in gpu.items() if key not in ("cuda_compute_capability", "name")}
+    major, minor = gpu["cuda_compute_capability"]
+    fields = "".join(f"  {key}: {value}\n" for key, value in info.items())
+    return (f"gpu_device_info {{\n  cuda_compute_capability {{ major: {major} minor: {minor} }}\n{fields}}}\n"
+            f'platform_name: "CUDA"\ndnn_version_info {{ major: 9 minor: 8 patch: 0 }}\n'
+            f'device_description_str: "{gpu["name"]}"\n')
 
 
 class DoesNotFitError(ValueError):
@@ -70,26 +104,29 @@ class PlannedProgram:
     bound_seconds: float  # the roofline lower bound of one counted unit
 
 
-def target_mesh(target: Target, tpu_topology=None):
+def target_mesh(target: Target):
     """The `data` mesh over the devices of `target`'s topology (every process's devices)."""
     from jax.experimental import topologies
 
     from ast_jax.engine.loop import make_mesh
 
-    topology = tpu_topology or topologies.get_topology_desc(topology_name=target.topology, platform=target.platform)
+    if target.platform == "cuda":
+        topology = topologies.get_topology_desc(platform="cuda", topology=target.topology,
+                                                target_config=gpu_target_config(target.gpu))
+    else:
+        topology = topologies.get_topology_desc(topology_name=target.topology, platform=target.platform)
     return make_mesh(topology.devices)
 
 
 def resolve_target(name: str) -> Target:
-    if name in GPU_TARGETS:
-        raise ValueError(f"target {name}: GPU targets are not supported yet; use one of {', '.join(TARGETS)}")
+    """The target called `name`; ValueError if unknown or if its compiler is not installed."""
     if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; use one of {', '.join((*TARGETS, *GPU_TARGETS))}")
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
-        raise ValueError(f"target {name} needs libtpu: pip install 'jax[tpu]'") from None
-    return TARGETS[name]
+        raise ValueError(f"unknown target {name!r}; use one of {', '.join(TARGETS)}")
+    target = TARGETS[name]
+    module, install = COMPILERS[target.platform]
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise ValueError(f"target {name} needs its compiler ({module}): {install}")
+    return target
 
 
 def roofline_seconds(cost, target: Target, dtype: str) -> float:
@@ -126,16 +163,16 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
 
     planned = []
 
-    def add(name, compile_program, repeats, knob):
-        """Compile a program (`compile_program()`: its `ProgramCost`) and plan it, or refuse it if it does not fit."""
+    def add(name, build, repeats, knob):
+        """Compile `build(mesh)` (an `aot.Program`) and plan it, or refuse it if it does not fit."""
         try:
-            cost = compile_program()
+            cost = aot.compile_cost(build, mesh)
         except aot.OutOfDeviceMemoryError as error:
-            raise DoesNotFitError(f"{name} does not fit {target.topology}'s device memory ({error}); lower {knob} "
+            raise DoesNotFitError(f"{name} does not fit {target.name}'s device memory ({error}); lower {knob} "
                                   f"or use a smaller config.dtype") from error
         if cost.device_bytes > target.memory_bytes:
             raise DoesNotFitError(
-                f"{name} needs {cost.device_bytes / GIB:.2f} GiB per device, {target.topology} has "
+                f"{name} needs {cost.device_bytes / GIB:.2f} GiB per device, {target.name} has "
                 f"{target.memory_bytes / GIB:.2f} GiB: lower {knob} or use a smaller config.dtype")
         planned.append(PlannedProgram(name, cost, repeats, roofline_seconds(cost, target, dtype.name)))
         log(f"compiled {name} in {cost.compile_seconds:.1f}s")
@@ -146,9 +183,10 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
 
     def train(name, architecture, train_config, spec, stages, knob, **kwargs):
         tx = make_optimizer(train_config, steps_per_epoch(num_train, train_config.batch_size))
-        add(name, lambda: aot.epoch_cost(model(architecture), tx, spec, mesh, num_examples=num_train,
-                                         batch_size=train_config.batch_size, image_shape=shape,
-                                         num_classes=dataset.num_classes, augment_spec=augment_spec, **stats, **kwargs),
+        add(name, lambda mesh: aot.epoch_program(model(architecture), tx, spec, mesh, num_examples=num_train,
+                                                 batch_size=train_config.batch_size, image_shape=shape,
+                                                 num_classes=dataset.num_classes, augment_spec=augment_spec, **stats,
+                                                 **kwargs),
             stages * train_config.epochs * steps_per_epoch(num_train, train_config.batch_size), knob)
 
     teacher_arch = config.teacher.model
@@ -167,7 +205,7 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
     if "ast" in config.teachers:
         pgd = config.pgd
         add(f"pgd ({teacher_arch})",
-            lambda: aot.pgd_cost(model(teacher_arch), mesh, num_examples=num_train, image_shape=shape,
+            lambda mesh: aot.pgd_program(model(teacher_arch), mesh, num_examples=num_train, image_shape=shape,
                                  batch_size=pgd.batch_size, eps=pgd.eps, step_size=pgd.step_size, steps=pgd.steps,
                                  space=pgd.space, random_start=pgd.random_start, **stats),
             pgd.steps * steps_per_epoch(num_train, pgd.batch_size), "config.pgd.batch_size")
@@ -175,7 +213,7 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
     runs = ([teacher_train_config(config, name) for name in trained]
             + [train_config_for(config, a) for a in config.students for _ in config.teachers])
     add(f"predict ({teacher_arch})",
-        lambda: aot.predict_cost(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
+        lambda mesh: aot.predict_program(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
                                  batch_size=eval_batch, **stats),
         sum(evaluations(run) for run in runs), "config.train.eval_batch_size")
     return planned
@@ -193,13 +231,13 @@ def format_rows(planned: list[PlannedProgram], target: Target) -> list[str]:
                      f"{c.alias_bytes / mib:>9.1f}M{c.device_bytes / mib:>9.1f}M{c.device_bytes / target.memory_bytes:>8.2%}"
                      f"{c.flops / 1e9:>12.3f}{p.bound_seconds * 1e6:>10.1f}us{p.repeats:>9}{c.compile_seconds:>8.1f}s")
     total = sum(p.repeats * p.bound_seconds for p in planned)
-    lines.append(f"study on {target.platform}:{target.topology}: at least {total:.2f} s of device time (a roofline "
+    lines.append(f"study on {target.name}: at least {total:.2f} s of device time (a roofline "
                  f"lower bound from the compiler's counts, not a measurement)")
     return lines
 
 
 def to_json(planned: list[PlannedProgram], target: Target) -> dict:
-    return {"target": f"{target.platform}:{target.topology}", "device_memory_bytes": target.memory_bytes,
+    return {"target": target.name, "device_memory_bytes": target.memory_bytes,
             "programs": [{"name": p.name, **dataclasses.asdict(p.cost), "device_bytes": p.cost.device_bytes,
                           "units": p.repeats, "bound_seconds_per_unit": p.bound_seconds} for p in planned],
             "study_lower_bound_seconds": sum(p.repeats * p.bound_seconds for p in planned)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ast_jax.data import AugmentSpec
-from ast_jax.engine.loop import make_pgd_attack, make_predict, make_train_epoch
+from ast_jax.engine.loop import data_devices, make_mesh, make_pgd_attack, make_predict, make_train_epoch
 from ast_jax.engine.steps import StepSpec, Teacher, init_state
 
 
@@ -64,44 +65,70 @@ def abstract_variables(model, image_shape, mesh: Mesh):
     return abstract(shapes, mesh)
 
 
-def compile_cost(fn, *args, donate_argnums=()) -> ProgramCost:
-    """Lower `jax.jit(fn, donate_argnums)` on the abstract `args`, compile it, read its analyses.
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A program to compile: `jax.jit(fn, donate_argnums=donate_argnums)` on the abstract `args`."""
 
+    fn: Callable
+    args: tuple
+    donate_argnums: tuple = ()
+
+
+def compile_cost(build: Callable[[Mesh], Program], mesh: Mesh) -> ProgramCost:
+    """Compile `build(mesh)` and read its analyses.
+
+    Where the target's cost analysis counts no FLOPs (XLA:GPU's, compiling for a GPU that is not
+    attached), the FLOPs and bytes accessed are those of the same program compiled for one host
+    CPU device, divided by the mesh's `data` devices (each does its share of the batch; the
+    replicated optimizer update is counted once in all, so the FLOPs err low, as a lower bound may).
     Raises `OutOfDeviceMemoryError` with the compiler's words where it refuses the program for
     its memory (the TPU compiler does; a program it accepts may still exceed the device's memory:
     compare `ProgramCost.device_bytes`)."""
-    jitted = jax.jit(fn, donate_argnums=donate_argnums)
     start = time.perf_counter()
+    compiled = _compile(build(mesh))
+    seconds = time.perf_counter() - start
+    memory, cost = compiled.memory_analysis(), _cost(compiled)
+    if "flops" not in cost:
+        cost = {name: value / data_devices(mesh) for name, value in _cost(_compile(build(host_mesh()))).items()}
+    return ProgramCost(memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.temp_size_in_bytes,
+                       memory.alias_size_in_bytes, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
+                       seconds)
+
+
+def host_mesh() -> Mesh:
+    """The `data` mesh over the first host CPU device."""
+    return make_mesh(jax.devices("cpu")[:1])
+
+
+def _compile(program: Program):
+    jitted = jax.jit(program.fn, donate_argnums=program.donate_argnums)
     try:
-        compiled = jitted.lower(*args).compile()
+        return jitted.lower(*program.args).compile()
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
         raise OutOfDeviceMemoryError(" ".join(str(error).split()).rstrip(".")) from error
-    seconds = time.perf_counter() - start
-    memory, cost = compiled.memory_analysis(), _cost(compiled)
-    return ProgramCost(memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.temp_size_in_bytes,
-                       memory.alias_size_in_bytes, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)), seconds)
 
 
 def _cost(compiled) -> dict:
     cost = compiled.cost_analysis()
-    return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    cost = (cost[0] if isinstance(cost, (list, tuple)) and cost else cost) or {}
+    return {name: cost[name] for name in ("flops", "bytes accessed") if name in cost}
 
 
-def epoch_cost(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, batch_size: int, image_shape,
-               num_classes: int, augment_spec: AugmentSpec, mean, std, teacher: Teacher | None = None,
-               pairing: str = "aligned", ood_examples: int = 0, adv_dtype=jnp.float32) -> ProgramCost:
-    """`ProgramCost` of one run's training epoch (`loop.make_train_epoch`, scanned, the state
-    donated) on `num_examples` images of `image_shape`, with the inputs the step kind needs:
-    the adversarial set (ast), the frozen teacher and, without augmentation, its fixed logits
-    (kd, nasty; `runner`'s `_device_inputs`), the OOD set (ini)."""
+def epoch_program(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, batch_size: int, image_shape,
+                  num_classes: int, augment_spec: AugmentSpec, mean, std, teacher: Teacher | None = None,
+                  pairing: str = "aligned", ood_examples: int = 0) -> Program:
+    """One run's training epoch (`loop.make_train_epoch`, scanned, the state donated) on
+    `num_examples` images of `image_shape`, with the inputs the step kind needs: the adversarial
+    set (ast), the frozen teacher and, without augmentation, its fixed logits (kd, nasty; as
+    `runner` gives them), the OOD set (ini)."""
     epoch = make_train_epoch(model, tx, spec, mesh, batch_size=batch_size, augment_spec=augment_spec, mean=mean,
                              std=std, teacher=teacher, pairing=pairing, loop="scan")
     images = (num_examples, *image_shape)
     data = {"images": jax.ShapeDtypeStruct(images, jnp.uint8), "labels": jax.ShapeDtypeStruct((num_examples,), jnp.int32)}
     if spec.needs_adversarial:
-        data["adv_images"] = jax.ShapeDtypeStruct(images, adv_dtype)
+        data["adv_images"] = jax.ShapeDtypeStruct(images, jnp.float32)
     if spec.needs_ood:
         data["ood_images"] = jax.ShapeDtypeStruct((ood_examples, *image_shape), jnp.float32)
     if spec.needs_teacher and augment_spec.is_identity and not (teacher and teacher.is_random):
@@ -109,23 +136,23 @@ def epoch_cost(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, batc
     teacher_variables = abstract_variables(teacher.module, image_shape, mesh) if teacher is not None else None
     state = abstract(jax.eval_shape(functools.partial(init_state, model, tx, jax.random.PRNGKey(0), image_shape)), mesh)
     key, index = abstract(jax.ShapeDtypeStruct((2,), jnp.uint32), mesh), abstract(jax.ShapeDtypeStruct((), jnp.int32), mesh)
-    return compile_cost(lambda s, d, t, k, e: epoch(s, d, t, k, e), state, abstract(data, mesh), teacher_variables,
-                        key, index, donate_argnums=(0,))
+    return Program(lambda s, d, t, k, e: epoch(s, d, t, k, e), (state, abstract(data, mesh), teacher_variables, key, index),
+                   donate_argnums=(0,))
 
 
-def pgd_cost(model, mesh: Mesh, *, num_examples: int, image_shape, mean, std, batch_size: int, eps: float,
-             step_size: float, steps: int, space: str = "pixel", random_start: bool = False) -> ProgramCost:
-    """`ProgramCost` of the PGD attack (`loop.make_pgd_attack`, scanned) over `num_examples` images."""
+def pgd_program(model, mesh: Mesh, *, num_examples: int, image_shape, mean, std, batch_size: int, eps: float,
+                step_size: float, steps: int, space: str = "pixel", random_start: bool = False) -> Program:
+    """The PGD attack (`loop.make_pgd_attack`, scanned) over `num_examples` images."""
     attack = make_pgd_attack(model, mesh, batch_size=batch_size, mean=mean, std=std, eps=eps, step_size=step_size,
                              steps=steps, space=space, random_start=random_start, loop="scan")
     images = abstract(jax.ShapeDtypeStruct((num_examples, *image_shape), jnp.uint8), mesh)
     labels = abstract(jax.ShapeDtypeStruct((num_examples,), jnp.int32), mesh)
     key = abstract(jax.ShapeDtypeStruct((2,), jnp.uint32), mesh)
-    return compile_cost(attack, abstract_variables(model, image_shape, mesh), images, labels, key)
+    return Program(attack, (abstract_variables(model, image_shape, mesh), images, labels, key))
 
 
-def predict_cost(model, mesh: Mesh, *, num_examples: int, image_shape, mean, std, batch_size: int) -> ProgramCost:
-    """`ProgramCost` of inference (`loop.make_predict`, scanned) over `num_examples` images."""
+def predict_program(model, mesh: Mesh, *, num_examples: int, image_shape, mean, std, batch_size: int) -> Program:
+    """Inference (`loop.make_predict`, scanned) over `num_examples` images."""
     predict = make_predict(model, mesh, batch_size=batch_size, mean=mean, std=std, loop="scan")
     images = abstract(jax.ShapeDtypeStruct((num_examples, *image_shape), jnp.uint8), mesh)
-    return compile_cost(predict, abstract_variables(model, image_shape, mesh), images)
+    return Program(predict, (abstract_variables(model, image_shape, mesh), images))

@@ -7,9 +7,10 @@ import json
 import pytest
 from conftest import PARAM_COUNTS, start_cli
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                 reason="needs libtpu to compile for a TPU: pip install -e '.[tpu]'")]
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="needs libtpu to compile for a TPU: pip install -e '.[tpu]'")
+needs_cuda_plugin = pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+                                       reason="needs the CUDA plugin to compile for a GPU: pip install 'jax[cuda12]'")
 
 DIGITS_TRAIN = 1437
 #: Float32 parameters of the digits teacher (PreResNet-20; its first convolution sees 1 channel, not 3).
@@ -24,6 +25,8 @@ def plan(tmp_path, *args):
     return process.returncode, stdout, stderr, json.loads(path.read_text()) if path.exists() else None
 
 
+@pytest.mark.slow
+@needs_libtpu
 def test_digits_study_on_v5e_2x2(tmp_path):
     code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2")
     assert code == 0, stderr[-3000:]
@@ -52,14 +55,18 @@ def test_digits_study_on_v5e_2x2(tmp_path):
     assert "lower bound" in stdout and "not a measurement" in stdout
 
 
+@pytest.mark.slow
+@needs_libtpu
 def test_program_that_does_not_fit_is_refused(tmp_path):
     code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2", "--config.train.batch_size=4194304")
     assert code == 2 and result is None
     error = stderr.strip().splitlines()[-1]
-    assert error.startswith("ast-jax: error: base teacher (preresnet20) does not fit v5e:2x2's device memory")
+    assert error.startswith("ast-jax: error: base teacher (preresnet20) does not fit tpu:v5e:2x2's device memory")
     assert "config.train.batch_size" in error and "exceeds available HBM" in error
 
 
+@pytest.mark.slow
+@needs_libtpu
 def test_multi_host_slice(tmp_path):
     """v5e:2x4 is two hosts' devices: the programs are compiled for all 8 at once."""
     code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x4", "--config.teachers=('base',)")
@@ -68,3 +75,23 @@ def test_multi_host_slice(tmp_path):
     assert [epoch["name"], student["name"], predict["name"]] == ["base teacher (preresnet20)", "kd students (cnn)",
                                                                  "predict (preresnet20)"]
     assert epoch["argument_bytes"] >= 2 * TEACHER_PARAMETER_BYTES and epoch["flops"] > 0
+
+
+@pytest.mark.slow
+@needs_cuda_plugin
+def test_base_teacher_on_eight_a100s(tmp_path):
+    """XLA:GPU counts no FLOPs for an absent GPU: they come from the host CPU's compile, per device."""
+    code, stdout, stderr, result = plan(tmp_path, "--target", "gpu:a100:8", "--config.teachers=('base',)")
+    assert code == 0, stderr[-3000:]
+    epoch = result["programs"][0]
+    assert epoch["name"] == "base teacher (preresnet20)" and result["device_memory_bytes"] == 80 * 2 ** 30
+    assert epoch["argument_bytes"] >= 2 * TEACHER_PARAMETER_BYTES and epoch["alias_bytes"] >= 2 * TEACHER_PARAMETER_BYTES
+    assert 8 * 2 * 2.5e6 < epoch["flops"] < 10 * 8 * 2 * 2.5e6  # one CE step, 8 images per device
+
+
+def test_missing_compiler_is_named(monkeypatch):
+    from ast_jax.cli import plan as plan_module
+
+    monkeypatch.setitem(plan_module.COMPILERS, "cuda", ("no_such_compiler_module", "pip install 'jax[cuda12]'"))
+    with pytest.raises(ValueError, match=r"target gpu:h100:8 needs its compiler .*: pip install 'jax\[cuda12\]'"):
+        plan_module.resolve_target("gpu:h100:8")
