@@ -118,13 +118,19 @@ def target_mesh(target: Target):
     return make_mesh(topology.devices)
 
 
+def compiler_installed(platform: str) -> bool:
+    """Whether the compiler for `platform` ("tpu", "cuda") can be imported (`COMPILERS`)."""
+    module = COMPILERS[platform][0]
+    return importlib.util.find_spec(module.split(".")[0]) is not None and importlib.util.find_spec(module) is not None
+
+
 def resolve_target(name: str) -> Target:
     """The target called `name`; ValueError if unknown or if its compiler is not installed."""
     if name not in TARGETS:
         raise ValueError(f"unknown target {name!r}; use one of {', '.join(TARGETS)}")
     target = TARGETS[name]
     module, install = COMPILERS[target.platform]
-    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+    if not compiler_installed(target.platform):
         raise ValueError(f"target {name} needs its compiler ({module}): {install}")
     return target
 

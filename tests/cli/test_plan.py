@@ -1,15 +1,17 @@
 """`ast-jax plan`: the digits study's programs compiled on the host for TPU slices that are not
 attached (libtpu's topologies), their memory and FLOPs read from the compiler."""
 
-import importlib.util
 import json
 
 import pytest
 from conftest import PARAM_COUNTS, start_cli
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+from ast_jax.cli import plan as plan_module
+from ast_jax.cli.plan import compiler_installed
+
+needs_libtpu = pytest.mark.skipif(not compiler_installed("tpu"),
                                   reason="needs libtpu to compile for a TPU: pip install -e '.[tpu]'")
-needs_cuda_plugin = pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+needs_cuda_plugin = pytest.mark.skipif(not compiler_installed("cuda"),
                                        reason="needs the CUDA plugin to compile for a GPU: pip install 'jax[cuda12]'")
 
 DIGITS_TRAIN = 1437
@@ -90,8 +92,6 @@ def test_base_teacher_on_eight_a100s(tmp_path):
 
 
 def test_missing_compiler_is_named(monkeypatch):
-    from ast_jax.cli import plan as plan_module
-
     monkeypatch.setitem(plan_module.COMPILERS, "cuda", ("no_such_compiler_module", "pip install 'jax[cuda12]'"))
     with pytest.raises(ValueError, match=r"target gpu:h100:8 needs its compiler .*: pip install 'jax\[cuda12\]'"):
         plan_module.resolve_target("gpu:h100:8")
