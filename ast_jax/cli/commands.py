@@ -1,7 +1,8 @@
 """`ast-jax` command line: train, attack-set, distill, pipeline, report, demo, matrix, sweep, plan.
 
 Every command takes `--config NAME[:variant]` (a config of the package's `ast_jax/configs/`, e.g.
-`cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR`; any
+`cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR` (`plan`, which
+writes no study, takes `--target` instead: `ast_jax.cli.plan`); any
 `--config.KEY=VALUE` or `--config.KEY VALUE` argument overrides a config value
 (`--config.train.epochs 3`, parsed by ml_collections' config_flags).
 

@@ -237,7 +237,8 @@ def _check_torch_teacher(config, dataset: DatasetSpec, image_shape: tuple) -> No
                              f"{leaf.shape}; use a checkpoint trained on this data")
 
 
-def _augment_spec(config) -> AugmentSpec:
+def augment_spec(config) -> AugmentSpec:
+    """The training augmentation `config.data.augment` describes."""
     a = config.data.augment
     return AugmentSpec(crop_padding=a.crop_padding, flip=a.flip, rotation_degrees=a.rotation_degrees)
 
@@ -294,7 +295,7 @@ def _stage(study: Study, stage: str, directory: str, architecture: str, train_co
            *, adv_images=None, pairing: str = "aligned", ood_images=None, teacher: Teacher | None = None,
            teacher_variables=None) -> Stage:
     config = study.config
-    data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, _augment_spec(config),
+    data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, augment_spec(config),
                    adv_images=adv_images, pairing=pairing, ood_images=ood_images)
     record = {"stage": stage, "study": study_record(config), "inputs": inputs}
     run = TrainingRun(directory=directory, record=record, model=study.model(architecture), train_config=train_config,
