@@ -1,10 +1,11 @@
 """`ast-jax plan`: compile a study's programs for an accelerator that is not attached and report
 their memory, FLOPs and a roofline lower bound on their time.
 
-The programs are compiled on the host for a TPU slice described by libtpu's topology
-(`jax.experimental.topologies`; `pip install "jax[tpu]"`), from abstract inputs
-(`ast_jax.engine.aot`). Nothing is trained and no data is read: the training-set sizes are the
-data sets' published ones (`TRAIN_IMAGES`) or `config.data.train_examples`.
+The programs are compiled on the host, from abstract inputs (`ast_jax.engine.aot`), for a TPU
+slice described by libtpu's topology (`pip install -e '.[tpu]'`) or for GPUs described to
+XLA:GPU by their public figures (`pip install 'jax[cuda12]'`), through
+`jax.experimental.topologies`. Nothing is trained and no data is read: the training-set sizes
+are the data sets' published ones (`TRAIN_IMAGES`) or `config.data.train_examples`.
 
 The time of a program is bounded below by the roofline, max(FLOPs / peak FLOP/s, bytes accessed
 / memory bandwidth), per device; the study's estimate adds up steps × bound over its stages. It
@@ -234,6 +235,11 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
     return planned
 
 
+def study_lower_bound(planned: list[PlannedProgram]) -> float:
+    """Σ over the programs of units × roofline bound per unit: seconds of device time, at least."""
+    return sum(p.repeats * p.bound_seconds for p in planned)
+
+
 def format_rows(planned: list[PlannedProgram], target: Target) -> list[str]:
     """A table of the programs (bytes per device, FLOPs per counted unit) and the study's lower bound."""
     header = (f"{'program':<28}{'argument':>10}{'output':>10}{'temp':>10}{'alias':>10}{'total':>10}{'of':>8}"
@@ -245,8 +251,7 @@ def format_rows(planned: list[PlannedProgram], target: Target) -> list[str]:
         lines.append(f"{p.name:<28}{c.argument_bytes / mib:>9.1f}M{c.output_bytes / mib:>9.1f}M{c.temp_bytes / mib:>9.1f}M"
                      f"{c.alias_bytes / mib:>9.1f}M{c.device_bytes / mib:>9.1f}M{c.device_bytes / target.memory_bytes:>8.2%}"
                      f"{c.flops / 1e9:>12.3f}{p.bound_seconds * 1e6:>10.1f}us{p.repeats:>9}{c.compile_seconds:>8.1f}s")
-    total = sum(p.repeats * p.bound_seconds for p in planned)
-    lines.append(f"study on {target.name}: at least {total:.2f} s of device time (a roofline "
+    lines.append(f"study on {target.name}: at least {study_lower_bound(planned):.2f} s of device time (a roofline "
                  f"lower bound from the compiler's counts, not a measurement)")
     return lines
 
@@ -255,12 +260,15 @@ def to_json(planned: list[PlannedProgram], target: Target) -> dict:
     return {"target": target.name, "device_memory_bytes": target.memory_bytes,
             "programs": [{"name": p.name, **dataclasses.asdict(p.cost), "device_bytes": p.cost.device_bytes,
                           "units": p.repeats, "bound_seconds_per_unit": p.bound_seconds} for p in planned],
-            "study_lower_bound_seconds": sum(p.repeats * p.bound_seconds for p in planned)}
+            "study_lower_bound_seconds": study_lower_bound(planned)}
 
 
 def prepare_environment() -> None:
-    """Compile on the host CPU for a TPU that is not attached (set before JAX starts its backends)."""
+    """Compile on the host CPU for a TPU that is not attached (set before JAX starts its backends):
+    no query for the TPU VM's metadata, and no claim on libtpu's one-process lock file (with no
+    TPU to share, plans may run side by side)."""
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
