@@ -1,7 +1,8 @@
-"""`ast-jax` command line: train, attack-set, distill, pipeline, report, demo, matrix, sweep.
+"""`ast-jax` command line: train, attack-set, distill, pipeline, report, demo, matrix, sweep, plan.
 
 Every command takes `--config NAME[:variant]` (a config of the package's `ast_jax/configs/`, e.g.
-`cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR`; any
+`cifar10_resnet18:reference`, or the path of a config file) and `--workdir DIR` (`plan`, which
+writes no study, takes `--target` instead: `ast_jax.cli.plan`); any
 `--config.KEY=VALUE` or `--config.KEY VALUE` argument overrides a config value
 (`--config.train.epochs 3`, parsed by ml_collections' config_flags).
 
@@ -81,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: config.sweep.grid)")
     sweep.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: config.sweep.seeds)")
     sweep.add_argument("--run-devices", type=_positive, default=1, metavar="N", help=run_devices_help)
+    from ast_jax.cli.plan import TARGETS
+
+    plan_help = "compile the study's programs for an accelerator that is not attached: memory, FLOPs, a time bound"
+    plan = commands.add_parser("plan", help=plan_help, description=plan_help, epilog=f"{OVERRIDE_HELP}.")
+    plan.add_argument("--config", required=True, help="config name or path, optionally NAME:variant")
+    plan.add_argument("--target", required=True, choices=TARGETS, help="the accelerator slice")
+    plan.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
+    plan.add_argument("--debug", action="store_true", help="show the traceback of an error instead of logging it")
     return parser
 
 
@@ -301,12 +310,18 @@ def main(argv=None) -> int:
     held, absl_logger = _HeldTracebacks(), logging.getLogger("absl")
     if not args.debug:
         absl_logger.addFilter(held)
+    if args.command == "plan":
+        from ast_jax.cli import plan
+
+        plan.prepare_environment()  # before JAX starts its backends
     from ast_jax.engine import RunInterrupted
 
     try:
         from ast_jax.cli.config import load_config
         from ast_jax.engine.checkpoints import workdir_lock
 
+        if args.command == "plan":
+            return plan.main(args, overrides)
         if args.distributed:
             initialize_distributed()
         config = load_config(args.config, overrides)

@@ -196,15 +196,19 @@ def adversarial_paths(stage: Stage) -> tuple[str, str]:
 
 
 # ---- building the stages ----
+def augment_spec(config) -> AugmentSpec:
+    """The training augmentation `config.data.augment` describes."""
+    a = config.data.augment
+    return AugmentSpec(crop_padding=a.crop_padding, flip=a.flip, rotation_degrees=a.rotation_degrees)
+
+
 def _training_run(stage: Stage, architecture: str, spec: StepSpec, hypers: LossHypers, inputs: dict,
                   **data) -> TrainingRun:
     """`stage`'s run of `architecture` with step `spec` and loss values `hypers`; `data`: the RunData
     and teacher fields it needs."""
     study, config = stage.study, stage.study.config
     teacher, teacher_variables = data.pop("teacher", None), data.pop("teacher_variables", None)
-    a = config.data.augment
-    augment = AugmentSpec(crop_padding=a.crop_padding, flip=a.flip, rotation_degrees=a.rotation_degrees)
-    run_data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, augment, **data)
+    run_data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, augment_spec(config), **data)
     record = {"stage": stage.name, "study": study_record(config), "inputs": inputs}
     return TrainingRun(directory=stage.directory, record=record, model=study.model(architecture),
                        train_config=stage.train_config, spec=spec, seed=config.seed, data=run_data, teacher=teacher,

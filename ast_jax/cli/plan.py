@@ -1,0 +1,287 @@
+"""`ast-jax plan`: compile a study's programs for an accelerator that is not attached and report
+their memory, FLOPs and a roofline lower bound on their time.
+
+The programs are compiled on the host, from abstract inputs (`ast_jax.engine.aot`), for a TPU
+slice described by libtpu's topology (`pip install -e '.[tpu]'`) or for GPUs described to
+XLA:GPU by their public figures (`pip install 'jax[cuda12]'`), through
+`jax.experimental.topologies`. Nothing is trained and no data is read: the training-set sizes
+are the data sets' published ones (`TRAIN_IMAGES`) or `config.data.train_examples`.
+
+The time of a program is bounded below by the roofline, max(FLOPs / peak FLOP/s, bytes accessed
+/ memory bandwidth), per device; the study's estimate adds up steps × bound over its stages. It
+is a lower bound, not a measurement: real steps also wait on launches, collectives and the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import types
+
+#: Training / test images of each data set, as published (digits: the fixed stratified split).
+TRAIN_IMAGES = {"digits": 1437, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+                "tiny_imagenet": 100_000}
+TEST_IMAGES = {"digits": 360, "fashion_mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000, "tiny_imagenet": 10_000}
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An accelerator slice: how to describe it to the compiler and its public figures per
+    device (JAX device).
+
+    TPU figures from Google's public specification pages (dense), per chip: v5e 197 TFLOP/s
+    bf16, 819 GB/s HBM, 16 GiB (one device per chip); v4 275 TFLOP/s bf16, 1,200 GB/s, 32 GiB,
+    halved here because libtpu's v4 topology has one device per TensorCore (two per chip). No
+    fp32 peak is published for TPUs; XLA runs float32 matrix products on the matrix units in
+    bf16 passes at its default precision, so the bf16 peak stands for both.
+    GPU figures from NVIDIA's public data sheets (dense, SXM): A100 80GB 312 TFLOP/s bf16, 156
+    TFLOP/s TF32, 2.039 TB/s; H100 80GB 989 TFLOP/s bf16, 494 TFLOP/s TF32, 3.35 TB/s. XLA
+    multiplies float32 matrices in TF32 at its default precision, so TF32 stands for float32.
+    Either way a peak at least the real one keeps the bound a lower bound.
+    """
+
+    name: str  # as `--target` names it
+    platform: str  # "tpu" or "cuda"
+    topology: str  # libtpu's topology name, or the GPU topology "slices x hosts x devices"
+    memory_bytes: int
+    peak_flops: dict  # dtype name -> FLOP/s per device
+    bandwidth: float  # HBM bytes/s per device
+    gpu: dict | None = None  # the GPU's `gpu_device_info` for XLA's GpuTargetConfigProto
+
+
+def _a100_h100(compute_capability, sms, smem_per_sm_kib, bandwidth, l2_mib, clock_ghz, fp32_per_sm, name):
+    """A GPU's description for the compiler (public figures: NVIDIA's data sheet and the CUDA
+    programming guide's limits for its compute capability)."""
+    return {"cuda_compute_capability": compute_capability, "threads_per_block_limit": 1024, "threads_per_warp": 32,
+            "shared_memory_per_block": 48 * 1024, "shared_memory_per_core": smem_per_sm_kib * 1024,
+            "shared_memory_per_block_optin": (smem_per_sm_kib - 1) * 1024, "threads_per_core_limit": 2048,
+            "core_count": sms, "fpus_per_core": fp32_per_sm, "block_dim_limit_x": 2 ** 31 - 1,
+            "block_dim_limit_y": 65535, "block_dim_limit_z": 65535, "memory_bandwidth": int(bandwidth),
+            "l2_cache_size": l2_mib * 2 ** 20, "clock_rate_ghz": clock_ghz, "device_memory_size": 80 * GIB,
+            "name": name}
+
+
+_V5E = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 197e12, "float32": 197e12}, bandwidth=819e9)
+_V4 = dict(memory_bytes=16 * GIB, peak_flops={"bfloat16": 137.5e12, "float32": 137.5e12}, bandwidth=600e9)
+TARGETS = {
+    "tpu:v5e:2x2": Target("tpu:v5e:2x2", "tpu", "v5e:2x2", **_V5E),
+    "tpu:v5e:2x4": Target("tpu:v5e:2x4", "tpu", "v5e:2x4", **_V5E),
+    "tpu:v4:2x2x2": Target("tpu:v4:2x2x2", "tpu", "v4:2x2x2", **_V4),
+    "gpu:a100:8": Target("gpu:a100:8", "cuda", "1x1x8", 80 * GIB, {"bfloat16": 312e12, "float32": 156e12}, 2.039e12,
+                         _a100_h100((8, 0), 108, 164, 2.039e12, 40, 1.41, 64, "A100-SXM4-80GB")),
+    "gpu:h100:8": Target("gpu:h100:8", "cuda", "1x1x8", 80 * GIB, {"bfloat16": 989e12, "float32": 494e12}, 3.35e12,
+                         _a100_h100((9, 0), 132, 228, 3.35e12, 50, 1.98, 128, "H100-SXM5-80GB")),
+}
+#: What each platform's compiler needs installed, and how to install it.
+COMPILERS = {"tpu": ("libtpu", "pip install -e '.[tpu]'"), "cuda": ("jax_plugins.xla_cuda12", "pip install 'jax[cuda12]'")}
+
+
+def gpu_target_config(gpu: dict) -> str:
+    """XLA's GpuTargetConfigProto, text format, for a GPU described by `gpu` (`Target.gpu`)."""
+    info = {key: value for key, value in gpu.items() if key not in ("cuda_compute_capability", "name")}
+    major, minor = gpu["cuda_compute_capability"]
+    fields = "".join(f"  {key}: {value}\n" for key, value in info.items())
+    return (f"gpu_device_info {{\n  cuda_compute_capability {{ major: {major} minor: {minor} }}\n{fields}}}\n"
+            f'platform_name: "CUDA"\ndnn_version_info {{ major: 9 minor: 8 patch: 0 }}\n'
+            f'device_description_str: "{gpu["name"]}"\n')
+
+
+#: Trained teachers whose epochs `plan_study` does not compile yet (their OOD set, their input defence).
+NOT_PLANNED = ("ini", "meco")
+
+
+class DoesNotFitError(ValueError):
+    """A program needs more device memory than the target has (exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedProgram:
+    """One compiled program of the study and how often the study runs its counted unit."""
+
+    name: str
+    cost: object  # aot.ProgramCost
+    repeats: int  # steps (epochs), PGD steps x batches, or batches (prediction) the study runs
+    bound_seconds: float  # the roofline lower bound of one counted unit
+
+
+def target_mesh(target: Target):
+    """The `data` mesh over the devices of `target`'s topology (every process's devices)."""
+    from jax.experimental import topologies
+
+    from ast_jax.engine.loop import make_mesh
+
+    if target.platform == "cuda":
+        topology = topologies.get_topology_desc(platform="cuda", topology=target.topology,
+                                                target_config=gpu_target_config(target.gpu))
+    else:
+        topology = topologies.get_topology_desc(topology_name=target.topology, platform=target.platform)
+    return make_mesh(topology.devices)
+
+
+def compiler_installed(platform: str) -> bool:
+    """Whether the compiler for `platform` ("tpu", "cuda") can be imported (`COMPILERS`)."""
+    module = COMPILERS[platform][0]
+    return importlib.util.find_spec(module.split(".")[0]) is not None and importlib.util.find_spec(module) is not None
+
+
+def resolve_target(name: str) -> Target:
+    """The target called `name`; ValueError if unknown or if its compiler is not installed."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; use one of {', '.join(TARGETS)}")
+    target = TARGETS[name]
+    module, install = COMPILERS[target.platform]
+    if not compiler_installed(target.platform):
+        raise ValueError(f"target {name} needs its compiler ({module}): {install}")
+    return target
+
+
+def roofline_seconds(cost, target: Target, dtype: str) -> float:
+    """max(FLOPs / peak FLOP/s, bytes accessed / bandwidth): a lower bound on one unit's time."""
+    return max(cost.flops / target.peak_flops[dtype], cost.bytes_accessed / target.bandwidth)
+
+
+def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
+    """Compile every program `config`'s study runs for `mesh` and count how often each runs.
+
+    Rows: each trained teacher's epoch (but `NOT_PLANNED`'s), each student's epoch (the count: one
+    run per teacher), the PGD set (with an AST teacher) and prediction (evaluation every
+    `eval_every` epochs of each stage; the teachers' fixed logits for kd and nasty, one more pass
+    over the training set per run, are not counted). Refuses, with `DoesNotFitError`, the first
+    program that needs more than the target's memory.
+    """
+    import jax.numpy as jnp
+
+    from ast_jax import models
+    from ast_jax.data import dataset_spec
+    from ast_jax.engine import Teacher, aot, make_optimizer
+    from ast_jax.engine.loop import AXIS, steps_per_epoch
+    from ast_jax.studies.stages import augment_spec, distill_spec, teacher_spec
+    from ast_jax.studies.settings import teacher_train_config, train_config_for
+
+    dataset = dataset_spec(config.data.name)
+    num_train = config.data.train_examples or TRAIN_IMAGES[config.data.name]
+    num_test = TEST_IMAGES[config.data.name]
+    dtype = jnp.dtype(config.dtype)
+    augment = augment_spec(config)
+    specs = types.SimpleNamespace(config=config, num_classes=dataset.num_classes)  # what the step builders read
+    shape, stats = dataset.image_shape, dict(mean=dataset.mean, std=dataset.std)
+
+    def model(architecture):
+        return models.create(architecture, dataset.num_classes, dtype, axis_name=AXIS)
+
+    planned = []
+
+    def add(name, build, repeats, knob):
+        """Compile `build(mesh)` (an `aot.Program`) and plan it, or refuse it if it does not fit."""
+        try:
+            cost = aot.compile_cost(build, mesh)
+        except aot.OutOfDeviceMemoryError as error:
+            raise DoesNotFitError(f"{name} does not fit {target.name}'s device memory ({error}); lower {knob} "
+                                  f"or use a smaller config.dtype") from error
+        if cost.device_bytes > target.memory_bytes:
+            raise DoesNotFitError(
+                f"{name} needs {cost.device_bytes / GIB:.2f} GiB per device, {target.name} has "
+                f"{target.memory_bytes / GIB:.2f} GiB: lower {knob} or use a smaller config.dtype")
+        planned.append(PlannedProgram(name, cost, repeats, roofline_seconds(cost, target, dtype.name)))
+        log(f"compiled {name} in {cost.compile_seconds:.1f}s")
+
+    def evaluations(train_config):
+        return -(-train_config.epochs // max(train_config.eval_every, 1)) * steps_per_epoch(
+            num_test, train_config.eval_batch_size)
+
+    def train(name, architecture, train_config, spec, stages, knob, **kwargs):
+        tx = make_optimizer(train_config, steps_per_epoch(num_train, train_config.batch_size))
+        add(name, lambda mesh: aot.epoch_program(model(architecture), tx, spec, mesh, num_examples=num_train,
+                                                 batch_size=train_config.batch_size, image_shape=shape,
+                                                 num_classes=dataset.num_classes, augment_spec=augment, **stats,
+                                                 **kwargs),
+            stages * train_config.epochs * steps_per_epoch(num_train, train_config.batch_size), knob)
+
+    teacher_arch = config.teacher.model
+    trained = [name for name in config.teachers
+               if name not in ("stingy", *NOT_PLANNED) and not (name == "base" and config.teacher.torch_checkpoint)]
+    if set(config.teachers) & set(NOT_PLANNED):
+        log(f"not planned (not supported yet): the {', '.join(sorted(set(config.teachers) & set(NOT_PLANNED)))} "
+            f"teachers' epochs")
+    for name in trained:
+        kwargs = dict(teacher=Teacher(model(teacher_arch))) if name == "nasty" else {}
+        if name == "ast":
+            kwargs = dict(pairing=config.ast.pairing)
+        train(f"{name} teacher ({teacher_arch})", teacher_arch, teacher_train_config(config, name),
+              teacher_spec(specs, name), 1, "config.train.batch_size", **kwargs)
+    for architecture in config.students:
+        train(f"kd students ({architecture})", architecture, train_config_for(config, architecture),
+              distill_spec(specs, "base"), len(config.teachers), f"config.student_train.{architecture}.batch_size",
+              teacher=Teacher(model(teacher_arch)))
+    if "ast" in config.teachers:
+        pgd = config.pgd
+        add(f"pgd ({teacher_arch})",
+            lambda mesh: aot.pgd_program(model(teacher_arch), mesh, num_examples=num_train, image_shape=shape,
+                                 batch_size=pgd.batch_size, eps=pgd.eps, step_size=pgd.step_size, steps=pgd.steps,
+                                 space=pgd.space, random_start=pgd.random_start, **stats),
+            pgd.steps * steps_per_epoch(num_train, pgd.batch_size), "config.pgd.batch_size")
+    eval_batch = config.train.eval_batch_size
+    runs = ([teacher_train_config(config, name) for name in trained]
+            + [train_config_for(config, a) for a in config.students for _ in config.teachers])
+    add(f"predict ({teacher_arch})",
+        lambda mesh: aot.predict_program(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
+                                 batch_size=eval_batch, **stats),
+        sum(evaluations(run) for run in runs), "config.train.eval_batch_size")
+    return planned
+
+
+def study_lower_bound(planned: list[PlannedProgram]) -> float:
+    """Σ over the programs of units × roofline bound per unit: seconds of device time, at least."""
+    return sum(p.repeats * p.bound_seconds for p in planned)
+
+
+def format_rows(planned: list[PlannedProgram], target: Target) -> list[str]:
+    """A table of the programs (bytes per device, FLOPs per counted unit) and the study's lower bound."""
+    header = (f"{'program':<28}{'argument':>10}{'output':>10}{'temp':>10}{'alias':>10}{'total':>10}{'of':>8}"
+              f"{'GFLOP/unit':>12}{'bound/unit':>12}{'units':>9}{'compile':>9}")
+    lines = [header]
+    mib = 2 ** 20
+    for p in planned:
+        c = p.cost
+        lines.append(f"{p.name:<28}{c.argument_bytes / mib:>9.1f}M{c.output_bytes / mib:>9.1f}M{c.temp_bytes / mib:>9.1f}M"
+                     f"{c.alias_bytes / mib:>9.1f}M{c.device_bytes / mib:>9.1f}M{c.device_bytes / target.memory_bytes:>8.2%}"
+                     f"{c.flops / 1e9:>12.3f}{p.bound_seconds * 1e6:>10.1f}us{p.repeats:>9}{c.compile_seconds:>8.1f}s")
+    lines.append(f"study on {target.name}: at least {study_lower_bound(planned):.2f} s of device time (a roofline "
+                 f"lower bound from the compiler's counts, not a measurement)")
+    return lines
+
+
+def to_json(planned: list[PlannedProgram], target: Target) -> dict:
+    return {"target": target.name, "device_memory_bytes": target.memory_bytes,
+            "programs": [{"name": p.name, **dataclasses.asdict(p.cost), "device_bytes": p.cost.device_bytes,
+                          "units": p.repeats, "bound_seconds_per_unit": p.bound_seconds} for p in planned],
+            "study_lower_bound_seconds": study_lower_bound(planned)}
+
+
+def prepare_environment() -> None:
+    """Compile on the host CPU for a TPU that is not attached (set before JAX starts its backends):
+    no query for the TPU VM's metadata, and no claim on libtpu's one-process lock file (with no
+    TPU to share, plans may run side by side)."""
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def main(args, overrides) -> int:
+    """`ast-jax plan --config C --target T [--json FILE]`: print the table (a program that does not
+    fit raises `DoesNotFitError`, a one-line error with exit status 2 in `commands.main`)."""
+    from ast_jax.cli.config import load_config
+
+    target = resolve_target(args.target)
+    config = load_config(args.config, overrides)
+    planned = plan_study(config, target, target_mesh(target), log=lambda m: print(m, file=sys.stderr))
+    print("\n".join(format_rows(planned, target)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json(planned, target), f, indent=2)
+    return 0
