@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -5,19 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from test_statistics import C, LABELS, STUDENTS, TEACHERS
 
 from ast_jax.results import report, statistics, tables
-
-C = 5
-LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
-TEACHERS = {"nasty": 0.94, "base": 0.95, "stingy": 0.95, "ast": 0.9625}
-STUDENTS = {
-    ("base", "cnn"): 0.88, ("base", "resnet18"): 0.955,
-    ("nasty", "cnn"): 0.83, ("nasty", "resnet18"): 0.9375,
-    ("stingy", "cnn"): 0.8,
-    ("ast", "resnet18"): 0.9,
-}
-
 
 
 # ---- writers ----
