@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from ast_jax import losses
 
@@ -302,6 +301,8 @@ def seed_spread(values: Sequence[float]) -> dict:
     """Mean, sample std (n - 1 in the denominator) and the half-width of the 95% Student-t
     interval of the mean, t_{0.975, n-1} · std / √n, over `n` seeds (std and half-width None
     for one seed: a single run has no spread)."""
+    from scipy import stats  # lazy: scipy.stats takes a while to import
+
     x = np.asarray(values, np.float64)
     if x.size < 2:
         return {"mean": float(x.mean()), "std": None, "ci95": None, "n": int(x.size)}
