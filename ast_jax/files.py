@@ -62,6 +62,23 @@ def atomic_write(path: str, data: str | bytes, *, overwrite: bool = True) -> Non
             os.remove(tmp)
 
 
+def append_text(path: str, text: str) -> None:
+    """Append `text` to `path` (created, with its directory, if missing) and flush it to the disk.
+
+    For logs that grow by a row at a time; an OSError names the file.
+    """
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from error
+
+
 def _link_new(tmp: str, path: str) -> None:
     """Give `tmp` the name `path` unless `path` exists (FileExistsError naming it)."""
     exists = FileExistsError(f"{path} already exists; pass overwrite=True to replace it")

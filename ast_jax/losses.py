@@ -65,8 +65,15 @@ def entropy(probs: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(probs > 0, probs * _safe_log(probs), 0.0), axis=-1)
 
 
-def _kl_from_log(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
-    """KL(p || q) = sum_i p_i (log p_i - log q_i) from log-probabilities, exact 0 where p_i = 0."""
+def _log_of(p: jax.Array) -> jax.Array:
+    """log p, -inf exactly where p == 0 (with finite gradients there)."""
+    return jnp.where(p > 0, _safe_log(p), -jnp.inf)
+
+
+def kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """KL(p || q) = sum_i p_i (log p_i - log q_i) per example from log-probabilities (-inf:
+    probability 0). Terms with p_i = 0 are exactly 0; a log q_i = -inf under p_i > 0 gives +inf.
+    Working in log space keeps it exact where a probability underflows (log q_i = -800)."""
     support = log_p > -jnp.inf
     safe_log_p = jnp.where(support, log_p, 0.0)
     terms = jnp.exp(safe_log_p) * (safe_log_p - log_q)
@@ -80,14 +87,19 @@ def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
     q_i = 0 under p_i > 0 gives +inf, as it should.
     """
     p, q = _float(p), _float(q)
-    log_p = jnp.where(p > 0, _safe_log(p), -jnp.inf)
-    return _kl_from_log(log_p, jnp.log(q))
+    return kl_from_log_probs(_log_of(p), jnp.log(q))
+
+
+def kl_to_logits(p: jax.Array, q_logits: jax.Array) -> jax.Array:
+    """KL(p || σ(b)) per example from probabilities p and logits b (`q_logits`), through
+    log-softmax (no q_i is rounded to 0 before its logarithm)."""
+    return kl_from_log_probs(_log_of(_float(p)), log_softmax_t(q_logits, 1.0))
 
 
 def kl_from_logits(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
     """KL(σ(a) || σ(b)) per example from two rows of logits a (`p_logits`) and b (`q_logits`),
     through log-softmax (no probability is rounded to 0 before its logarithm)."""
-    return _kl_from_log(log_softmax_t(p_logits, 1.0), log_softmax_t(q_logits, 1.0))
+    return kl_from_log_probs(log_softmax_t(p_logits, 1.0), log_softmax_t(q_logits, 1.0))
 
 
 def epd(target_probs: jax.Array, probs: jax.Array) -> jax.Array:
@@ -107,6 +119,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Softmax cross-entropy per example on untempered logits: CE = -log sigma(z)_y (optax's
     integer-label cross-entropy; the one CE of training, evaluation and PGD)."""
     return optax.softmax_cross_entropy_with_integer_labels(_float(logits), jnp.asarray(labels).astype(jnp.int32))
+
+
+def soft_cross_entropy(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
+    """Cross-entropy against soft targets per example: -sum_k σ(t)_k log σ(z)_k, with t the target
+    logits and z the prediction's (optax's `softmax_cross_entropy`; differentiable in both)."""
+    return optax.softmax_cross_entropy(_float(logits), jax.nn.softmax(_float(target_logits), axis=-1))
 
 
 def batch_mean(values: jax.Array, where: jax.Array | None = None) -> jax.Array:
@@ -163,7 +181,7 @@ def kd_loss(student_logits, teacher_logits, labels, temperature, omega, where=No
     """
     _check("omega", omega, 0.0, 1.0)
     log_p_teacher = jax.lax.stop_gradient(log_softmax_t(teacher_logits, temperature))
-    kl = _kl_from_log(log_p_teacher, log_softmax_t(student_logits, temperature))
+    kl = kl_from_log_probs(log_p_teacher, log_softmax_t(student_logits, temperature))
     ce = cross_entropy(student_logits, labels)
     return omega * temperature**2 * batch_mean(kl, where) + (1 - omega) * batch_mean(ce, where)
 
@@ -186,7 +204,7 @@ def ast_loss(logits, adv_logits, labels, temperature, omega, k, divergence: str 
     if divergence == "epd":
         div = epd(softmax_t(sparse_target, temperature), softmax_t(logits, temperature))
     else:
-        div = _kl_from_log(log_softmax_t(sparse_target, temperature), log_softmax_t(logits, temperature))
+        div = kl_from_log_probs(log_softmax_t(sparse_target, temperature), log_softmax_t(logits, temperature))
     ce = cross_entropy(logits, labels)
     return omega * temperature**2 * batch_mean(div, where) + (1 - omega) * batch_mean(ce, where)
 
@@ -202,5 +220,5 @@ def nasty_loss(logits, base_logits, labels, temperature, omega, where=None) -> j
     """
     _check("omega", omega, 0.0, 1.0)
     log_p_base = jax.lax.stop_gradient(log_softmax_t(base_logits, temperature))
-    kl = _kl_from_log(log_softmax_t(logits, temperature), log_p_base)
+    kl = kl_from_log_probs(log_softmax_t(logits, temperature), log_p_base)
     return batch_mean(cross_entropy(logits, labels), where) - omega * temperature**2 * batch_mean(kl, where)

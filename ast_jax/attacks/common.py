@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ast_jax.data import ArraySplit
-from ast_jax.defences.blackbox import BlackBox, queries_within
+from ast_jax.defences.blackbox import queries_within
 from ast_jax.engine.optim import OPTIMIZERS, SCHEDULES
 
 ATTACKS: tuple[str, ...] = ("kd", "knockoff", "jbda", "dfme")

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ast_jax import losses
 from ast_jax.attacks.common import AttackContext, AttackResult
 from ast_jax.attacks.transfer import attacker_logits
 from ast_jax.defences.blackbox import BlackBox
@@ -94,9 +95,7 @@ def recovered_logits(released: jax.Array) -> jax.Array:
 def disagreement(clone_logits, released, variant: str) -> jax.Array:
     """Per-sample L (the generator maximises −L): mean_k |c − t| (dfme) or KL(p′ ‖ σ(c)) (maze)."""
     if variant == "maze":
-        log_q = jax.nn.log_softmax(clone_logits, axis=-1)
-        p = released / jnp.sum(released, axis=-1, keepdims=True)
-        return jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - log_q), 0.0), axis=-1)
+        return losses.kl_to_logits(released / jnp.sum(released, axis=-1, keepdims=True), clone_logits)
     return jnp.mean(jnp.abs(clone_logits - recovered_logits(released)), axis=-1)
 
 

@@ -160,8 +160,8 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
     from ast_jax.data import dataset_spec
     from ast_jax.engine import Teacher, aot, make_optimizer
     from ast_jax.engine.loop import AXIS, steps_per_epoch
-    from ast_jax.studies.stages import augment_spec, distill_spec, teacher_spec
     from ast_jax.studies.settings import teacher_train_config, train_config_for
+    from ast_jax.studies.stages import augment_spec, distill_spec, teacher_spec
 
     dataset = dataset_spec(config.data.name)
     num_train = config.data.train_examples or TRAIN_IMAGES[config.data.name]

@@ -141,11 +141,6 @@ def tree_cosine(a, b, eps: float = 1e-8) -> jax.Array:
     return _tree_vdot(a, b) / (jnp.maximum(norm_a, eps) * jnp.maximum(norm_b, eps))
 
 
-def _soft_cross_entropy(target_logits, logits) -> jax.Array:
-    """−Σ_k σ(target)_k log σ(logits)_k per example."""
-    return -jnp.sum(jax.nn.softmax(target_logits, -1) * jax.nn.log_softmax(logits, -1), axis=-1)
-
-
 def benign_loss(victim_logits, labels, where=None, *, share=1.0, axis_name: str | None = None) -> jax.Array:
     """L_ben = mean CE(V(x), y) over the valid examples (eq. 6)."""
     return _global_mean(losses.batch_mean(losses.cross_entropy(victim_logits, labels), where), share, axis_name)
@@ -163,7 +158,7 @@ def isolation_loss(victim_logits, clone_apply: CloneApply, clone_params, images,
     def thief_loss(clone_logits):
         if form == "code":
             return losses.kl_from_logits(clone_logits, victim_logits)
-        return _soft_cross_entropy(victim_logits, clone_logits)
+        return losses.soft_cross_entropy(victim_logits, clone_logits)
 
     mean_kwargs = dict(share=share, axis_name=axis_name)
     label_gradient = jax.lax.stop_gradient(clone_gradient(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

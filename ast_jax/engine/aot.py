@@ -31,7 +31,6 @@ from ast_jax.engine.loop import data_devices, make_mesh, make_pgd_attack, make_p
 from ast_jax.engine.policy import ExecutionPolicy
 from ast_jax.engine.steps import SPARSE_KINDS, LossHypers, StepSpec, Teacher, init_state
 
-
 #: How an accelerator runs the programs (scanned epochs and PGD, vmapped runs): what is compiled here.
 ACCELERATOR_POLICY = ExecutionPolicy(loop="scan", run_lowering="vmap", runs_per_program=None)
 

@@ -238,30 +238,29 @@ def read_metrics(directory: str) -> list[dict]:
 
 
 class MetricsWriter:
-    """The run's metrics: `metrics.jsonl` (one row per epoch) and TensorBoard scalars, on process 0 only.
+    """The run's metrics: `metrics.jsonl` (one JSON row per epoch, appended) and TensorBoard scalars,
+    written by process 0 only (`files.is_writer`); every process keeps `rows`, the rows so far.
 
-    `rows` are the rows logged so far; `keep_through(epoch)` drops the rows of later epochs (they
-    are redone after a resume); `append(row)` adds one epoch's row (`row['epoch']` is its step in
-    TensorBoard). The JSONL file is replaced atomically on every change. Use as a context manager
+    Created once per run: the rows of epochs after `through_epoch` (the epoch the run resumes
+    from; they are redone) are dropped from the file once, atomically. `append(row)` then adds one
+    epoch's row as one line (`row['epoch']` is its step in TensorBoard). Use as a context manager
     (closes the TensorBoard writer).
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, through_epoch: int = 0):
         self.directory = directory
-        self.rows = read_metrics(directory)
+        self.path = os.path.join(directory, METRICS_FILE)
+        read = read_metrics(directory)
+        self.rows = [row for row in read if row["epoch"] <= through_epoch]
+        if self.rows != read and files.is_writer():
+            files.atomic_write(self.path, "".join(_json_line(row) for row in self.rows))
         self._tensorboard = None
-
-    def keep_through(self, epoch: int) -> None:
-        kept = [row for row in self.rows if row["epoch"] <= epoch]
-        if kept != self.rows:
-            self.rows = kept
-            self._write()
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        self._write()
         if not files.is_writer():
             return
+        files.append_text(self.path, _json_line(row))
         if self._tensorboard is None:
             self._tensorboard = _tensorboard_writer(self.directory)
         if self._tensorboard:
@@ -269,11 +268,6 @@ class MetricsWriter:
                 if key != "epoch" and isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, row["epoch"])
             self._tensorboard.flush()
-
-    def _write(self) -> None:
-        if files.is_writer():
-            files.atomic_write(os.path.join(self.directory, METRICS_FILE),
-                            "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.rows))
 
     def close(self) -> None:
         if self._tensorboard:
@@ -285,6 +279,10 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(row, sort_keys=True) + "\n"
 
 
 def _tensorboard_writer(directory: str):

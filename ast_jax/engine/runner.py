@@ -387,9 +387,8 @@ def _train_group(runs, states, managers, done: int, mesh, policy: ExecutionPolic
             checkpoints.save(mngr, step, run_state)
 
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(checkpoints.MetricsWriter(run.directory)) for run in runs]
-        for writer in writers:
-            writer.keep_through(start)  # rows of epochs after the checkpoint are redone
+        # rows of epochs after the checkpoint are redone
+        writers = [stack.enter_context(checkpoints.MetricsWriter(run.directory, through_epoch=start)) for run in runs]
         if done and start < epochs:
             for run_log, run in zip(logs, runs):
                 run_log(f"resuming {run.directory} after {position(done)}")

@@ -15,20 +15,20 @@ Deviations from the references, all invisible at their native 3x32x32 input:
   ``fc1`` is sized for ``image_size`` (2048 inputs at 32x32, the default);
 * ``in_channels`` (default 3) sets the stem's input channels (1 for grey-scale data).
 
-Use :func:`create` (same names as :data:`ast_jax.models.MODEL_NAMES`).
+Use :func:`create`; its names and constructor arguments are the registry's, :data:`ast_jax.models.ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Callable, Sequence
+import sys
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ast_jax.models import MODEL_NAMES
+from ast_jax.models import ARCHITECTURES, MODEL_NAMES, canonical_name, check_num_classes
 
 __all__ = ["MODEL_NAMES", "create", "count_parameters", "CNN", "PreResNet", "PreActBlock",
            "ResNet", "BasicBlock", "Bottleneck", "ShuffleNetV2", "ShuffleUnit", "MobileNetV2",
@@ -342,27 +342,6 @@ class MobileNetV2(nn.Module):
 
 # --------------------------------------------------------------------------- factory
 
-_FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "cnn": CNN,
-    "preresnet20": functools.partial(PreResNet, 20),
-    "preresnet32": functools.partial(PreResNet, 32),
-    "resnet18": functools.partial(ResNet, BasicBlock, (2, 2, 2, 2)),
-    "resnet34": functools.partial(ResNet, BasicBlock, (3, 4, 6, 3)),
-    "resnet50": functools.partial(ResNet, Bottleneck, (3, 4, 6, 3)),
-    "shufflenetv2": ShuffleNetV2,
-    "mobilenetv2": MobileNetV2,
-}
-assert tuple(_FACTORIES) == MODEL_NAMES
-
-
-def canonical_name(name: str) -> str:
-    """``name`` lower-cased, checked against :data:`MODEL_NAMES` (ValueError listing them)."""
-    key = name.lower() if isinstance(name, str) else name
-    if key not in _FACTORIES:
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    return key
-
-
 def create(name: str, num_classes: int, *, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """Build the PyTorch twin of ``ast_jax.models.create(name, num_classes)`` (NCHW input).
 
@@ -374,7 +353,6 @@ def create(name: str, num_classes: int, *, in_channels: int = 3, image_size: int
         The other models take any input size >= 8.
     """
     key = canonical_name(name)
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     kwargs = {"image_size": int(image_size)} if key == "cnn" else {}
-    return _FACTORIES[key](num_classes=int(num_classes), in_channels=int(in_channels), **kwargs)
+    build = ARCHITECTURES[key].constructor(sys.modules[__name__])
+    return build(num_classes=check_num_classes(num_classes), in_channels=int(in_channels), **kwargs)

@@ -59,7 +59,10 @@ CNN); ``jax.random.key(seed, impl='rbg')`` makes ``init`` several times cheaper 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
+import types
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -71,19 +74,52 @@ from ast_jax.models.preresnet import PreActBlock, PreResNet
 from ast_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from ast_jax.models.shufflenetv2 import ShuffleNetV2, ShuffleUnit
 
-_FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "cnn": CNN,
-    "preresnet20": functools.partial(PreResNet, 20),
-    "preresnet32": functools.partial(PreResNet, 32),
-    "resnet18": functools.partial(ResNet, BasicBlock, (2, 2, 2, 2)),
-    "resnet34": functools.partial(ResNet, BasicBlock, (3, 4, 6, 3)),
-    "resnet50": functools.partial(ResNet, Bottleneck, (3, 4, 6, 3)),
-    "shufflenetv2": ShuffleNetV2,
-    "mobilenetv2": MobileNetV2,
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One entry of the model registry: the class `family` and the leading arguments `args` of its
+    constructor, spelled the same in the Flax zoo (this package) and its PyTorch twin
+    (`ast_jax.interop.torch_models`); a str in `args` names a block class of the same zoo."""
+
+    family: str
+    args: tuple = ()
+
+    def constructor(self, zoo: types.ModuleType) -> Callable[..., Any]:
+        """This architecture's constructor in `zoo`, the module that holds the family's classes."""
+        args = tuple(getattr(zoo, a) if isinstance(a, str) else a for a in self.args)
+        return functools.partial(getattr(zoo, self.family), *args)
+
+
+#: The model registry: every architecture's name, built by `create` here and by
+#: `ast_jax.interop.torch_models.create` in PyTorch.
+ARCHITECTURES: dict[str, Architecture] = {
+    "cnn": Architecture("CNN"),
+    "preresnet20": Architecture("PreResNet", (20,)),
+    "preresnet32": Architecture("PreResNet", (32,)),
+    "resnet18": Architecture("ResNet", ("BasicBlock", (2, 2, 2, 2))),
+    "resnet34": Architecture("ResNet", ("BasicBlock", (3, 4, 6, 3))),
+    "resnet50": Architecture("ResNet", ("Bottleneck", (3, 4, 6, 3))),
+    "shufflenetv2": Architecture("ShuffleNetV2"),
+    "mobilenetv2": Architecture("MobileNetV2"),
 }
 
 #: Names accepted by :func:`create`.
-MODEL_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+MODEL_NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` lower-cased, checked against :data:`MODEL_NAMES` (ValueError listing them)."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in ARCHITECTURES:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return key
+
+
+def check_num_classes(num_classes) -> int:
+    """`num_classes` as an int, checked to be an integer >= 2 (ValueError otherwise)."""
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return int(num_classes)
 
 
 def create(name: str, num_classes: int, dtype: Any = jnp.float32, axis_name: str | None = None) -> nn.Module:
@@ -99,16 +135,12 @@ def create(name: str, num_classes: int, dtype: Any = jnp.float32, axis_name: str
         (``lax.pmean``), so a data-parallel step normalises with the statistics of the whole
         global batch; ``None`` for a single device. Inference mode never communicates.
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in _FACTORIES:
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    return _FACTORIES[key](num_classes=int(num_classes), dtype=dtype, axis_name=axis_name)
+    build = ARCHITECTURES[canonical_name(name)].constructor(sys.modules[__name__])
+    return build(num_classes=check_num_classes(num_classes), dtype=dtype, axis_name=axis_name)
 
 
 __all__ = [
-    "MODEL_NAMES", "create",
+    "ARCHITECTURES", "Architecture", "MODEL_NAMES", "canonical_name", "create",
     "CNN", "PreResNet", "PreActBlock", "ResNet", "BasicBlock", "Bottleneck",
     "ShuffleNetV2", "ShuffleUnit", "MobileNetV2", "LinearBottleNeck",
 ]

@@ -36,7 +36,9 @@ from ast_jax.engine import make_predict, to_host
 from ast_jax.engine.checkpoints import WorkdirConflictError, check_record
 from ast_jax.engine.progress import Pace
 from ast_jax.files import atomic_write, is_writer, read_json
+from ast_jax.results import tables
 from ast_jax.results.report import plot_heatmaps
+from ast_jax.results.statistics import seed_spread
 from ast_jax.studies.pipeline import released_teacher, teacher_fingerprint, train_teacher
 from ast_jax.studies.provenance import fingerprint
 from ast_jax.studies.settings import sparsity_k, to_json
@@ -207,7 +209,8 @@ def flag(kind: str, defense: str, query_set: str | None) -> str:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and population std over seeds per (victim, attack), in the rows' order."""
+    """Per (victim, attack), in the rows' order: each metric's mean over seeds with `<metric>_std`
+    and `<metric>_ci95` (`seed_spread`: sample std, 95% Student-t half-width; None for one seed)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["victim"], row["attack"]), []).append(row)
@@ -216,35 +219,34 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry = {"victim": victim, "attack": attack, "kind": members[0]["kind"], "flag": members[0]["flag"],
                  "seeds": [m["seed"] for m in members]}
         for metric in METRICS:
-            values = np.array([m[metric] for m in members], np.float64)
-            entry[metric], entry[f"{metric}_std"] = float(values.mean()), float(values.std())
+            spread = seed_spread([m[metric] for m in members])
+            entry[metric], entry[f"{metric}_std"], entry[f"{metric}_ci95"] = spread["mean"], spread["std"], spread["ci95"]
         summary.append(entry)
     return summary
 
 
 def _pm(entry: dict, metric: str, scale: float = 100.0, digits: int = 1) -> str:
-    return f"{scale * entry[metric]:.{digits}f} ± {scale * entry[metric + '_std']:.{digits}f}"
+    """`mean ± std [±ci95]`, scaled; the mean alone for one seed."""
+    text = f"{scale * entry[metric]:.{digits}f}"
+    if entry[f"{metric}_std"] is None:
+        return text
+    return f"{text} ± {scale * entry[metric + '_std']:.{digits}f} [±{scale * entry[metric + '_ci95']:.{digits}f}]"
 
 
 def markdown(summary: list[dict], title: str, notes: list[str]) -> str:
     header = ["victim", "attack", "clone acc. (%)", "best (%)", "fidelity (%)", "agreement (%)",
               "defender acc. (%)", "Δ_def (pts)", "ℓ1", "queries", "flag"]
-    lines = [f"# {title}", "", "Mean ± population std over the seeds of each cell.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for e in summary:
-        lines.append("| " + " | ".join([
-            e["victim"], e["attack"], _pm(e, "clone_accuracy"), _pm(e, "clone_best_accuracy"), _pm(e, "fidelity"),
-            _pm(e, "agreement"), _pm(e, "defender_accuracy"), _pm(e, "defender_drop"), _pm(e, "l1", 1.0, 3),
-            f"{e['queries']:.0f}", e["flag"]]) + " |")
-    return "\n".join(lines + ["", *(f"- {n}" for n in notes), ""])
+    table = tables.markdown(header, [[
+        e["victim"], e["attack"], _pm(e, "clone_accuracy"), _pm(e, "clone_best_accuracy"), _pm(e, "fidelity"),
+        _pm(e, "agreement"), _pm(e, "defender_accuracy"), _pm(e, "defender_drop"), _pm(e, "l1", 1.0, 3),
+        f"{e['queries']:.0f}", e["flag"]] for e in summary])
+    return "\n".join([f"# {title}", "", "Mean ± sample std [± the half-width of the 95% Student-t interval of the "
+                      "mean] over the seeds of each cell.", "", table, *(f"- {n}" for n in notes), ""])
 
 
 def csv_text(summary: list[dict]) -> str:
-    columns = ["victim", "attack", "kind", "flag", *[f"{m}{s}" for m in METRICS for s in ("", "_std")]]
-    lines = [",".join(columns)]
-    for entry in summary:
-        lines.append(",".join(str(entry[c]) for c in columns))
-    return "\n".join(lines) + "\n"
+    return tables.csv_text(["victim", "attack", "kind", "flag",
+                            *[f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci95")]], summary)
 
 
 def heatmap(path: str, summary: list[dict]) -> None:

@@ -69,7 +69,7 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
     whose adversarial versions (the "base (adversarial)" column) come from the cached PGD set;
     without it that column is left out.
     """
-    from ast_jax.results import report
+    from ast_jax.results import report, statistics
 
     config, test, missing = study.config, study.test, []
     temperature = config.kd.temperature
@@ -84,7 +84,7 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
         released, variables = release(study, name), output(stage).variables
         logits = released_logits(study, released, variables, test.images)
         teacher_accuracy[name] = float(np.mean(np.argmax(logits, -1) == test.labels))
-        stats[name] = report.output_statistics(logits, test.labels, temperature, seed=config.seed)
+        stats[name] = statistics.output_statistics(logits, test.labels, temperature, seed=config.seed)
         figure[name] = np.asarray(losses.softmax_t(released.logits(variables, clean, figure_key), temperature))
         if released.is_random:
             utility[name] = meco.utility(
@@ -98,7 +98,7 @@ def write_report(study: Study, num_figure_images: int = 4) -> list[str]:
             stage = student_stage(study, teacher, architecture)
             if _load(stage, missing) and teacher in teacher_accuracy:
                 student_accuracy[(teacher, architecture)] = output(stage).final_accuracy
-    rows = report.result_rows(teacher_accuracy, student_accuracy) if "base" in teacher_accuracy else []
+    rows = statistics.result_rows(teacher_accuracy, student_accuracy) if "base" in teacher_accuracy else []
     attack_set = adversarial_stage(study)
     if "base" in teacher_accuracy and _load(attack_set, missing):
         base = output(teacher_stage(study, "base")).variables

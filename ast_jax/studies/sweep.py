@@ -39,6 +39,7 @@ import numpy as np
 from ast_jax.engine import ExecutionPolicy, checkpoints
 from ast_jax.engine.loop import check_run_devices
 from ast_jax.results import report
+from ast_jax.results.statistics import result_rows, summarise_seeds
 from ast_jax.studies.pipeline import distill_student, train_studies, train_teacher
 from ast_jax.studies.report import write_report
 from ast_jax.studies.settings import study_record
@@ -93,7 +94,7 @@ def run_seeds(studies: Sequence[Study], workdir: str) -> list[str]:
     notes = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed's own report is in seed-<s>/report.md.",
              f"Test split of {len(studies[0].test)} images."]
     return report.write_spread_report(workdir, "report", title=f"ast_jax study: {config.name}, over seeds",
-                                      summary=report.summarise_seeds(rows), notes=notes)
+                                      summary=summarise_seeds(rows), notes=notes)
 
 
 # ---- grids ----
@@ -131,7 +132,7 @@ def _cell_rows(study: Study) -> list[dict]:
     accuracy = {name: train_teacher(study, name).final_accuracy for name in ("base", "ast")}
     students = {(name, architecture): distill_student(study, name, architecture).final_accuracy
                 for name in ("base", "ast") for architecture in study.config.students}
-    return report.result_rows(accuracy, students)
+    return result_rows(accuracy, students)
 
 
 @dataclasses.dataclass
@@ -170,9 +171,9 @@ def run_sweep(sweep: Sweep) -> list[str]:
     summary = []
     for cell in cells:
         rows = {seed: _cell_rows(sweep.cells[(cell_name(cell), seed)]) for seed in seeds}
-        summary += [{**cell, **entry} for entry in report.summarise_seeds(rows) if entry["teacher"] == "ast"]
+        summary += [{**cell, **entry} for entry in summarise_seeds(rows) if entry["teacher"] == "ast"]
     base_rows = {seed: _cell_rows(sweep.cells[(cell_name(cells[0]), seed)]) for seed in seeds}
-    summary = [entry for entry in report.summarise_seeds(base_rows) if entry["teacher"] == "base"] + summary
+    summary = [entry for entry in summarise_seeds(base_rows) if entry["teacher"] == "base"] + summary
     figure = "sweep.png"
     report.plot_heatmaps(os.path.join(sweep.workdir, figure), heatmap_panels(summary, list(sweep.grid)), columns=3)
     config = sweep.bases[0].config

@@ -8,7 +8,6 @@ import ml_collections
 import pytest
 
 from ast_jax.cli import config as loader
-from ast_jax.configs import common
 from ast_jax.studies import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

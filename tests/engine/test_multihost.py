@@ -17,7 +17,7 @@ EPOCHS = 1
 
 
 def _train(directory: str, out: str) -> None:
-    """One tiny run (`test_runner.tiny_run`) on every device of every process; paths written recorded."""
+    """One tiny run (`test_runner.tiny_run`) on every device of every process; paths written (or appended to) recorded."""
     import jax
     from test_runner import tiny_run
 
@@ -27,6 +27,8 @@ def _train(directory: str, out: str) -> None:
     written = []
     atomic_write = files.atomic_write
     files.atomic_write = lambda path, data: (written.append(os.path.relpath(path, directory)), atomic_write(path, data))
+    append_text = files.append_text
+    files.append_text = lambda path, text: (written.append(os.path.relpath(path, directory)), append_text(path, text))
     result = fit(tiny_run(directory, epochs=EPOCHS), log=lambda _: None)
     np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
     with open(out + ".json", "w") as f:

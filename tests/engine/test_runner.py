@@ -234,3 +234,20 @@ def test_the_divergence_check_against_its_definition():
     with pytest.raises(runner.NonFiniteLossError, match="at step 1"):
         runner.check_losses(np.array([0.1, np.nan]), 0.1, where, "kept")
     runner.check_losses(np.array([-999.0]), 0.1, where, "kept")  # |loss| against max(1, |first|) = 1
+
+
+def test_metrics_writer_truncates_once_then_appends_one_line_per_epoch_on_process_0(tmp_path, monkeypatch):
+    path = tmp_path / checkpoints.METRICS_FILE
+    path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    with checkpoints.MetricsWriter(str(tmp_path), through_epoch=1) as writer:  # resumed after epoch 1
+        assert writer.rows == [{"epoch": 1}] and path.read_text() == '{"epoch": 1}\n'
+        writes = []
+        monkeypatch.setattr(checkpoints.files, "atomic_write", lambda *args: writes.append(args))
+        writer.append({"epoch": 2, "loss": 0.5})
+        assert not writes  # appended, not rewritten
+    assert checkpoints.read_metrics(str(tmp_path)) == [{"epoch": 1}, {"epoch": 2, "loss": 0.5}]
+    monkeypatch.setattr(checkpoints.files, "is_writer", lambda: False)
+    with checkpoints.MetricsWriter(str(tmp_path), through_epoch=0) as writer:  # another process: reads, never writes
+        writer.append({"epoch": 1})
+        assert writer.rows == [{"epoch": 1}]
+    assert checkpoints.read_metrics(str(tmp_path)) == [{"epoch": 1}, {"epoch": 2, "loss": 0.5}]

@@ -36,12 +36,13 @@ def test_cell_metrics_against_numpy():
     assert got == {"fidelity": pytest.approx(0.5), "agreement": pytest.approx(0.5)}
 
 
-def test_summary_is_mean_and_population_std_over_seeds():
+def test_summary_is_mean_and_sample_std_over_seeds():
     rows = [dict({m: 0.0 for m in matrix.METRICS}, victim="v", attack="a", kind="kd", flag="", seed=s,
                  clone_accuracy=acc) for s, acc in enumerate((0.5, 0.7, 0.9))]
     (entry,) = matrix.summarise(rows)
     assert entry["clone_accuracy"] == pytest.approx(0.7)
-    assert entry["clone_accuracy_std"] == pytest.approx(np.std([0.5, 0.7, 0.9]))
+    assert entry["clone_accuracy_std"] == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    assert entry["clone_accuracy_ci95"] == pytest.approx(4.302652729911275 * 0.2 / np.sqrt(3))  # t_{0.975, 2}
     assert entry["seeds"] == [0, 1, 2]
 
 

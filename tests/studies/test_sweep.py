@@ -12,7 +12,7 @@ from ast_jax.cli.commands import main
 from ast_jax.cli.config import load_config
 from ast_jax.engine import ExecutionPolicy
 from ast_jax.engine.progress import Progress
-from ast_jax.results import report
+from ast_jax.results import statistics, tables
 from ast_jax.studies import pipeline, sweep
 
 TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
@@ -53,10 +53,10 @@ def test_grid_parsing_names_keys_and_refuses_what_a_cell_cannot_vary():
 
 
 def test_seed_summary_is_the_mean_sample_std_and_t_interval():
-    rows = {seed: report.result_rows({"base": base, "ast": ast}, {("base", "cnn"): sb, ("ast", "cnn"): sa})
+    rows = {seed: statistics.result_rows({"base": base, "ast": ast}, {("base", "cnn"): sb, ("ast", "cnn"): sa})
             for seed, (base, ast, sb, sa) in enumerate([(0.9, 0.85, 0.88, 0.7), (0.92, 0.9, 0.9, 0.8),
                                                         (0.95, 0.96, 0.9, 0.75)])}
-    summary = {(e["teacher"], e["student"]): e for e in report.summarise_seeds(rows)}
+    summary = {(e["teacher"], e["student"]): e for e in statistics.summarise_seeds(rows)}
     ast = summary[("ast", "cnn")]
     d = np.array([0.85 - 0.7, 0.9 - 0.8, 0.96 - 0.75])
     p = np.array([0.9 - 0.85, 0.92 - 0.9, 0.95 - 0.96])
@@ -66,9 +66,9 @@ def test_seed_summary_is_the_mean_sample_std_and_t_interval():
     assert ast["student_change"] == pytest.approx(change.mean())
     assert ast["D_over_P"] == pytest.approx(d.mean() / p.mean())  # the ratio of the means
     assert ast["seeds"] == [0, 1, 2]
-    one = report.summarise_seeds({0: rows[0]})[1]
+    one = statistics.summarise_seeds({0: rows[0]})[1]
     assert one["D"] == pytest.approx(0.15) and one["D_std"] is None and one["D_ci95"] is None
-    table = report.spread_table(report.summarise_seeds(rows))
+    table = tables.spread_table(statistics.summarise_seeds(rows))
     assert f"{100 * d.mean():+.2f} ± {100 * ast['D_std']:.2f} [±{100 * ast['D_ci95']:.2f}]" in table
 
 

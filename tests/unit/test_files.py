@@ -49,3 +49,10 @@ def test_atomic_write_without_overwrite_never_replaces_a_file(tmp_path):
         files.atomic_write(str(path), b"second", overwrite=False)
     assert path.read_bytes() == b"first"
     assert os.listdir(tmp_path) == ["teacher.pth"]
+
+
+def test_append_text_creates_and_appends(tmp_path):
+    path = tmp_path / "sub" / "metrics.jsonl"
+    files.append_text(str(path), "a\n")
+    files.append_text(str(path), "b\n")
+    assert path.read_text() == "a\nb\n"
