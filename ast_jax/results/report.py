@@ -104,12 +104,14 @@ def write_report(directory, *, title: str, rows: Sequence[Mapping], stats: Mappi
 
 
 def write_spread_report(directory, name: str, *, title: str, summary: Sequence[Mapping], notes: Iterable[str] = (),
-                        leading: Sequence[str] = (), figure: str | None = None) -> list[str]:
+                        leading: Sequence[str] = (), figure: str | None = None, headline: str | None = None
+                        ) -> list[str]:
     """`<name>.md/json/csv` of `summarise_seeds` rows in `directory` (atomically, process 0 only);
-    `figure` (a PNG beside them) is linked from the markdown. Returns the three paths."""
+    `headline` (`statistics.effect_headline`) is the report's first line, `figure` (a PNG beside
+    them) is linked from the markdown. Returns the three paths."""
     directory = os.fspath(directory)
     notes = [str(n) for n in notes]
-    md = [f"# {title}", "",
+    md = [f"# {title}", "", *((f"**{headline}**", "") if headline else ()),
           "Accuracies in %; changes, D and P in percentage points, as mean ± sample std over the seeds "
           "[± the half-width of the 95% Student-t interval of the mean]. Change: student accuracy minus that "
           "of the same architecture distilled from the base teacher. D = teacher - student, P = base - teacher; "
@@ -123,7 +125,8 @@ def write_spread_report(directory, name: str, *, title: str, summary: Sequence[M
         return paths
     os.makedirs(directory, exist_ok=True)
     atomic_write(paths[0], _markdown_text(md))
-    atomic_write(paths[1], _json_text({"title": title, "summary": [dict(e) for e in summary], "notes": notes}))
+    atomic_write(paths[1], _json_text({"title": title, "headline": headline, "summary": [dict(e) for e in summary],
+                                       "notes": notes}))
     atomic_write(paths[2], spread_csv(summary, leading).encode("utf-8"))
     return paths
 

@@ -332,3 +332,37 @@ def summarise_seeds(rows_by_seed: Mapping[int, Sequence[Mapping]]) -> list[dict]
         entry["D_over_P"] = d / p if d is not None and p is not None and p > 0 else None
         summary.append(entry)
     return summary
+
+
+def _interval(entry: Mapping, key: str) -> str:
+    """`+1.23 [95%: -0.45, +2.91]` in points, or `+1.23 (one seed: no interval)`."""
+    mean, half = 100 * entry[key], entry.get(f"{key}_ci95")
+    if half is None:
+        return f"{mean:+.2f} (one seed: no interval)"
+    return f"{mean:+.2f} [95%: {mean - 100 * half:+.2f}, {mean + 100 * half:+.2f}]"
+
+
+def effect_headline(summary: Sequence[Mapping], teacher: str = "ast") -> str | None:
+    """One sentence on `teacher`'s defence over seeds (the first line of a seed report), or None
+    when the summary has no such row: its student's change against the base teacher's student,
+    D = teacher − student and the teacher's cost P, each with its 95% t-interval (`seed_spread`),
+    and whether D's interval lies above zero (the stolen student is worse than the teacher it was
+    stolen from) or contains zero (the effect is inside the noise of these seeds)."""
+    entry = next((e for e in summary if e["teacher"] == teacher
+                  and all(e.get(key) is not None for key in ("student_change", "D", "P"))), None)
+    if entry is None:
+        return None
+    seeds = len(entry["seeds"])
+    half = entry.get("D_ci95")
+    if half is None:
+        verdict = "one seed cannot say whether the effect exceeds the noise"
+    elif entry["D"] - half > 0:
+        verdict = "D's interval lies above zero: the stolen student is worse than its teacher"
+    elif entry["D"] + half < 0:
+        verdict = "D's interval lies below zero: the stolen student is better than its teacher"
+    else:
+        verdict = "D's interval contains zero: the effect is inside the noise of these seeds"
+    return (f"{teacher.upper()} over {seeds} seed{'s' if seeds > 1 else ''}, {entry['student']} student: change "
+            f"{_interval(entry, 'student_change')} pts against the base teacher's student; D = teacher − student "
+            f"{_interval(entry, 'D')} pts at a teacher cost P {_interval(entry, 'P')} pts; {verdict}.")
+

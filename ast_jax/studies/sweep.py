@@ -39,7 +39,7 @@ import numpy as np
 from ast_jax.engine import ExecutionPolicy, checkpoints
 from ast_jax.engine.loop import check_run_devices
 from ast_jax.results import report
-from ast_jax.results.statistics import result_rows, summarise_seeds
+from ast_jax.results.statistics import effect_headline, result_rows, summarise_seeds
 from ast_jax.studies.pipeline import distill_student, train_studies, train_teacher
 from ast_jax.studies.report import write_report
 from ast_jax.studies.settings import study_record
@@ -93,8 +93,9 @@ def run_seeds(studies: Sequence[Study], workdir: str) -> list[str]:
         rows[study.config.seed] = report.read_csv_rows(os.path.join(study.workdir, "report.csv"))
     notes = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed's own report is in seed-<s>/report.md.",
              f"Test split of {len(studies[0].test)} images."]
+    summary = summarise_seeds(rows)
     return report.write_spread_report(workdir, "report", title=f"ast_jax study: {config.name}, over seeds",
-                                      summary=summarise_seeds(rows), notes=notes)
+                                      summary=summary, notes=notes, headline=effect_headline(summary))
 
 
 # ---- grids ----

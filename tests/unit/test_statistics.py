@@ -189,3 +189,22 @@ def test_result_rows_missing_base_student_and_teacher_without_students():
         statistics.result_rows({"base": 0.9}, {("ghost", "cnn"): 0.5})
     with pytest.raises(ValueError):
         statistics.result_rows({"base": 95.0}, {})  # percentages, not fractions
+
+
+def _ast_row(d, d_ci, change=-0.02, change_ci=0.01, p=0.01, p_ci=0.005, seeds=(0, 1, 2)):
+    return {"teacher": "ast", "student": "cnn", "seeds": list(seeds), "D": d, "D_ci95": d_ci,
+            "student_change": change, "student_change_ci95": change_ci, "P": p, "P_ci95": p_ci}
+
+
+@pytest.mark.parametrize("d, d_ci, verdict", [
+    (0.02, 0.01, "above zero"), (0.004, 0.01, "inside the noise"), (-0.03, 0.01, "below zero"),
+    (0.02, None, "one seed cannot say")])
+def test_effect_headline_states_d_with_its_interval_and_whether_it_clears_zero(d, d_ci, verdict):
+    line = statistics.effect_headline([{"teacher": "base", "student": "cnn", "D": 0.0}, _ast_row(d, d_ci)])
+    assert verdict in line and line.count("\n") == 0
+    if d_ci is not None:  # the interval is mean ± half-width, in points
+        assert f"[95%: {100 * (d - d_ci):+.2f}, {100 * (d + d_ci):+.2f}]" in line
+
+
+def test_effect_headline_is_none_without_the_teacher():
+    assert statistics.effect_headline([{"teacher": "base", "student": "cnn", "D": 0.0, "seeds": [0]}]) is None
