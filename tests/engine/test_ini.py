@@ -288,6 +288,7 @@ def measured() -> dict:
     return four_device_result(__file__)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["default", "paper-clipped"])
 def test_ini_step_on_four_devices_matches_one_device(measured, name):
     """Per-task gradients averaged over devices before the projection: the update, the BatchNorm
