@@ -97,7 +97,7 @@ def _jax_losses(form, victim_params, clone_params, x, y, valid, x_o):
 
     out = {}
     for name in ("iso", "ig", "gm"):
-        value, grads = jax.value_and_grad(lambda p: losses_of(p)[name])(victim_params)
+        value, grads = jax.jit(jax.value_and_grad(lambda p: losses_of(p)[name]))(victim_params)  # one compile
         out[name] = (float(value), [np.asarray(g, np.float64) for g in _as_torch_order(grads)])
     return out
 
