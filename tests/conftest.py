@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny BatchNorm model and tiny image data (fast to compile on CPU)."""
+"""Shared test fixtures: a tiny BatchNorm model and tiny image data (fast to compile on CPU), and the
+tiny digits study trained once per session (tests get copies of its work directory)."""
 
 import atexit
 import json
@@ -75,14 +76,53 @@ def tiny_split(num: int, num_classes: int = 4, size: int = 8, channels: int = 1,
     return ArraySplit(images=images, labels=labels)
 
 
-@pytest.fixture
-def tiny_net():
-    return TinyNet
+#: The tiny digits study: one epoch per teacher and student, a CNN teacher, PGD of 2 steps.
+TINY_STUDY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
+              "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
+
+
+def _command(argv) -> None:
+    """`ast-jax ARGV` in this process, its output kept out of the test's; a failure shows it."""
+    import contextlib
+    import io
+
+    from ast_jax.cli.commands import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(argv)
+    assert code == 0, out.getvalue()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def _tiny_base_study(tmp_path_factory):
+    """The tiny digits study's work directory after `report` on the empty directory, then `train`
+    (its base teacher alone); trained once per session, read-only (tests use copies)."""
+    workdir = tmp_path_factory.mktemp("tiny-study") / "base"
+    _command(["report", "--config", "digits", "--workdir", str(workdir), *TINY_STUDY])
+    _command(["train", "--config", "digits", "--workdir", str(workdir), *TINY_STUDY])
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def _tiny_whole_study(_tiny_base_study):
+    """The tiny digits study's work directory after its whole `pipeline` (every teacher and student,
+    the report), run on a copy of the base one; trained once per session, read-only."""
+    workdir = shutil.copytree(_tiny_base_study, _tiny_base_study.parent / "whole")
+    _command(["pipeline", "--config", "digits", "--workdir", str(workdir), *TINY_STUDY])
+    return workdir
 
 
 @pytest.fixture
-def make_split():
-    return tiny_split
+def base_trained_study(_tiny_base_study, tmp_path):
+    """A copy of the tiny study's work directory with its base teacher alone trained (`TINY_STUDY`)."""
+    return shutil.copytree(_tiny_base_study, tmp_path / "base-study")
+
+
+@pytest.fixture
+def trained_study(_tiny_whole_study, tmp_path):
+    """A copy of the tiny study's work directory after its whole pipeline (`TINY_STUDY`)."""
+    return shutil.copytree(_tiny_whole_study, tmp_path / "study")
 
 
 def forced_devices_env(devices: int, **variables: str) -> dict:

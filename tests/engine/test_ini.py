@@ -98,7 +98,7 @@ def _jax_losses(form, victim_params, clone_params, x, y, valid, x_o):
 
     out = {}
     for name in ("iso", "ig", "gm"):
-        value, grads = jax.value_and_grad(lambda p: losses_of(p)[name])(victim_params)
+        value, grads = jax.jit(jax.value_and_grad(lambda p: losses_of(p)[name]))(victim_params)  # one compile
         out[name] = (float(value), [np.asarray(g, np.float64) for g in _as_torch_order(grads)])
     return out
 
@@ -291,6 +291,7 @@ def measured() -> dict:
     return four_device_result(__file__)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["default", "paper-clipped"])
 def test_ini_step_on_four_devices_matches_one_device(measured, name):
     """Per-task gradients averaged over devices before the projection: the update, the BatchNorm

@@ -252,6 +252,7 @@ def measured() -> dict:
     return {**steps, "worst_case": worst_case}
 
 
+@pytest.mark.slow
 def test_worst_case_on_four_devices_matches_one_device(measured):
     """The SVGD kernel and the gradients G span the whole batch, whichever device holds an image."""
     diff = measured["worst_case"]
@@ -259,6 +260,7 @@ def test_worst_case_on_four_devices_matches_one_device(measured):
     assert diff["devices"] < DEVICE_TOLERANCE, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", meco.FORMS)
 def test_meco_step_on_four_devices_matches_one_device(measured, form):
     diff = measured[form]
@@ -266,6 +268,7 @@ def test_meco_step_on_four_devices_matches_one_device(measured, form):
     assert diff["devices"] < DEVICE_TOLERANCE, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", meco.FORMS)
 def test_meco_step_ignores_padded_examples(measured, form):
     assert measured[form]["padding"] < 1e-6, measured[form]
@@ -310,6 +313,7 @@ def test_utility_measures_the_release_against_the_clean_model(victim):
     key = jax.random.PRNGKey(7)
     result = meco.utility(perturbed, clean, split.images, split.labels, key, batch_size=8)
     pixels = split.images / 255.0
+    perturbed, clean = jax.jit(perturbed), jax.jit(clean)  # the references: one compile each
     released = np.concatenate([np.asarray(perturbed(jnp.asarray(pixels[s:s + 8], jnp.float32),
                                                     jax.random.fold_in(key, b))) for b, s in enumerate((0, 8))])
     released = released.astype(np.float64)

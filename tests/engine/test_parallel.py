@@ -187,12 +187,14 @@ def measured() -> dict:
     return {"training": training, "zoo": zoo, "attacks": attacks, "run_meshes": run_meshes}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_step_on_four_devices_matches_one_device(measured, kind):
     """Per step only the order of the gradient sums differs: float32 rounding, nothing more."""
     assert measured["training"][kind]["step"] < STEP_TOLERANCE, measured["training"][kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_two_epochs_on_four_devices_match_one_device(measured, kind):
     """The rounding of each step is carried forward: the bound holds per epoch of this run, not forever."""
@@ -202,17 +204,20 @@ def test_two_epochs_on_four_devices_match_one_device(measured, kind):
     assert diff["loss"] < LOSS_TOLERANCE, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_host_loop_matches_scanned_epoch(measured, kind):
     diff = measured["training"][kind]
     assert diff["host_vs_scan"] < EPOCH_TOLERANCES[-1] and diff["host_loss"] < LOSS_TOLERANCE, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "preresnet20"])
 def test_zoo_batchnorm_uses_global_batch_statistics(measured, name):
     assert measured["zoo"][name] < 1e-5, measured["zoo"][name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pixel", "reference", "pixel-random"])
 def test_adversarial_set_matches_across_devices_and_loops(measured, name):
     diff = measured["attacks"][name]
@@ -221,6 +226,7 @@ def test_adversarial_set_matches_across_devices_and_loops(measured, name):
     assert diff.get("vs_pgd", 0.0) < 1e-5, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["run_and_data", "data"])
 def test_a_batch_of_runs_spread_over_devices_matches_each_run_alone(measured, mesh):
     """Runs split over the mesh axis `run` (each run's batch over `data`; the study's stages,

@@ -285,6 +285,7 @@ print(json.dumps({{"devices": diff(results[0], results[1]), "vs_valid_alone": di
 """
 
 
+@pytest.mark.slow
 def test_masked_step_on_four_devices_with_uneven_valid_examples_equals_one_device():
     code = UNEVEN_DEVICES_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=forced_devices_env(4), capture_output=True, text=True, timeout=600)
@@ -403,6 +404,7 @@ def _run_training_subprocess(directory, out, kill_after_checkpoint=None):
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
     _run_training_subprocess(tmp_path / "whole", tmp_path / "whole.npz")
     _run_training_subprocess(tmp_path / "killed", tmp_path / "killed.npz", kill_after_checkpoint=8)
@@ -421,7 +423,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
 
     model = models.create("cnn", 10, jnp.bfloat16)
     tx = make_optimizer(sgd_config(), steps_per_epoch=1)
-    state = init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
+    state = jax.jit(lambda key: init_state(model, tx, key, (8, 8, 1)))(jax.random.PRNGKey(0))  # one compile
     split = tiny_split(8, num_classes=10, channels=1)
     batch = {"image": jnp.asarray(split.images / 255.0, jnp.float32), "label": jnp.asarray(split.labels)}
     new_state, metrics = jax.jit(functools.partial(train_step, model, tx, StepSpec("ast"), None))(

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import TINY_STUDY
 
 from ast_jax.cli.config import load_config
 from ast_jax.studies import matrix
@@ -67,15 +68,14 @@ def test_matrix_sections_stay_out_of_the_study_record():
     assert a == b and "matrix" not in a and "attacks" not in a
 
 
-TINY = ["--config.train.epochs=2", "--config.train.milestones=()", "--config.train.eval_every=1",
-        "--config.matrix.victims=('base','dcp:beta=0.9')", "--config.matrix.attacks=('knockoff_soft',)",
+TINY = [*TINY_STUDY, "--config.matrix.victims=('base','dcp:beta=0.9')", "--config.matrix.attacks=('knockoff_soft',)",
         "--config.attacks.knockoff_soft.budget=100", "--config.attacks.knockoff_soft.epochs=1",
         "--config.matrix.seeds=(0,1)"]
 
 
 @pytest.mark.slow
-def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(tmp_path):
-    workdir = str(tmp_path / "w")
+def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(trained_study):
+    workdir = str(trained_study)  # the tiny study, trained: the matrix trains its clones alone
     study = open_study(load_config("digits", TINY), workdir, log=lambda message: None)
     paths = matrix.run_matrix(study)
     summary = json.load(open(paths[1]))["summary"]

@@ -7,12 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import start_cli
+from conftest import TINY_STUDY, start_cli
 
 from ast_jax.cli.commands import main
 
-TINY = ["--config.train.epochs=1", "--config.train.milestones=()", "--config.student_train.cnn.epochs=1",
-        "--config.students=cnn", "--config.teacher.model=cnn", "--config.pgd.steps=2"]
+TINY = TINY_STUDY  # the tiny study that conftest trains once per session
 COMMANDS = ("train", "attack-set", "distill", "pipeline", "report", "demo", "matrix", "sweep")
 
 
@@ -82,12 +81,15 @@ def test_pipeline_killed_in_a_stage_resumes_without_redoing_finished_stages(tmp_
     assert {(r["teacher"], r["student"]) for r in rows} == {(t, "cnn") for t in ("base", "stingy", "ast", "nasty", "stt")}
     assert (workdir / "outputs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Another config in the same workdir is refused and loses nothing.
-    before = sorted(str(p) for p in workdir.rglob("*"))
-    proc = start_cli([*args, "--config.kd.temperature=8"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2 and "another configuration" in err and "kd.temperature" in err
-    assert sorted(str(p) for p in workdir.rglob("*")) == before
+
+@pytest.mark.slow
+def test_another_config_in_a_trained_study_is_refused_and_loses_nothing(trained_study, capsys):
+    before = sorted(str(p) for p in trained_study.rglob("*"))
+    args = ["pipeline", "--config", "digits", "--workdir", str(trained_study), *TINY, "--config.kd.temperature=8"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "kd.temperature" in err
+    assert sorted(str(p) for p in trained_study.rglob("*")) == before
 
 
 @pytest.mark.slow
@@ -146,6 +148,7 @@ def _torch_teacher(path, seed: int, in_channels: int = 1, corrupt: str | None = 
     return str(path)
 
 
+@pytest.mark.slow
 def test_replaced_pytorch_teacher_refuses_every_stage_built_from_the_old_one(tmp_path, capsys, monkeypatch):
     path = _torch_teacher(tmp_path / "teacher.pth", seed=3)
     workdir = tmp_path / "w"
@@ -242,17 +245,16 @@ def test_late_checks_run_before_the_work_directory_is_claimed(tmp_path, capsys, 
     assert not (workdir / "study.json").exists() and not workdir.exists()
 
 
-def test_report_trains_nothing_and_names_what_is_missing(tmp_path, capsys, monkeypatch):
+def test_report_trains_nothing_and_names_what_is_missing(tmp_path, capsys, base_trained_study):
     workdir = tmp_path / "w"
-    args = ["--config", "digits", "--workdir", str(workdir), *TINY]
-    assert main(["report", *args]) == 0
+    assert main(["report", "--config", "digits", "--workdir", str(workdir), *TINY]) == 0
     out = capsys.readouterr().out
     assert "missing: teachers/base (run `ast-jax train --stage base`)" in out
     assert "students/ast-cnn (run `ast-jax distill --teacher ast --student cnn`)" in out
     assert sorted(p.name for p in workdir.iterdir()) == ["report.csv", "report.json", "report.md", "study.json"]
 
-    assert main(["train", *args]) == 0  # the base teacher only
-    capsys.readouterr()
+    workdir = base_trained_study  # the same study after `ast-jax train`: the base teacher only
+    args = ["--config", "digits", "--workdir", str(workdir), *TINY]
     base = sorted(str(p) for p in workdir.rglob("*"))
     assert main(["report", *args]) == 0
     out = capsys.readouterr().out

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not 
 from benchmarks import batched  # noqa: E402
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_both_throughputs_and_never_replaces_them(tmp_path):
     argv = ["--smoke", "--out", str(tmp_path), "--device-name", "smoke"]
     batched.main(argv)

@@ -91,6 +91,7 @@ def test_torch_losses_equal_ast_jax_losses(twins):
         np.testing.assert_allclose(got, expected[kind], rtol=0, atol=1e-4, err_msg=kind)
 
 
+@pytest.mark.slow
 def test_torch_ast_step_updates_like_ast_jax(twins):
     """One SGD update (momentum, coupled weight decay) of the ast step gives the same parameters."""
     weights, modules, _, batch = twins
@@ -108,6 +109,7 @@ def test_torch_ast_step_updates_like_ast_jax(twins):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_one_pgd_step_gives_the_same_adversarial_batch(twins):
     weights, modules, data, _ = twins
     pixels, labels = data.images / np.float32(255.0), data.labels

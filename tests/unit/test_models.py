@@ -88,7 +88,7 @@ def _numpy_variables(model, x):
 def test_real_init_follows_pytorch_defaults():
     # one real init (rbg key: threefry init compiles very slowly on small CPUs)
     x = _input()
-    variables = create("cnn", 10).init(jax.random.key(0, impl="rbg"), x, train=False)
+    variables = jax.jit(lambda x: create("cnn", 10).init(jax.random.key(0, impl="rbg"), x, train=False))(x)
     params, stats = variables["params"], variables["batch_stats"]
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(variables))
     bound = 1 / np.sqrt(32 * 9)  # conv2: fan_in = 32 * 3 * 3
@@ -122,8 +122,8 @@ def test_bf16_computes_in_bf16():
     x = _input()
     f32, bf16 = create("cnn", 10), create("cnn", 10, dtype=jnp.bfloat16)
     variables = _numpy_variables(f32, x)
-    out32 = f32.apply(variables, x, train=False)
-    out16, inter = bf16.apply(variables, x, train=False, capture_intermediates=True)
+    out32 = jax.jit(lambda v, x: f32.apply(v, x, train=False))(variables, x)
+    out16, inter = jax.jit(lambda v, x: bf16.apply(v, x, train=False, capture_intermediates=True))(variables, x)
     assert out16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out16)))
     assert inter["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
     assert inter["intermediates"]["fc2"]["__call__"][0].dtype == jnp.bfloat16
