@@ -4,12 +4,14 @@ the compiler's counts add up."""
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 from ast_jax import models
 from ast_jax.data import AugmentSpec
 from ast_jax.engine import StepSpec, Teacher, aot
 
 
+@pytest.mark.slow
 def test_epoch_and_predict_programs_compile_from_abstract_inputs():
     mesh = aot.host_mesh()
     model = models.create("cnn", 10, jnp.float32, axis_name="data")

@@ -80,6 +80,7 @@ def test_knockoff_draws_uniformly_without_replacement_and_refills():
     assert sorted(indices[:10]) == list(range(10)) and sorted(indices[10:20]) == list(range(10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", ["soft", "hard"])
 def test_knockoff_spends_exactly_the_budget_and_hard_sees_only_labels(victim, tmp_path, labels):
     box = make_box(victim)
@@ -94,6 +95,7 @@ def test_knockoff_spends_exactly_the_budget_and_hard_sees_only_labels(victim, tm
     assert resumed.final_accuracy == result.final_accuracy
 
 
+@pytest.mark.slow
 def test_jbda_doubles_the_set_each_round_with_a_checked_jacobian_step(victim, tmp_path):
     box = make_box(victim)
     settings = dict(seeds=6, rounds=3, epochs=1, batch_size=8)
@@ -117,6 +119,7 @@ def test_jbda_doubles_the_set_each_round_with_a_checked_jacobian_step(victim, tm
     assert jbda.round_step(dict(step=0.1, flip_every=0, space="reference"), 3, STD) == pytest.approx(0.025)
 
 
+@pytest.mark.slow
 def test_dfme_estimate_on_a_linear_victim_converges_to_the_gradient_direction():
     rng = np.random.default_rng(0)
     w_victim, w_clone = rng.normal(size=(3, 48)), rng.normal(size=(3, 48))
@@ -145,6 +148,7 @@ def test_dfme_estimate_on_a_linear_victim_converges_to_the_gradient_direction():
     assert cosines[0] < cosines[1] < cosines[2] and cosines[2] > 0.85
 
 
+@pytest.mark.slow
 def test_dfme_spends_n_times_m_plus_one_plus_clone_steps_per_iteration(victim, tmp_path):
     box = make_box(victim)
     settings = dict(budget=1000, batch_size=16, directions=2, nz=8, ngf=4, iterations_per_epoch=2)

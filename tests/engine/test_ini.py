@@ -190,6 +190,7 @@ def _tiny_setup():
     return model, tx, state, clone_variables
 
 
+@pytest.mark.slow
 def test_padded_examples_change_nothing():
     """A batch with two padded (garbage) rows gives the update of the batch of its valid rows:
     loss, clone gradients and BatchNorm statistics ignore the padding."""

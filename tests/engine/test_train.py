@@ -295,6 +295,7 @@ def test_masked_step_on_four_devices_with_uneven_valid_examples_equals_one_devic
     assert diffs["devices"] < 1e-5 and diffs["vs_valid_alone"] < 1e-5, diffs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transform", ["identity", "stingy"])
 def test_precomputed_teacher_logits_give_the_per_step_teacher_epoch(transform):
     """Without augmentation a kd epoch on `fixed_teacher_logits` equals the epoch that runs the teacher in
@@ -418,6 +419,7 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
     from ast_jax import models
 

@@ -59,6 +59,7 @@ def test_defence_teachers_take_their_own_schedules_and_settings(tmp_path):
     assert load_config("digits").teachers == ("base", "stingy", "ast", "nasty", "stt"), "the demo keeps the thesis's"
 
 
+@pytest.mark.slow
 def test_meco_release_in_the_report_is_random_per_query_and_reproducible(tmp_path):
     import jax
 

@@ -245,6 +245,7 @@ def test_late_checks_run_before_the_work_directory_is_claimed(tmp_path, capsys, 
     assert not (workdir / "study.json").exists() and not workdir.exists()
 
 
+@pytest.mark.slow
 def test_report_trains_nothing_and_names_what_is_missing(tmp_path, capsys, base_trained_study):
     workdir = tmp_path / "w"
     assert main(["report", "--config", "digits", "--workdir", str(workdir), *TINY]) == 0
