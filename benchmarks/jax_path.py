@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from ml_collections import ConfigDict
 
 from ast_jax import models
 from ast_jax.engine import (
     ExecutionPolicy,
     Teacher,
+    TrainSettings,
     TrainState,
     make_mesh,
     make_optimizer,
@@ -64,8 +64,8 @@ def _model(name: str, num_classes: int, precision: str):
 
 def optimizer():
     """SGD, momentum 0.9, coupled weight decay 5e-4, constant learning rate (the library's `make_optimizer`)."""
-    config = ConfigDict(dict(optimizer="sgd", lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                             milestones=(), lr_decay=1.0))
+    config = TrainSettings(optimizer="sgd", lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, milestones=(),
+                           lr_decay=1.0, batch_size=1, eval_batch_size=1, epochs=1, checkpoint_every=1, eval_every=1)
     return make_optimizer(config, steps_per_epoch=1)
 
 

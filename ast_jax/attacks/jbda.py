@@ -17,9 +17,10 @@ A killed JBDA cell starts again from its seeds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from ast_jax.attacks.common import AttackContext, AttackResult
@@ -70,7 +71,7 @@ def jbda(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     released, targets = query_targets(box, images, settings["labels"])
     training = clone_training(settings)
     spec, hypers = clone_step(settings["labels"])
-    constant_lr = ml_collections.ConfigDict({**training.to_dict(), "schedule": "multistep", "milestones": ()})
+    constant_lr = dataclasses.replace(training, schedule="multistep", milestones=())
     tx = make_optimizer(constant_lr, 1)  # one optimiser, constant lr, across the rounds
     train_epoch = make_train_epoch(context.clone, tx, spec, mesh, batch_size=training.batch_size,
                                    augment_spec=AugmentSpec(), mean=context.mean, std=context.std)

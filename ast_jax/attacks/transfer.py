@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 from ast_jax.attacks.common import AttackContext, AttackResult
 from ast_jax.data import ArraySplit, AugmentSpec
 from ast_jax.defences.blackbox import BlackBox
-from ast_jax.engine import LossHypers, RunData, StepSpec, TrainingRun, fit, to_host
+from ast_jax.engine import LossHypers, RunData, StepSpec, TrainingRun, TrainSettings, fit, to_host
 from ast_jax.files import atomic_write, is_writer, load_npy, read_json, save_npy
 from ast_jax.rng import KNOCKOFF_DRAW
 
@@ -65,12 +64,12 @@ def query_targets(box: BlackBox, images: np.ndarray, labels: str) -> tuple[np.nd
     return np.argmax(probs, -1).astype(np.int32), attacker_logits(probs)
 
 
-def clone_training(settings) -> ml_collections.ConfigDict:
-    """The `fit` config of a clone from an attack's settings: evaluated every epoch, checkpointed
+def clone_training(settings) -> TrainSettings:
+    """The `fit` schedule of a clone from an attack's settings: evaluated every epoch, checkpointed
     every 10 epochs and at the end (a killed clone resumes from there)."""
     config = {key: settings[key] for key in _TRAINING_KEYS}
     config["milestones"] = tuple(config["milestones"])
-    return ml_collections.ConfigDict(dict(config, eval_batch_size=512, eval_every=1, checkpoint_every=10))
+    return TrainSettings(**config, eval_batch_size=512, eval_every=1, checkpoint_every=10)
 
 
 def clone_step(labels: str) -> tuple[StepSpec, LossHypers]:

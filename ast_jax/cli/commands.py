@@ -125,11 +125,12 @@ def _print_table(paths) -> None:
 
 
 def open_command(args, config):
-    """What `args.command` runs on: a `study.Study`, or for `sweep` and `--seeds` a
-    `sweep.Sweep` / the list of seed studies (every check passes before the work directory is claimed)."""
+    """What `args.command` runs on, from its validated `config`: a `study.Study`, or for `sweep` and
+    `--seeds` a `sweep.Sweep` / the list of seed studies (every check passes before the work
+    directory is claimed). The studies get the config as typed settings (`to_settings`)."""
     import jax
 
-    from ast_jax.cli.config import parse_grid, sweep_cell_configs
+    from ast_jax.cli.config import parse_grid, sweep_cell_settings, to_settings
     from ast_jax.engine import ExecutionPolicy
     from ast_jax.studies import sweep
     from ast_jax.studies.study import open_study
@@ -137,11 +138,12 @@ def open_command(args, config):
     policy = ExecutionPolicy.for_backend(jax.default_backend())  # how every run of the command executes
     if args.command == "sweep":
         grid = parse_grid(args.grid or config.sweep.grid)
-        return sweep.open_sweep(config, args.workdir, grid, sweep_cell_configs(config, grid),
+        return sweep.open_sweep(to_settings(config), args.workdir, grid, sweep_cell_settings(config, grid),
                                 args.seeds or config.sweep.seeds, run_devices=args.run_devices, policy=policy)
+    settings = to_settings(config)
     if args.command in ("pipeline", "demo") and args.seeds is not None:
-        return sweep.open_seed_studies(config, args.workdir, args.seeds, run_devices=args.run_devices, policy=policy)
-    return open_study(config, args.workdir, students=getattr(args, "student", None),
+        return sweep.open_seed_studies(settings, args.workdir, args.seeds, run_devices=args.run_devices, policy=policy)
+    return open_study(settings, args.workdir, students=getattr(args, "student", None),
                       teacher=getattr(args, "teacher", None), run_devices=getattr(args, "run_devices", 1),
                       policy=policy)
 

@@ -15,17 +15,21 @@ A short smoke run of a CIFAR study must also drop the milestones
 (``--config.student_train.cnn.epochs=3``).
 
 :func:`validate` checks every value and is called here, once per config the command runs (a
-sweep's cells included, `sweep_cell_configs`); the studies below never validate again.
+sweep's cells included, `sweep_cell_settings`); :func:`to_settings` then turns the validated config
+into the typed `StudySettings` the studies take (`load_settings` does both). The studies never
+see a config, and never validate again.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
 import re
-from typing import Any, Callable, Mapping, Sequence
+import typing
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 from absl import flags
@@ -51,7 +55,7 @@ from ast_jax.engine.steps import PAIRINGS, TARGET_STATISTICS
 from ast_jax.losses import DIVERGENCES
 from ast_jax.models import MODEL_NAMES
 from ast_jax.studies import sweep
-from ast_jax.studies.settings import TEACHER_NAMES, sparsity_k, teacher_train_config, train_config_for
+from ast_jax.studies.settings import TEACHER_NAMES, StudySettings, sparsity_k
 from ast_jax.studies.victims import parse_victim
 
 
@@ -118,6 +122,38 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     apply_overrides(config, overrides)
     validate(config)
     return config
+
+
+def load_settings(spec: str, overrides: Sequence[str] = ()) -> StudySettings:
+    """`load_config`, then `to_settings`: what a command hands to the studies."""
+    return to_settings(load_config(spec, overrides))
+
+
+def to_settings(config: ml_collections.ConfigDict) -> StudySettings:
+    """The validated `config` as typed settings: each section a dataclass of `ast_jax.studies.settings`,
+    the free-form sections (`student_train`, `teacher_train`, `attacks`) plain dicts."""
+    return _typed(StudySettings, config)
+
+
+def _typed(cls: type, node: ml_collections.ConfigDict):
+    """Dataclass `cls` from config section `node`: one field per key (a field with a default may be
+    absent from the config, e.g. `TrainSettings.schedule`); sections become their field's dataclass."""
+    types = typing.get_type_hints(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    extra = [key for key in node.keys() if key not in fields]
+    if extra:
+        raise TypeError(f"{cls.__name__} has no field for config key(s) {', '.join(extra)}")
+    values = {}
+    for name, field in fields.items():
+        if name not in node and field.default is not dataclasses.MISSING:
+            continue
+        value = node[name]
+        if dataclasses.is_dataclass(types[name]):
+            value = _typed(types[name], value)
+        elif isinstance(value, ml_collections.ConfigDict):
+            value = value.to_dict()
+        values[name] = value
+    return cls(**values)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
@@ -375,8 +411,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             if len(set(students)) != len(students):
                 chk.fail(f"config.students lists an architecture twice: {students}")
 
-        _check_train_overrides(chk, config, "student_train", MODEL_NAMES, "architecture",
-                               lambda name: train_config_for(config, name))
+        _check_train_overrides(chk, config, "student_train", MODEL_NAMES, "architecture")
         _check_teachers(chk, config)
         _check_matrix(chk, config, dataset if dataset in DATASETS else None, num_classes)
         _check_sweep(chk)
@@ -386,9 +421,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_train_overrides(chk: _Checker, config: ml_collections.ConfigDict, section: str, valid: Sequence[str],
-                           what: str, train_for: Callable[[str], ml_collections.ConfigDict]) -> None:
+                           what: str) -> None:
     """`config.<section>.<name>`: `name` one of `valid`, each a section of `train` keys whose
-    merged schedule (`train_for(name)`) is valid."""
+    schedule (`train` with the section's keys applied) is valid."""
     overrides = chk.get(section)
     if not isinstance(overrides, ml_collections.ConfigDict):
         chk.fail(f"config.{section} must be a section, got {overrides!r}")
@@ -405,7 +440,7 @@ def _check_train_overrides(chk: _Checker, config: ml_collections.ConfigDict, sec
         for k in unknown:
             chk.fail(f"unknown config key {prefix}.{k}; valid keys: {', '.join(SCHEMA['train'])}")
         if not unknown:
-            _check_train(chk, train_for(name), prefix)
+            _check_train(chk, ml_collections.ConfigDict({**config.train, **override}), prefix)
 
 
 def _check_teachers(chk: _Checker, config: ml_collections.ConfigDict) -> None:
@@ -429,8 +464,7 @@ def _check_teachers(chk: _Checker, config: ml_collections.ConfigDict) -> None:
         except (ValueError, TypeError) as error:
             chk.fail(f"config.{section}: {error}")
     trained = [name for name in TEACHER_NAMES if name != "stingy"]
-    _check_train_overrides(chk, config, "teacher_train", trained, "trained teacher",
-                           lambda name: teacher_train_config(config, name))
+    _check_train_overrides(chk, config, "teacher_train", trained, "trained teacher")
 
 
 def _check_sweep(chk: _Checker) -> None:
@@ -534,6 +568,6 @@ def cell_config(config, cell: Mapping[str, str]):
     return configured
 
 
-def sweep_cell_configs(config, grid: Mapping[str, Sequence[str]]) -> dict[str, ml_collections.ConfigDict]:
-    """Every cell of `grid` (`sweep.grid_cells`) by `sweep.cell_name`: its validated config."""
-    return {sweep.cell_name(cell): cell_config(config, cell) for cell in sweep.grid_cells(grid)}
+def sweep_cell_settings(config, grid: Mapping[str, Sequence[str]]) -> dict[str, StudySettings]:
+    """Every cell of `grid` (`sweep.grid_cells`) by `sweep.cell_name`: its validated config, as settings."""
+    return {sweep.cell_name(cell): to_settings(cell_config(config, cell)) for cell in sweep.grid_cells(grid)}

@@ -146,7 +146,7 @@ def roofline_seconds(cost, target: Target, dtype: str) -> float:
 
 
 def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
-    """Compile every program `config`'s study runs for `mesh` and count how often each runs.
+    """Compile every program the study of `config` (`StudySettings`) runs for `mesh`; count how often each runs.
 
     Rows: each trained teacher's epoch (but `NOT_PLANNED`'s), each student's epoch (the count: one
     run per teacher), the PGD set (with an AST teacher) and prediction (evaluation every
@@ -160,14 +160,13 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
     from ast_jax.data import dataset_spec
     from ast_jax.engine import Teacher, aot, make_optimizer
     from ast_jax.engine.loop import AXIS, steps_per_epoch
-    from ast_jax.studies.settings import teacher_train_config, train_config_for
-    from ast_jax.studies.stages import augment_spec, distill_spec, teacher_spec
+    from ast_jax.studies.stages import distill_spec, teacher_spec
 
     dataset = dataset_spec(config.data.name)
     num_train = config.data.train_examples or TRAIN_IMAGES[config.data.name]
     num_test = TEST_IMAGES[config.data.name]
     dtype = jnp.dtype(config.dtype)
-    augment = augment_spec(config)
+    augment = config.data.augment
     specs = types.SimpleNamespace(config=config, num_classes=dataset.num_classes)  # what the step builders read
     shape, stats = dataset.image_shape, dict(mean=dataset.mean, std=dataset.std)
 
@@ -212,10 +211,10 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
         kwargs = dict(teacher=Teacher(model(teacher_arch))) if name == "nasty" else {}
         if name == "ast":
             kwargs = dict(pairing=config.ast.pairing)
-        train(f"{name} teacher ({teacher_arch})", teacher_arch, teacher_train_config(config, name),
+        train(f"{name} teacher ({teacher_arch})", teacher_arch, config.teacher_train_for(name),
               teacher_spec(specs, name), 1, "config.train.batch_size", **kwargs)
     for architecture in config.students:
-        train(f"kd students ({architecture})", architecture, train_config_for(config, architecture),
+        train(f"kd students ({architecture})", architecture, config.train_for(architecture),
               distill_spec(specs, "base"), len(config.teachers), f"config.student_train.{architecture}.batch_size",
               teacher=Teacher(model(teacher_arch)))
     if "ast" in config.teachers:
@@ -226,8 +225,8 @@ def plan_study(config, target: Target, mesh, log=print) -> list[PlannedProgram]:
                                  space=pgd.space, random_start=pgd.random_start, **stats),
             pgd.steps * steps_per_epoch(num_train, pgd.batch_size), "config.pgd.batch_size")
     eval_batch = config.train.eval_batch_size
-    runs = ([teacher_train_config(config, name) for name in trained]
-            + [train_config_for(config, a) for a in config.students for _ in config.teachers])
+    runs = ([config.teacher_train_for(name) for name in trained]
+            + [config.train_for(a) for a in config.students for _ in config.teachers])
     add(f"predict ({teacher_arch})",
         lambda mesh: aot.predict_program(model(teacher_arch), mesh, num_examples=num_test, image_shape=shape,
                                  batch_size=eval_batch, **stats),
@@ -275,10 +274,10 @@ def prepare_environment() -> None:
 def main(args, overrides) -> int:
     """`ast-jax plan --config C --target T [--json FILE]`: print the table (a program that does not
     fit raises `DoesNotFitError`, a one-line error with exit status 2 in `commands.main`)."""
-    from ast_jax.cli.config import load_config
+    from ast_jax.cli.config import load_settings
 
     target = resolve_target(args.target)
-    config = load_config(args.config, overrides)
+    config = load_settings(args.config, overrides)
     planned = plan_study(config, target, target_mesh(target), log=lambda m: print(m, file=sys.stderr))
     print("\n".join(format_rows(planned, target)))
     if args.json:

@@ -19,7 +19,7 @@ from ast_jax.engine.loop import (
     replicate,
     to_host,
 )
-from ast_jax.engine.optim import OPTIMIZERS, lr_schedule, make_optimizer
+from ast_jax.engine.optim import OPTIMIZERS, TrainSettings, lr_schedule, make_optimizer
 from ast_jax.engine.policy import RUN_LOWERINGS, ExecutionPolicy
 from ast_jax.engine.runner import (
     NonFiniteLossError,
@@ -49,7 +49,7 @@ from ast_jax.engine.steps import (
 __all__ = [
     "LOOPS", "OPTIMIZERS", "PAIRINGS", "RUN_LOWERINGS", "SPARSE_KINDS", "STEP_KINDS", "TARGET_STATISTICS",
     "ExecutionPolicy", "LossHypers", "NonFiniteLossError", "RunData", "RunInterrupted", "RunResult", "StepSpec",
-    "Teacher", "TrainingDivergedError", "TrainingRun", "TrainState",
+    "Teacher", "TrainingDivergedError", "TrainingRun", "TrainSettings", "TrainState",
     "batch_conflicts", "epoch_plan", "epoch_rows", "evaluate", "fit", "fit_batch",
     "fixed_teacher_logits", "init_state", "lr_schedule", "make_mesh", "make_optimizer", "make_pgd_attack",
     "make_predict", "make_train_epoch", "make_train_step", "ood_rows", "replicate", "to_host", "train_step",

@@ -16,6 +16,7 @@ bit for bit the one `lr_schedule` / `cosine_per_epoch` give.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax.numpy as jnp
@@ -26,6 +27,33 @@ OPTIMIZERS = ("sgd", "adam")
 #: `multistep`: x lr_decay at each milestone epoch (the thesis); `cosine`: cosine annealing to 0 over
 #: the run, updated once per epoch (the stealing attacks' clones, docs/method.md §10.3).
 SCHEDULES = ("multistep", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """One run's schedule (docs/method.md §5): the optimizer, its lr schedule, batches and epochs.
+
+    A study's `config.train` (and each `student_train` / `teacher_train` override applied to it)
+    becomes one of these at the command line; an attack builds its clone's. `milestones` are
+    1-based epochs after which the lr is multiplied by `lr_decay` (`lr_schedule`); `schedule`
+    `cosine` anneals instead (`cosine_per_epoch`: the attacks' clones, docs/method.md §10.3; a study
+    config has no such key, its runs are multistep). `eval_every` / `checkpoint_every`: epochs
+    between test evaluations and between checkpoints (the last epoch always gets both).
+    `eval_batch_size` only sets memory use.
+    """
+
+    batch_size: int
+    eval_batch_size: int
+    epochs: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    lr_decay: float
+    checkpoint_every: int
+    eval_every: int
+    schedule: str = "multistep"
 
 
 def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) -> optax.Schedule:
@@ -45,18 +73,15 @@ def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sche
     return lambda step: cosine(step // steps_per_epoch)
 
 
-def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optimizer a `config.train`-shaped ConfigDict describes (docs/method.md §5); an optional
-    `schedule` key picks one of SCHEDULES (default multistep).
+def make_optimizer(train: TrainSettings, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer `train` describes (docs/method.md §5).
 
     Equal settings give the same object (memoised), so programs built from it are shared
-    (`loop.make_train_epoch`). `train_config.lr` is the value `init` writes into the state;
-    `update` reads the state's, so the transformation of one lr updates a state of any other."""
-    get = train_config.get
-    momentum = train_config.momentum if train_config.optimizer == "sgd" else 0.0
-    return _optimizer(train_config.optimizer, float(train_config.lr), float(momentum),
-                      float(get("weight_decay", 0.0)), get("schedule", "multistep"), tuple(get("milestones", ())),
-                      float(get("lr_decay", 1.0)), int(get("epochs", 0)), int(steps_per_epoch))
+    (`loop.make_train_epoch`). `train.lr` is the value `init` writes into the state; `update`
+    reads the state's, so the transformation of one lr updates a state of any other."""
+    momentum = train.momentum if train.optimizer == "sgd" else 0.0
+    return _optimizer(train.optimizer, float(train.lr), float(momentum), float(train.weight_decay), train.schedule,
+                      tuple(train.milestones), float(train.lr_decay), int(train.epochs), int(steps_per_epoch))
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,6 +89,8 @@ def _optimizer(optimizer: str, lr: float, momentum: float, weight_decay: float, 
                milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if schedule_name not in SCHEDULES:
+        raise ValueError(f"the lr schedule must be one of {SCHEDULES}, got {schedule_name!r}")
     if schedule_name == "cosine" and epochs < 1:
         raise ValueError("the cosine schedule needs the number of epochs (train config key `epochs`)")
 

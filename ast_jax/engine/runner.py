@@ -41,7 +41,7 @@ from ast_jax.engine.loop import (
     to_host,
 )
 from ast_jax.engine.loop import steps_per_epoch as epoch_steps
-from ast_jax.engine.optim import from_constant_lr_state, make_optimizer, with_learning_rate
+from ast_jax.engine.optim import TrainSettings, from_constant_lr_state, make_optimizer, with_learning_rate
 from ast_jax.engine.policy import ExecutionPolicy
 from ast_jax.engine.progress import Pace
 from ast_jax.engine.steps import SPARSE_KINDS, LossHypers, StepSpec, Teacher, init_state
@@ -98,7 +98,7 @@ class RunData:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingRun:
-    """One training run: what is trained (`model`, `train_config`, `seed`), with what step
+    """One training run: what is trained (`model`, `train_config`: its `optim.TrainSettings`, `seed`), with what step
     (`spec`) and loss values (`hypers`: τ, ω, k; the lr is `train_config.lr`), on what data
     (`data`), from what frozen teacher (`teacher`, `teacher_variables`: the `kd` and `nasty`
     steps), and where (`directory`, holding `record`, the run's config as
@@ -107,7 +107,7 @@ class TrainingRun:
     directory: str
     record: dict
     model: object
-    train_config: object
+    train_config: TrainSettings
     spec: StepSpec
     seed: int
     data: RunData
@@ -254,7 +254,7 @@ def _check_run(run: TrainingRun) -> None:
 def _batch_signature(run: TrainingRun) -> dict:
     """What every run of a batch must share: model, step, schedule (but the lr), data, teacher module."""
     data = run.data
-    train = {key: value for key, value in run.train_config.to_dict().items() if key != "lr"}
+    train = dataclasses.replace(run.train_config, lr=0.0)
     return {"model": run.model, "spec": run.spec, "train": train, "teacher": run.teacher,
             "augment": data.augment_spec, "pairing": data.pairing, "mean": data.mean, "std": data.std,
             "per_run": (data.adv_images is None, data.targets is None, run.teacher_variables is None)}

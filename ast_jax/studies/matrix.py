@@ -41,7 +41,7 @@ from ast_jax.results.report import plot_heatmaps
 from ast_jax.results.statistics import seed_spread
 from ast_jax.studies.pipeline import released_teacher, teacher_fingerprint, train_teacher
 from ast_jax.studies.provenance import fingerprint
-from ast_jax.studies.settings import sparsity_k, to_json
+from ast_jax.studies.settings import sparsity_k, to_record
 from ast_jax.studies.stages import released_logits, teacher_input_defense
 from ast_jax.studies.study import Study
 from ast_jax.studies.victims import BASE, Victim, parse_victim
@@ -150,7 +150,7 @@ class _Matrix:
 
     def inputs(self, cell: Cell) -> dict:
         """What the cell's result depends on, as recorded in its cell.json."""
-        settings = json.loads(to_json(self.study.config.attacks[cell.attack]))
+        settings = to_record(self.study.config.attacks[cell.attack])
         query_set = self.query_set(settings)
         return {"victim": cell.victim.label, "teacher": teacher_fingerprint(self.study, cell.victim.teacher),
                 "defense": {"name": cell.victim.defense, "params": dict(cell.victim.params)},

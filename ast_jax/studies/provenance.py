@@ -37,7 +37,7 @@ from ast_jax.engine import checkpoints
 from ast_jax.engine.checkpoints import WorkdirConflictError, check_record
 from ast_jax.engine.loop import steps_per_epoch
 from ast_jax.files import UnreadableFileError, load_npy, read_json
-from ast_jax.studies.settings import to_json
+from ast_jax.studies.settings import to_record
 from ast_jax.studies.study import Study
 
 
@@ -82,7 +82,7 @@ def finished(directory: str, train_config, num_examples: int) -> bool:
 
 def pgd_settings(study: Study) -> dict:
     """What the adversarial set depends on besides the base teacher: PGD settings, seed, training images."""
-    return {"pgd": json.loads(to_json(study.config.pgd)), "data": study.config.data.name, "seed": study.config.seed,
+    return {"pgd": to_record(study.config.pgd), "data": study.config.data.name, "seed": study.config.seed,
             "train_images": study.train_data}
 
 

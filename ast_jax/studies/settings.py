@@ -1,18 +1,25 @@
-"""What the studies read from a validated study config: per-stage schedules, sparsity, records.
+"""A study's typed settings: what the studies read, built once from a validated config at the CLI.
 
-The CLI validates a config once (`ast_jax.cli.config`); the studies take it as it is and read it
-through these helpers. `TEACHER_NAMES` are the teachers a study can have.
+The command line loads a config (ml_collections, `ast_jax.configs`), validates it once and turns
+it into a `StudySettings` (`ast_jax.cli.config.load_settings`); the studies take that object
+and never see the config or its loader. Each section is a frozen dataclass whose fields are the
+section's config keys, so `settings.ast.omega` reads what `--config.ast.omega` set.
+
+`study_record` is the study's record (`study.json` and every stage's `run.json`): the settings as
+JSON, in the config's shape, without `COMMAND_SECTIONS`. `TEACHER_NAMES` are the teachers a study
+can have.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
-from typing import Any
+from typing import Any, Mapping
 
-import ml_collections
-from ml_collections import config_dict
-
+from ast_jax.data.specs import AugmentSpec
+from ast_jax.defences.ini import InISettings
+from ast_jax.defences.meco import MecoSettings
+from ast_jax.engine.optim import TrainSettings
 from ast_jax.losses import resolve_k
 
 #: Every teacher a study can have: the thesis's (docs/method.md §3) and the training-time defences of
@@ -26,31 +33,142 @@ THESIS_TEACHERS: tuple[str, ...] = TEACHER_NAMES[:5]
 COMMAND_SECTIONS: tuple[str, ...] = ("matrix", "attacks", "sweep")
 
 
-def _train_with(config: ml_collections.ConfigDict, section: str, name: str) -> ml_collections.ConfigDict:
-    """`config.train` with `config.<section>[name]` applied (when there is one): a locked copy."""
-    train = copy.deepcopy(config.train.to_dict())
-    override = config[section].get(name) if name in config[section] else None
-    if override is not None:
-        train.update(override.to_dict())
-    result = ml_collections.ConfigDict(train)
-    result.lock()
-    return result
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """The data set (`ast_jax.data.DATASETS`), where it lives ('' = its default location), a
+    class-balanced subset of `train_examples` training images (0 = all) and the training augmentation."""
+
+    name: str
+    data_dir: str
+    train_examples: int
+    augment: AugmentSpec
 
 
-def train_config_for(config: ml_collections.ConfigDict, architecture: str) -> ml_collections.ConfigDict:
-    """`config.train` with `config.student_train[architecture]` applied: a locked copy.
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    """The teachers' architecture, and a PyTorch state_dict to import as the base teacher ('' = train it)."""
 
-    Architectures without an entry get a copy of `config.train` as is.
+    model: str
+    torch_checkpoint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDSettings:
+    """The PGD set of the AST teacher (thesis eq. 4, docs/method.md §2): ε, step and steps in `space`."""
+
+    eps: float
+    step_size: float
+    steps: int
+    space: str
+    random_start: bool
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Softening:
+    """Temperature τ and weight ω of a tempered loss (NT's eq. 3, KD's eq. 1)."""
+
+    temperature: float
+    omega: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseSoftening(Softening):
+    """`Softening` with a sparsity: exactly one of `k` (kept classes) and `ratio` (of C) is set (`sparsity_k`)."""
+
+    k: int | None
+    ratio: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class STTSettings(SparseSoftening):
+    """The Stingy Trained Teacher's loss: a sparse target and its `divergence` (EPD or KL)."""
+
+    divergence: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ASTSettings(STTSettings):
+    """AST's loss (thesis eq. 5, docs/method.md §2): STT's plus how clean and PGD images pair and
+    which BatchNorm statistics the sparse target sees (docs/method.md §4)."""
+
+    pairing: str
+    target_statistics: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InITeacherSettings(InISettings):
+    """InI's step settings (`InISettings`) and its OOD query set (`ood_set`, `ood_images` images)."""
+
+    ood_set: str = "photos"
+    ood_images: int = 10_000
+
+    @property
+    def objective(self) -> InISettings:
+        """The step's objective: these settings without the OOD set (the step never sees it)."""
+        return InISettings(**{field.name: getattr(self, field.name) for field in dataclasses.fields(InISettings)})
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixSettings:
+    """`ast-jax matrix` (docs/method.md §10.5): victims, attack cells, clone ('' = the teacher's), seeds, batch."""
+
+    victims: tuple[str, ...]
+    attacks: tuple[str, ...]
+    clone: str
+    seeds: tuple[int, ...]
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """`ast-jax sweep` without --grid / --seeds (docs/method.md §12): grid entries "KEY=V1,V2,..." and seeds."""
+
+    grid: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """Every setting of one study (the keys of `ast_jax.configs.common.study_config`).
+
+    `student_train` / `teacher_train`: architecture / teacher -> partial override of `train`
+    (`train_for`, `teacher_train_for`). `attacks`: attack cell name -> its `kind` and settings
+    (`ast_jax.attacks.DEFAULTS[kind]`).
     """
-    return _train_with(config, "student_train", architecture)
+
+    name: str
+    seed: int
+    dtype: str
+    data: DataSettings
+    teacher: TeacherSettings
+    train: TrainSettings
+    pgd: PGDSettings
+    ast: ASTSettings
+    nasty: Softening
+    stt: STTSettings
+    stingy: SparseSoftening
+    kd: Softening
+    teachers: tuple[str, ...]
+    ini: InITeacherSettings
+    meco: MecoSettings
+    teacher_train: Mapping[str, Mapping[str, Any]]
+    students: tuple[str, ...]
+    student_train: Mapping[str, Mapping[str, Any]]
+    matrix: MatrixSettings
+    attacks: Mapping[str, Mapping[str, Any]]
+    sweep: SweepSettings
+
+    def train_for(self, architecture: str) -> TrainSettings:
+        """`train` with `student_train[architecture]` applied (architectures without one: `train`)."""
+        return dataclasses.replace(self.train, **self.student_train.get(architecture, {}))
+
+    def teacher_train_for(self, teacher: str) -> TrainSettings:
+        """`train` with `teacher_train[teacher]` applied (InI's and MeCo's own schedules)."""
+        return dataclasses.replace(self.train, **self.teacher_train.get(teacher, {}))
 
 
-def teacher_train_config(config: ml_collections.ConfigDict, teacher: str) -> ml_collections.ConfigDict:
-    """`config.train` with `config.teacher_train[teacher]` applied (InI's and MeCo's own schedules)."""
-    return _train_with(config, "teacher_train", teacher)
-
-
-def sparsity_k(section: Any, num_classes: int) -> int:
+def sparsity_k(section: SparseSoftening, num_classes: int) -> int:
     """The `k` a sparse section (`ast`, `stt`, `stingy`) keeps out of `num_classes` classes.
 
     `k` when set, else ``int(ratio * C)`` as in the Stingy Teacher code (docs/method.md §2); see
@@ -59,22 +177,27 @@ def sparsity_k(section: Any, num_classes: int) -> int:
     return resolve_k(num_classes, k=section.k, ratio=section.ratio)
 
 
-def study_record(config: ml_collections.ConfigDict) -> dict:
-    """The study's record (`study.json` and every stage's run.json): the config without `COMMAND_SECTIONS`."""
-    plain = json.loads(to_json(config))
-    return {key: value for key, value in plain.items() if key not in COMMAND_SECTIONS}
+def to_record(value: Any) -> Any:
+    """Settings (a dataclass, or mappings and sequences of them) as plain JSON values (tuples as lists).
 
-
-def to_json(config: ml_collections.ConfigDict) -> str:
-    """Stable JSON of `config` (sorted keys, 2-space indent, tuples as lists), for run records."""
-    return json.dumps(_plain(config), sort_keys=True, indent=2)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, ml_collections.ConfigDict):
-        return {key: _plain(value[key]) for key in value.keys()}
-    if isinstance(value, config_dict.FieldReference):
-        return _plain(value.get())
+    A `TrainSettings` leaves out `schedule`: a study's runs are multistep, and its config has no such key.
+    """
+    if isinstance(value, TrainSettings):
+        return {key: to_record(item) for key, item in dataclasses.asdict(value).items() if key != "schedule"}
+    if dataclasses.is_dataclass(value):
+        return {field.name: to_record(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {key: to_record(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_record(item) for item in value]
     return value
+
+
+def study_record(settings: StudySettings) -> dict:
+    """The study's record (`study.json` and every stage's run.json): the settings without `COMMAND_SECTIONS`."""
+    return {key: value for key, value in to_record(settings).items() if key not in COMMAND_SECTIONS}
+
+
+def to_json(settings: Any) -> str:
+    """Stable JSON of `settings` (sorted keys, 2-space indent), for run records."""
+    return json.dumps(to_record(settings), sort_keys=True, indent=2)

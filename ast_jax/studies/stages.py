@@ -36,9 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ast_jax import losses
-from ast_jax.data import AugmentSpec, normalize, to_unit_float
+from ast_jax.data import normalize, to_unit_float
 from ast_jax.defences import meco
-from ast_jax.defences.ini import InISettings
 from ast_jax.engine import (
     LossHypers,
     RunData,
@@ -64,7 +63,7 @@ from ast_jax.studies.provenance import (
     pgd_settings,
     stage_inputs,
 )
-from ast_jax.studies.settings import sparsity_k, study_record, teacher_train_config, train_config_for
+from ast_jax.studies.settings import sparsity_k, study_record
 from ast_jax.studies.study import TEACHERS, TRAINED_TEACHERS, Study, stage_log
 
 KINDS = ("base teacher", "PGD set", "defensive teacher", "student")
@@ -136,7 +135,7 @@ def teacher_stage(study: Study, name: str) -> Stage:
     needs = (adversarial_stage(study),) if name == "ast" else (teacher_stage(study, "base"),) if name == "nasty" else ()
     return Stage("base teacher" if name == "base" else "defensive teacher", study, name,
                  os.path.join(study.workdir, "teachers", name), f"train --stage {name}", _teacher_run, needs,
-                 teacher_train_config(study.config, name), functools.partial(_teacher_inputs, study, name, needs))
+                 study.config.teacher_train_for(name), functools.partial(_teacher_inputs, study, name, needs))
 
 
 def adversarial_stage(study: Study) -> Stage:
@@ -156,7 +155,7 @@ def student_stage(study: Study, teacher: str, architecture: str) -> Stage:
                  os.path.join(home.workdir, "students", f"{teacher}-{architecture}"),
                  f"distill --teacher {teacher} --student {architecture}",
                  functools.partial(_student_run, teacher=teacher, architecture=architecture), (source,),
-                 train_config_for(home.config, architecture),
+                 home.config.train_for(architecture),
                  lambda: stage_inputs(home, teacher=parameters_fingerprint(source)))
 
 
@@ -196,19 +195,13 @@ def adversarial_paths(stage: Stage) -> tuple[str, str]:
 
 
 # ---- building the stages ----
-def augment_spec(config) -> AugmentSpec:
-    """The training augmentation `config.data.augment` describes."""
-    a = config.data.augment
-    return AugmentSpec(crop_padding=a.crop_padding, flip=a.flip, rotation_degrees=a.rotation_degrees)
-
-
 def _training_run(stage: Stage, architecture: str, spec: StepSpec, hypers: LossHypers, inputs: dict,
                   **data) -> TrainingRun:
     """`stage`'s run of `architecture` with step `spec` and loss values `hypers`; `data`: the RunData
     and teacher fields it needs."""
     study, config = stage.study, stage.study.config
     teacher, teacher_variables = data.pop("teacher", None), data.pop("teacher_variables", None)
-    run_data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, augment_spec(config), **data)
+    run_data = RunData(study.train, study.test, study.dataset.mean, study.dataset.std, config.data.augment, **data)
     record = {"stage": stage.name, "study": study_record(config), "inputs": inputs}
     return TrainingRun(directory=stage.directory, record=record, model=study.model(architecture),
                        train_config=stage.train_config, spec=spec, seed=config.seed, data=run_data, teacher=teacher,
@@ -307,9 +300,9 @@ def teacher_spec(study: Study, name: str) -> StepSpec:
         # STT is the AST step with a clean input (thesis §5): it follows the AST step's statistics ordering.
         return StepSpec("stt", c.stt.divergence, target_statistics=c.ast.target_statistics)
     if name == "ini":
-        return StepSpec("ini", objective=InISettings(**{k: v for k, v in c.ini.items() if k not in ("ood_set", "ood_images")}))
+        return StepSpec("ini", objective=c.ini.objective)
     if name == "meco":
-        return StepSpec("meco", objective=meco_settings(study))
+        return StepSpec("meco", objective=c.meco)
     raise ValueError(f"unknown trained teacher {name!r}; valid: {', '.join(TRAINED_TEACHERS)}")
 
 
@@ -317,15 +310,11 @@ def teacher_hypers(study: Study, name: str) -> LossHypers:
     """The loss values of teacher `name`'s step (`teacher_spec`): τ, ω and, for ast and stt, k."""
     c = study.config
     if name in ("ast", "stt"):
-        section = c[name]
+        section = getattr(c, name)
         return LossHypers(section.temperature, section.omega, sparsity_k(section, study.num_classes))
     if name == "nasty":
         return LossHypers(c.nasty.temperature, c.nasty.omega)
     return LossHypers()
-
-
-def meco_settings(study: Study) -> meco.MecoSettings:
-    return meco.MecoSettings(**study.config.meco.to_dict())
 
 
 def ini_clone(study: Study) -> tuple[Teacher, dict]:
@@ -361,7 +350,7 @@ def release(study: Study, name: str) -> Teacher:
 
 def teacher_input_defense(study: Study, name: str):
     """The randomised input perturbation teacher `name` releases through: MeCo's, else None."""
-    return meco.input_defense(meco_settings(study)) if name == "meco" else None
+    return meco.input_defense(study.config.meco) if name == "meco" else None
 
 
 def release_key(study: Study) -> jax.Array:

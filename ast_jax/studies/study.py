@@ -1,4 +1,4 @@
-"""A study: its validated config, its work directory, its data and its mesh (docs/method.md §3).
+"""A study: its settings, its work directory, its data and its mesh (docs/method.md §3).
 
 `open_study` loads the data and checks everything that can fail on bad input before the work
 directory is claimed (`<workdir>/study.json` holds the study's config; another config is
@@ -26,7 +26,7 @@ from ast_jax.data import ArraySplit, DatasetSpec, class_balanced_subset, dataset
 from ast_jax.data.query_sets import load_query_set
 from ast_jax.engine import ExecutionPolicy, checkpoints, make_mesh
 from ast_jax.engine.loop import AXIS, check_batch_size, check_run_devices
-from ast_jax.studies.settings import TEACHER_NAMES, study_record, teacher_train_config, train_config_for
+from ast_jax.studies.settings import TEACHER_NAMES, StudySettings, study_record
 
 TEACHERS = TEACHER_NAMES
 TRAINED_TEACHERS = tuple(name for name in TEACHERS if name != "stingy")
@@ -35,14 +35,15 @@ STUDY_RECORD = "study.json"
 
 @dataclasses.dataclass
 class Study:
-    """A study's config, its work directory and its data (host arrays).
+    """A study's settings (`config`, built by the CLI from its validated config), its work directory
+    and its data (host arrays).
 
     `runs` and `fingerprints` hold what this session made or loaded: a stage's result and a
     teacher's parameter fingerprint, by the stage's directory. `base_teacher`: for a sweep cell,
     the base-teacher stage of its seed's study, which it shares (`stages.teacher_stage`).
     """
 
-    config: object
+    config: StudySettings
     workdir: str
     dataset: DatasetSpec
     train: ArraySplit
@@ -81,10 +82,10 @@ def stage_log(study: Study, stage: str) -> Callable[[str], None]:
     return lambda message: study.log(f"[{stage}] {message}")
 
 
-def open_study(config, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True), *,
+def open_study(config: StudySettings, workdir: str, log: Callable[[str], None] = functools.partial(print, flush=True), *,
                students: Sequence[str] | None = None, teacher: str | None = None, run_devices: int = 1,
                policy: ExecutionPolicy | None = None) -> Study:
-    """Load the data of the validated `config`, check it all (`check_study`), then claim `workdir`.
+    """Load the data of the study `config` describes, check it all (`check_study`), then claim `workdir`.
 
     `students` / `teacher`: what the command will distil (default: the config's students).
     `run_devices`: the number of device groups a batch of runs is spread over (`batch_plan`);
@@ -109,21 +110,19 @@ def open_study(config, workdir: str, log: Callable[[str], None] = functools.part
                  policy=policy or ExecutionPolicy.current())
 
 
-def _train_key(config, architecture: str, field: str) -> str:
+def _train_key(config: StudySettings, architecture: str, field: str) -> str:
     """The config key that sets `field` of `architecture`'s training (its override, else `train`)."""
-    override = config.student_train.get(architecture) if architecture in config.student_train else None
-    return f"config.student_train.{architecture}.{field}" if override is not None and field in override \
+    return f"config.student_train.{architecture}.{field}" if field in config.student_train.get(architecture, {}) \
         else f"config.train.{field}"
 
 
-def _teacher_train_key(config, teacher: str, field: str) -> str:
+def _teacher_train_key(config: StudySettings, teacher: str, field: str) -> str:
     """The config key that sets `field` of teacher `teacher`'s training."""
-    override = config.teacher_train.get(teacher) if teacher in config.teacher_train else None
-    return f"config.teacher_train.{teacher}.{field}" if override is not None and field in override \
+    return f"config.teacher_train.{teacher}.{field}" if field in config.teacher_train.get(teacher, {}) \
         else f"config.train.{field}"
 
 
-def check_study(config, dataset: DatasetSpec, train: ArraySplit, mesh, *, students: Sequence[str],
+def check_study(config: StudySettings, dataset: DatasetSpec, train: ArraySplit, mesh, *, students: Sequence[str],
                 teacher: str | None = None) -> None:
     """Every check against the devices, the data and the files that needs no compute (ValueError, one line).
 
@@ -137,13 +136,13 @@ def check_study(config, dataset: DatasetSpec, train: ArraySplit, mesh, *, studen
     for student in students:
         if student not in models.MODEL_NAMES:
             raise ValueError(f"unknown student architecture {student!r}; valid: {', '.join(models.MODEL_NAMES)}")
-    schedules = [(train_config_for(config, architecture), functools.partial(_train_key, config, architecture))
+    schedules = [(config.train_for(architecture), functools.partial(_train_key, config, architecture))
                  for architecture in dict.fromkeys(students)]
-    schedules += [(teacher_train_config(config, name), functools.partial(_teacher_train_key, config, name))
+    schedules += [(config.teacher_train_for(name), functools.partial(_teacher_train_key, config, name))
                    for name in TRAINED_TEACHERS]  # any of them can be trained (`ast-jax train --stage`)
     for train_config, key in schedules:
         for field in ("batch_size", "eval_batch_size"):
-            check_batch_size(train_config[field], mesh, key(field))
+            check_batch_size(getattr(train_config, field), mesh, key(field))
         if train_config.batch_size > len(train):
             raise ValueError(f"{key('batch_size')}={train_config.batch_size} exceeds the {len(train)} training "
                              f"images; use at most {len(train)}")

@@ -26,7 +26,6 @@ a killed sweep goes on where it stopped, finished runs are loaded, not retrained
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import itertools
@@ -42,7 +41,7 @@ from ast_jax.results import report
 from ast_jax.results.statistics import effect_headline, result_rows, summarise_seeds
 from ast_jax.studies.pipeline import distill_student, train_studies, train_teacher
 from ast_jax.studies.report import write_report
-from ast_jax.studies.settings import study_record
+from ast_jax.studies.settings import StudySettings, study_record
 from ast_jax.studies.stages import teacher_stage
 from ast_jax.studies.study import STUDY_RECORD, Study, check_study, open_study
 
@@ -52,13 +51,11 @@ SEED_DIR = "seed-{seed}"
 CELLS_DIR = "cells"
 
 
-def _seed_config(config, seed: int):
-    seeded = copy.deepcopy(config)
-    seeded.seed = seed
-    return seeded
+def _seed_config(config: StudySettings, seed: int) -> StudySettings:
+    return dataclasses.replace(config, seed=seed)
 
 
-def claim_root(config, workdir: str, kind: str) -> None:
+def claim_root(config: StudySettings, workdir: str, kind: str) -> None:
     """Claim `workdir` for a study over seeds (`kind` seeds or sweep) of `config` (its seed aside)."""
     record = study_record(config)
     record.pop("seed")
@@ -66,7 +63,7 @@ def claim_root(config, workdir: str, kind: str) -> None:
     checkpoints.claim(workdir, {"kind": kind, "study": record}, record_name=STUDY_RECORD)
 
 
-def open_seed_studies(config, workdir: str, seeds: Sequence[int], log: Callable[[str], None] = LOG, *,
+def open_seed_studies(config: StudySettings, workdir: str, seeds: Sequence[int], log: Callable[[str], None] = LOG, *,
                       kind: str = "seeds", run_devices: int = 1, policy: ExecutionPolicy | None = None) -> list[Study]:
     """`study.open_study` of `config` at every seed, in `<workdir>/seed-<s>` (`run_devices`: the
     device groups a batch of runs is spread over; `policy`: how runs execute, see `open_study`); every seed's checks pass before `workdir` is claimed."""
@@ -119,7 +116,7 @@ def cell_name(cell: Mapping[str, str]) -> str:
     return "_".join(f"{key}-{value}" for key, value in cell.items())
 
 
-def cell_study(base: Study, config, workdir: str) -> Study:
+def cell_study(base: Study, config: StudySettings, workdir: str) -> Study:
     """The study of one cell and seed: `config` (the cell's, at the base's seed) on the base
     study's data, sharing its base teacher (and so its base students and PGD sets). Claims `workdir`."""
     check_study(config, base.dataset, base.train, base.mesh, students=tuple(config.students))
@@ -147,16 +144,16 @@ class Sweep:
     cells: dict
 
 
-def open_sweep(config, workdir: str, grid: Mapping[str, Sequence[str]], cell_configs: Mapping[str, object],
+def open_sweep(config: StudySettings, workdir: str, grid: Mapping[str, Sequence[str]],
+               cell_configs: Mapping[str, StudySettings],
                seeds: Sequence[int], log: Callable[[str], None] = LOG, *, run_devices: int = 1,
                policy: ExecutionPolicy | None = None) -> Sweep:
     """Claim `workdir` and open the base and cell studies of `grid`; `cell_configs` maps each
-    `cell_name` of `grid_cells(grid)` to its validated config (`ast_jax.cli.config.sweep_cell_configs`).
+    `cell_name` of `grid_cells(grid)` to its settings (`ast_jax.cli.config.sweep_cell_settings`).
     `run_devices`: the device groups a batch of runs is spread over (`pipeline.batch_plan`); `policy`:
     how runs execute (`pipeline.open_study`)."""
     configs = {cell_name(cell): cell_configs[cell_name(cell)] for cell in grid_cells(grid)}
-    base_config = copy.deepcopy(config)
-    base_config.teachers = ("base",)  # a seed's base study: the base teacher and its students
+    base_config = dataclasses.replace(config, teachers=("base",))  # a seed's base study: base teacher, its students
     bases = open_seed_studies(base_config, workdir, seeds, log, kind="sweep", run_devices=run_devices, policy=policy)
     cells = {(name, base.config.seed): cell_study(base, _seed_config(cell, base.config.seed),
                                                   os.path.join(workdir, CELLS_DIR, name,

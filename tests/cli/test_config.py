@@ -45,9 +45,10 @@ def test_every_config_loads_locked_with_its_variant(filename, variant):
 
 
 def test_default_variant_is_thesis():
-    default = settings.to_json(load("cifar100_resnet18"))
-    assert default == settings.to_json(load("cifar100_resnet18", "thesis"))
-    assert default != settings.to_json(load("cifar100_resnet18", "reference"))
+    def record(variant):
+        return settings.to_json(loader.to_settings(load("cifar100_resnet18", variant)))
+
+    assert record(None) == record("thesis") != record("reference")
 
 
 # ------------------------------------------------------------------ docs/method.md §5 values
@@ -121,19 +122,41 @@ def test_small_studies_follow_spec_section_9():
     assert (f.data.name, f.teacher.model, f.students) == ("fashion_mnist", "preresnet20", ("cnn", "preresnet20"))
     assert (f.data.augment.crop_padding, f.data.augment.flip) == (0, False)
     for c in (d, f):
-        assert settings.train_config_for(c, "cnn").optimizer == "adam"
-        assert settings.train_config_for(c, "cnn").milestones == ()
+        assert loader.to_settings(c).train_for("cnn").optimizer == "adam"
+        assert loader.to_settings(c).train_for("cnn").milestones == ()
 
 
-def test_train_config_for():
-    c = load("cifar10_resnet18")
-    cnn = settings.train_config_for(c, "cnn")
+def test_train_for():
+    c = loader.to_settings(load("cifar10_resnet18"))
+    cnn = c.train_for("cnn")
     assert (cnn.optimizer, cnn.lr, cnn.epochs, cnn.milestones, cnn.weight_decay) == ("adam", 1e-3, 100, (), 0.0)
     assert cnn.batch_size == c.train.batch_size
-    assert cnn.is_locked
-    resnet = settings.train_config_for(c, "resnet18")
-    assert resnet.to_dict() == c.train.to_dict()
+    assert c.train_for("resnet18") == c.train
     assert c.train.optimizer == "sgd"  # a copy: the study's train is untouched
+    ini = c.teacher_train_for("ini")
+    assert (ini.momentum, ini.epochs, ini.milestones) == (0.5, 150, (50, 100))
+    assert c.teacher_train_for("ast") == c.train
+
+
+def _plain(node):
+    """A config as plain JSON values, walked here independently of the settings' `to_record`."""
+    if isinstance(node, ml_collections.ConfigDict):
+        return {key: _plain(node[key]) for key in node.keys()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(item) for item in node]
+    return node
+
+
+@pytest.mark.parametrize("variant", [None, "reference"])
+@pytest.mark.parametrize("filename", CONFIG_FILES)
+def test_settings_record_the_config_as_it_was(filename, variant):
+    """The typed settings carry every value of the validated config: the study's record (study.json,
+    every run.json) is the config's own JSON, so work directories written from the config stay valid."""
+    config = load(filename[:-3], variant)
+    expected = {key: value for key, value in _plain(config).items() if key not in settings.COMMAND_SECTIONS}
+    typed = loader.to_settings(config)
+    assert json.loads(json.dumps(settings.study_record(typed))) == expected
+    assert typed.attacks == config.attacks.to_dict() and typed.matrix.victims == config.matrix.victims
 
 
 # ------------------------------------------------------------------ overrides
@@ -159,11 +182,11 @@ def test_overrides_apply_with_types():
     assert c.ast.omega == 0.1
     assert c.pgd.random_start is True and c.data.augment.flip is False
     assert c.train.milestones == (1, 2)
-    assert settings.train_config_for(c, "cnn").milestones == (1, 2)
+    assert loader.to_settings(c).train_for("cnn").milestones == (1, 2)
     assert c.students == ("cnn", "resnet18")
     assert c.dtype == "bfloat16" and c.data.data_dir == "/tmp/some data"
     assert (c.ast.k, c.ast.ratio) == (3, None)
-    assert settings.train_config_for(c, "cnn").epochs == 4
+    assert loader.to_settings(c).train_for("cnn").epochs == 4
     assert c.ast.target_statistics == "after_train_forward"
     assert c.is_locked
 
@@ -174,7 +197,7 @@ def test_space_separated_and_equals_forms_agree():
     joined = load("digits", None, ["--config.train.epochs=3", "--config.train.milestones=()",
                                    "--config.pgd.eps=0.1", "--config.seed=7"])
     assert (spaced.train.epochs, spaced.train.milestones, spaced.pgd.eps, spaced.seed) == (3, (), 0.1, 7)
-    assert settings.to_json(spaced) == settings.to_json(joined)
+    assert settings.to_json(loader.to_settings(spaced)) == settings.to_json(loader.to_settings(joined))
     assert load("digits", None, ["--noconfig.data.augment.flip", "--config.pgd.random_start"]).pgd.random_start
 
 
@@ -384,16 +407,14 @@ def test_a_broken_config_file_is_one_error_naming_it(tmp_path, body, message):
 # ------------------------------------------------------------------ json and helpers
 
 def test_to_json_is_sorted_plain_json():
-    text = settings.to_json(load("cifar100_resnet18", "reference"))
+    text = settings.to_json(loader.to_settings(load("cifar100_resnet18", "reference")))
     data = json.loads(text)
     assert list(data) == sorted(data)
     assert data["ast"]["k"] == 7 and data["ast"]["ratio"] is None
     assert data["train"]["milestones"] == [60, 120, 160]
-    assert text != settings.to_json(load("cifar100_resnet18", "thesis"))
-    # Key order in the ConfigDict does not matter.
-    c = ml_collections.ConfigDict({"b": 1, "a": {"y": (1, 2), "x": None}})
-    d = ml_collections.ConfigDict({"a": {"x": None, "y": (1, 2)}, "b": 1})
-    assert settings.to_json(c) == settings.to_json(d)
+    assert text != settings.to_json(loader.to_settings(load("cifar100_resnet18", "thesis")))
+    # Key order does not matter.
+    assert settings.to_json({"b": 1, "a": {"y": (1, 2), "x": None}}) == settings.to_json({"a": {"x": None, "y": (1, 2)}, "b": 1})
 
 
 def test_sparsity_k_is_robust_to_float_noise():

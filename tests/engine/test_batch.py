@@ -6,10 +6,19 @@ import jax
 import numpy as np
 import pytest
 from conftest import TinyNet, tiny_split
-from ml_collections import ConfigDict
 
 from ast_jax.data import AugmentSpec
-from ast_jax.engine import RUN_LOWERINGS, ExecutionPolicy, LossHypers, RunData, StepSpec, TrainingRun, fit, fit_batch
+from ast_jax.engine import (
+    RUN_LOWERINGS,
+    ExecutionPolicy,
+    LossHypers,
+    RunData,
+    StepSpec,
+    TrainingRun,
+    TrainSettings,
+    fit,
+    fit_batch,
+)
 
 EPOCHS = 2
 #: float32 rounding of a vmapped program against the unbatched one, carried over 2 epochs of 6
@@ -25,7 +34,7 @@ def _run(directory, seed, omega, temperature, k, lr, *, epochs=EPOCHS, adv_seed=
     adv = (train.images / 255.0 + rng.normal(0, 0.05, train.images.shape)).astype(np.float32)
     data = RunData(train, tiny_split(20, seed=1), (0.5,), (0.25,), AugmentSpec(crop_padding=1, flip=True),
                    adv_images=adv, pairing="random")
-    config = ConfigDict(dict(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, milestones=(1,), lr_decay=0.1,
+    config = TrainSettings(**dict(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, milestones=(1,), lr_decay=0.1,
                              batch_size=8, eval_batch_size=20, epochs=epochs, checkpoint_every=1, eval_every=1))
     return TrainingRun(directory=str(directory), record={"run": seed}, model=TinyNet(axis_name="data"),
                        train_config=config, spec=StepSpec("ast"), seed=seed, data=data,
@@ -77,7 +86,7 @@ def test_a_resumed_batch_loads_finished_runs_and_continues_the_others(tmp_path, 
 def test_runs_that_cannot_share_a_program_are_refused(tmp_path):
     first = _run(tmp_path / "a", *RUNS[0])
     other = _run(tmp_path / "b", *RUNS[1])
-    wider = dataclasses.replace(other, train_config=ConfigDict({**other.train_config.to_dict(), "batch_size": 16}))
+    wider = dataclasses.replace(other, train_config=dataclasses.replace(other.train_config, batch_size=16))
     with pytest.raises(ValueError, match="differ in train"):
         fit_batch([first, wider], log=lambda _: None)
     kl = dataclasses.replace(other, spec=dataclasses.replace(other.spec, divergence="kl"))

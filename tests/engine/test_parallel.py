@@ -22,7 +22,6 @@ LOSS_TOLERANCE = 1e-6  # per-step losses of epoch 2 (measured <= 2.1e-7)
 def _compare_device_counts() -> dict:
     import jax
     from conftest import TinyNet, tiny_split
-    from ml_collections import ConfigDict
 
     from ast_jax.data import AugmentSpec
     from ast_jax.engine import (
@@ -30,6 +29,7 @@ def _compare_device_counts() -> dict:
         LossHypers,
         StepSpec,
         Teacher,
+        TrainSettings,
         init_state,
         make_mesh,
         make_optimizer,
@@ -40,8 +40,9 @@ def _compare_device_counts() -> dict:
     assert jax.device_count() == 4, jax.devices()
     split = tiny_split(48, channels=3)
     model = TinyNet(axis_name="data")
-    train_config = ConfigDict(dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
-                                   milestones=(1,), lr_decay=0.1))
+    train_config = TrainSettings(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, milestones=(1,),
+                                 lr_decay=0.1, batch_size=8, eval_batch_size=8, epochs=2, checkpoint_every=1,
+                                 eval_every=1)
     tx = make_optimizer(train_config, steps_per_epoch=3)
     state0 = jax.tree.map(np.asarray, init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3)))
     teacher_variables = jax.tree.map(np.asarray, TinyNet().init(jax.random.PRNGKey(1), split.images[:1] / 255.0))

@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 from conftest import TinyNet, tiny_split
-from ml_collections import ConfigDict
 
 from ast_jax.data import AugmentSpec
 from ast_jax.engine import (
@@ -22,6 +21,7 @@ from ast_jax.engine import (
     StepSpec,
     TrainingDivergedError,
     TrainingRun,
+    TrainSettings,
     checkpoints,
     fit,
     init_state,
@@ -33,7 +33,7 @@ STEPS_PER_EPOCH = 8  # 64 examples, batch 8
 
 
 def tiny_run(directory, epochs=3, record=None, **overrides) -> TrainingRun:
-    config = ConfigDict({**dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, milestones=(2,),
+    config = TrainSettings(**{**dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, milestones=(2,),
                                 lr_decay=0.1, batch_size=8, eval_batch_size=12, epochs=epochs, checkpoint_every=1,
                                 eval_every=1), **overrides})
     data = RunData(tiny_split(64, seed=0), tiny_split(30, seed=1), (0.5,), (0.25,), AugmentSpec(crop_padding=1, flip=True))

@@ -14,7 +14,6 @@ import numpy as np
 import optax
 import pytest
 from conftest import TinyNet, forced_devices_env, tiny_split
-from ml_collections import ConfigDict
 
 from ast_jax import losses
 from ast_jax.data import AugmentSpec
@@ -27,6 +26,7 @@ from ast_jax.engine import (
     StepSpec,
     Teacher,
     TrainingRun,
+    TrainSettings,
     checkpoints,
     epoch_plan,
     fit,
@@ -45,7 +45,7 @@ from ast_jax.engine.steps import identity
 def sgd_config(**overrides):
     base = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, milestones=(2,), lr_decay=0.1,
                 batch_size=16, eval_batch_size=20, epochs=3, checkpoint_every=1, eval_every=1)
-    return ConfigDict({**base, **overrides})
+    return TrainSettings(**{**base, **overrides})
 
 
 # ---- optimizer ----

@@ -41,34 +41,33 @@ def test_bad_defence_settings_are_one_clear_line(tmp_path, capsys, override, nam
 
 
 def test_defence_teachers_take_their_own_schedules_and_settings(tmp_path):
-    from ast_jax.cli.config import load_config
-    from ast_jax.studies.settings import teacher_train_config
+    from ast_jax.cli.config import load_settings
     from ast_jax.studies.stages import teacher_spec
     from ast_jax.studies.study import open_study
 
-    config = load_config("digits_defences", ["--config.meco.scale=0.25", "--config.ini.gamma=0.5"])
+    config = load_settings("digits_defences", ["--config.meco.scale=0.25", "--config.ini.gamma=0.5"])
     assert config.teachers == ("base", "stingy", "ast", "nasty", "stt", "ini", "meco")
     assert {"ini", "meco"} <= set(config.matrix.victims)
-    ini, meco, base = (teacher_train_config(config, name) for name in ("ini", "meco", "base"))
+    ini, meco, base = (config.teacher_train_for(name) for name in ("ini", "meco", "base"))
     assert (ini.momentum, ini.weight_decay, ini.milestones, ini.lr) == (0.5, 1e-3, (12, 24), 0.05)
     assert (meco.optimizer, meco.lr) == ("adam", 1e-3)
     assert (base.optimizer, base.momentum) == (config.train.optimizer, config.train.momentum)
     study = open_study(config, str(tmp_path / "w"))
     assert teacher_spec(study, "ini").objective.gamma == 0.5 and teacher_spec(study, "ini").objective.epsilon == 1000.0
     assert teacher_spec(study, "meco").objective.scale == 0.25
-    assert load_config("digits").teachers == ("base", "stingy", "ast", "nasty", "stt"), "the demo keeps the thesis's"
+    assert load_settings("digits").teachers == ("base", "stingy", "ast", "nasty", "stt"), "the demo keeps the thesis's"
 
 
 @pytest.mark.slow
 def test_meco_release_in_the_report_is_random_per_query_and_reproducible(tmp_path):
     import jax
 
-    from ast_jax.cli.config import load_config
+    from ast_jax.cli.config import load_settings
     from ast_jax.engine import Teacher
     from ast_jax.studies.stages import released_logits, teacher_input_defense
     from ast_jax.studies.study import open_study
 
-    study = open_study(load_config("digits_defences", TINY), str(tmp_path / "w"))
+    study = open_study(load_settings("digits_defences", TINY), str(tmp_path / "w"))
     released = Teacher(study.model("cnn"), input_defense=teacher_input_defense(study, "meco"))
     variables = study.model("cnn").init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32), train=False)
     images = np.concatenate([study.test.images[:8], study.test.images[:8]])  # each image queried twice

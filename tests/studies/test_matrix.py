@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY_STUDY
 
-from ast_jax.cli.config import load_config
+from ast_jax.cli.config import load_config, load_settings
 from ast_jax.studies import matrix
 from ast_jax.studies.study import open_study
 
@@ -63,8 +63,8 @@ def test_bad_matrix_config_is_one_line(override, match):
 def test_matrix_sections_stay_out_of_the_study_record():
     from ast_jax.studies.settings import study_record
 
-    a = study_record(load_config("digits"))
-    b = study_record(load_config("digits", ["--config.attacks.kd.epochs=3", "--config.matrix.seeds=(5,)"]))
+    a = study_record(load_settings("digits"))
+    b = study_record(load_settings("digits", ["--config.attacks.kd.epochs=3", "--config.matrix.seeds=(5,)"]))
     assert a == b and "matrix" not in a and "attacks" not in a
 
 
@@ -76,7 +76,7 @@ TINY = [*TINY_STUDY, "--config.matrix.victims=('base','dcp:beta=0.9')", "--confi
 @pytest.mark.slow
 def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(trained_study):
     workdir = str(trained_study)  # the tiny study, trained: the matrix trains its clones alone
-    study = open_study(load_config("digits", TINY), workdir, log=lambda message: None)
+    study = open_study(load_settings("digits", TINY), workdir, log=lambda message: None)
     paths = matrix.run_matrix(study)
     summary = json.load(open(paths[1]))["summary"]
     assert [(e["victim"], e["attack"], e["seeds"]) for e in summary] == [
@@ -88,12 +88,12 @@ def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(traine
     stamps = [os.stat(p).st_mtime_ns for p in results]
     os.remove(results[3])  # a cell killed before its result was written
     log = []
-    study = open_study(load_config("digits", TINY), workdir, log=log.append)
+    study = open_study(load_settings("digits", TINY), workdir, log=log.append)
     matrix.run_matrix(study)
     assert [os.stat(p).st_mtime_ns for p in results[:3]] == stamps[:3]
     assert sum("(done before)" in line for line in log) == 3
     assert json.load(open(results[3]))["queries"] == 100
-    changed = open_study(load_config("digits", TINY + ["--config.attacks.knockoff_soft.labels=hard"]),
+    changed = open_study(load_settings("digits", TINY + ["--config.attacks.knockoff_soft.labels=hard"]),
                          workdir, log=lambda message: None)
     with pytest.raises(matrix.StaleCellError, match="changed: attack.*kept as it was"):
         matrix.run_matrix(changed)

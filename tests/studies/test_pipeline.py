@@ -40,10 +40,10 @@ def test_bad_config_is_one_clear_line(tmp_path, capsys, override, named):
 
 
 def test_study_on_a_class_balanced_subset(tmp_path):
-    from ast_jax.cli.config import load_config
+    from ast_jax.cli.config import load_settings
     from ast_jax.studies.study import open_study
 
-    study = open_study(load_config("digits", ["--config.data.train_examples=200"]), str(tmp_path / "w"))
+    study = open_study(load_settings("digits", ["--config.data.train_examples=200"]), str(tmp_path / "w"))
     assert len(study.train) == 200 and len(study.test) == 360  # the test split stays whole
     assert sorted(set(np.bincount(study.train.labels, minlength=10))) == [20]
 
@@ -172,7 +172,7 @@ def test_replaced_pytorch_teacher_refuses_every_stage_built_from_the_old_one(tmp
 
 @pytest.mark.parametrize("problem", ["short", "nan", "uint8", "channels", "record"])
 def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem):
-    from ast_jax.cli.config import load_config
+    from ast_jax.cli.config import load_settings
     from ast_jax.files import UnreadableFileError, atomic_write, save_npy
     from ast_jax.studies.pipeline import adversarial_set
     from ast_jax.studies.provenance import pgd_settings
@@ -180,7 +180,7 @@ def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem
     from ast_jax.studies.study import open_study
 
     path = _torch_teacher(tmp_path / "teacher.pth", seed=3)  # imported, not trained: no compute
-    study = open_study(load_config("digits", [*TINY, f"--config.teacher.torch_checkpoint={path}"]),
+    study = open_study(load_settings("digits", [*TINY, f"--config.teacher.torch_checkpoint={path}"]),
                        str(tmp_path / "w"))
     n = len(study.train)
     good = np.zeros((n, 8, 8, 1), np.float32)
@@ -274,10 +274,10 @@ def test_random_streams_are_distinct_and_above_every_epoch_fold():
 
 @pytest.mark.parametrize("variant,statistics", [("thesis", "before_step"), ("reference", "after_train_forward")])
 def test_the_variant_picks_the_ast_and_stt_target_statistics(tmp_path, variant, statistics):
-    from ast_jax.cli.config import load_config
+    from ast_jax.cli.config import load_settings
     from ast_jax.studies.stages import teacher_spec
     from ast_jax.studies.study import open_study
 
-    study = open_study(load_config(f"digits:{variant}"), str(tmp_path / "w"))
+    study = open_study(load_settings(f"digits:{variant}"), str(tmp_path / "w"))
     assert teacher_spec(study, "ast").target_statistics == statistics
     assert teacher_spec(study, "stt").target_statistics == statistics

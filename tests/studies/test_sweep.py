@@ -131,7 +131,7 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
     # an accelerator's batches (CPU: one run each) and its lowering (compiles once at any R), on the host loop
     policy = ExecutionPolicy(loop="host", run_lowering="vmap", runs_per_program=None)
     with pytest.raises(Killed):
-        sweep.run_sweep(sweep.open_sweep(config, workdir, grid, loader.sweep_cell_configs(config, grid), (0, 1),
+        sweep.run_sweep(sweep.open_sweep(loader.to_settings(config), workdir, grid, loader.sweep_cell_settings(config, grid), (0, 1),
                                          log=lambda _: None, policy=policy))
     assert [len(b) for b in batches] == [2, 4]  # the seeds' base teachers, then every cell's AST teacher at once
     teachers = [d for batch in batches for d in batch]
@@ -139,7 +139,7 @@ def test_killed_sweep_resumes_without_retraining_and_summarises_the_seeds(tmp_pa
     assert not os.path.exists(os.path.join(workdir, "sweep.md"))
 
     monkeypatch.setattr(pipeline, "fit_batch", fit_batch)
-    paths = sweep.run_sweep(sweep.open_sweep(config, workdir, grid, loader.sweep_cell_configs(config, grid), (0, 1),
+    paths = sweep.run_sweep(sweep.open_sweep(loader.to_settings(config), workdir, grid, loader.sweep_cell_settings(config, grid), (0, 1),
                                          log=lambda _: None, policy=policy))
     assert {d: os.stat(os.path.join(d, "metrics.jsonl")).st_mtime_ns for d in teachers} == written  # not retrained
     assert [os.path.basename(p) for p in paths] == ["sweep.md", "sweep.json", "sweep.csv", "sweep.png"]
@@ -185,7 +185,7 @@ def test_the_ablation_configs_are_sweeps_of_valid_cells():
         assert len(sweep.grid_cells(grid)) == cells and config.sweep.seeds == (0, 1, 2)
         for cell in sweep.grid_cells(grid):
             loader.cell_config(config, cell)  # every cell's config is valid
-    assert "sweep" not in json.dumps(sweep.study_record(config))  # a sweep's grid is no part of a study's record
+    assert "sweep" not in json.dumps(sweep.study_record(loader.to_settings(config)))  # a sweep's grid is no part of a study's record
     with pytest.raises(ValueError, match="unknown ablation 'omega'; valid: omega_tau"):
         load_config("ablations_digits:omega")
 

@@ -109,6 +109,23 @@ def test_studies_and_engine_never_load_a_config():
     assert not {m: t for m, t in offenders.items() if t}
 
 
+def _third_party(path: pathlib.Path) -> set[str]:
+    """The top-level names of the packages `path` imports that are not ast_jax."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        found |= {name.split(".")[0] for name in names if not name.startswith("ast_jax")}
+    return found
+
+
+def test_only_the_cli_and_configs_hold_a_config_object():
+    """Below the configs everything takes typed settings (`studies.settings`, `engine.TrainSettings`):
+    no module there imports ml_collections."""
+    below = [p for p in sorted(PACKAGE.rglob("*.py")) if _rank(_module_name(p)) < RANK["configs"]]
+    assert below and not [str(p.relative_to(PACKAGE)) for p in below if "ml_collections" in _third_party(p)]
+
+
 def test_the_layer_check_sees_an_upward_import(tmp_path):
     """The check could fail: a module of the engine importing a study is found."""
     fake = PACKAGE / "engine" / "steps.py"
