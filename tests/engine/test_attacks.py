@@ -1,6 +1,8 @@
 """Stealing attacks behind the black box (docs/method.md §10.3): query accounting, targets, JBDA's
 growth rule, DFME's zeroth-order estimate, resume and bad input."""
 
+import collections
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -156,6 +158,32 @@ def test_dfme_spends_n_times_m_plus_one_plus_clone_steps_per_iteration(victim, t
     result = run_attack("dfme", box, settings, context(tmp_path))
     assert box.queries == result.queries == (1000 // 128) * 128
     assert dfme.schedule_plan(dict(settings, clone_steps=5, lr_milestones=(0.1, 0.3, 0.5)))[:2] == (7, 4)
+
+
+def test_dfme_schedule_follows_the_reference_multisteplr_with_coinciding_milestones():
+    """The reference steps PyTorch's MultiStepLR at each epoch's start; a milestone listed twice decays twice."""
+    settings = dict(budget=16 * 8 * 2 * 3, batch_size=16, directions=1, clone_steps=6, iterations_per_epoch=2,
+                    lr_milestones=(0.1, 0.3, 0.5, 0.75), lr_decay=0.3)
+    iterations, epochs, milestones = dfme.schedule_plan(settings)
+    assert (iterations, epochs, milestones) == (6, 4, [0, 1, 2, 3])
+    settings["lr_milestones"] = (0.1, 0.2, 0.5, 0.6)  # int(f * 4): 0, 0, 2, 2
+    assert dfme.schedule_plan(settings)[2] == [0, 0, 2, 2]
+
+    def reference(lr):
+        """Per epoch (0-based), the lr a torch MultiStepLR built at lr and stepped at each epoch's start gives."""
+        counts = collections.Counter(int(f * epochs) for f in settings["lr_milestones"])
+        current, lrs = lr * 0.3 ** counts[0], []  # the constructor's own step (last_epoch = 0)
+        for epoch in range(1, epochs + 1):
+            current *= 0.3 ** counts[epoch]
+            lrs.append(current)
+        return lrs
+
+    for steps_per_iteration in (1, 6):
+        schedule = dfme.lr_schedule(settings, 0.1, steps_per_iteration)
+        expected = np.repeat(reference(0.1), 2 * steps_per_iteration)[:iterations * steps_per_iteration]
+        got = np.array([float(schedule(step)) for step in range(iterations * steps_per_iteration)])
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert reference(1.0)[:3] == pytest.approx([0.09, 0.0081, 0.0081])  # two decays at once, one epoch early
 
 
 @pytest.mark.parametrize("kind,settings,match", [
