@@ -162,8 +162,8 @@ def test_dfme_spends_n_times_m_plus_one_plus_clone_steps_per_iteration(victim, t
 
 def test_dfme_schedule_follows_the_reference_multisteplr_with_coinciding_milestones():
     """The reference steps PyTorch's MultiStepLR at each epoch's start; a milestone listed twice decays twice."""
-    settings = dict(budget=16 * 8 * 2 * 3, batch_size=16, directions=1, clone_steps=6, iterations_per_epoch=2,
-                    lr_milestones=(0.1, 0.3, 0.5, 0.75), lr_decay=0.3)
+    settings = {"budget": 16 * 8 * 2 * 3, "batch_size": 16, "directions": 1, "clone_steps": 6,
+                "iterations_per_epoch": 2, "lr_milestones": (0.1, 0.3, 0.5, 0.75), "lr_decay": 0.3}
     iterations, epochs, milestones = dfme.schedule_plan(settings)
     assert (iterations, epochs, milestones) == (6, 4, [0, 1, 2, 3])
     settings["lr_milestones"] = (0.1, 0.2, 0.5, 0.6)  # int(f * 4): 0, 0, 2, 2
