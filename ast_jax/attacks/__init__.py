@@ -10,13 +10,15 @@ returns an `AttackResult` (the clone, the queries it spent, per-epoch test accur
 | `jbda`     | seeds, then Jacobian-augmented points, round by round | `jbda`      |
 | `dfme`     | generator samples and their zeroth-order neighbours   | `dfme`      |
 
-`run_attack(kind, box, settings, context)` runs one; `settings` holds every key of
+`run_attack(kind, box, settings, context)` runs one and records the mean ℓ1 the box measured on
+its queries (`AttackResult.query_l1`, docs/method.md §10.5); `settings` holds every key of
 `DEFAULTS[kind]` (the published values, overridden by a study's config) and `check_settings`
 refuses bad ones in one line before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from ast_jax.attacks import dfme, jbda, transfer
@@ -29,7 +31,11 @@ def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: A
     check_settings(kind, settings, f"attack {kind!r}")
     settings = {**DEFAULTS[kind], **settings}
     runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme}[kind]
-    return runner(box, settings, context)
+    ledger = box.ledger()
+    result = runner(box, settings, context)
+    if result.query_l1 is None:  # a transfer attack brings its own (its resumed queries are in its record)
+        result = dataclasses.replace(result, query_l1=box.l1_since(ledger))
+    return result
 
 
 __all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "LABELS", "check_settings", "run_attack"]

@@ -60,6 +60,7 @@ class AttackResult:
     history: list[dict]      # one row per clone epoch (round for jbda), with 'test_accuracy' where evaluated
     final_accuracy: float    # the clone's test accuracy after its last epoch
     best_accuracy: float     # its best evaluated epoch
+    query_l1: float | None = None  # mean ‖r(x) − σ(f(x))‖₁ over its queries, where the box measures it
 
 
 def check_settings(kind: str, settings: Mapping[str, Any], where: str) -> None:

@@ -11,8 +11,9 @@
 
 The attacker's target from a released vector p′ (docs/method.md §10.1) is log p′, with zeros as
 −inf, so that the tempered target p′^{1/τ} / Σ p′^{1/τ} keeps them at zero (a one-hot label stays
-one-hot at any τ). The transfer set and the query count are saved in the cell's folder before
-training: a resumed cell does not query again, and the clone resumes from its checkpoint.
+one-hot at any τ). The transfer set, the query count and the mean ℓ1 the box measured on those
+queries are saved in the cell's folder before training: a resumed cell does not query again, and
+the clone resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -82,19 +83,25 @@ def clone_step(labels: str) -> tuple[StepSpec, LossHypers]:
 
 
 def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:
-    """The transfer set {'images', 'labels', 'targets'} and its query count, queried once and kept in `directory`."""
+    """The transfer set {'images', 'labels', 'targets', 'query_l1'} and its query count, queried once
+    and kept in `directory`; 'query_l1' is the box's mean ℓ1 on these queries (None where the box
+    does not measure it), kept in the record so that a resumed cell still reports it."""
     record_path = os.path.join(directory, TRANSFER_RECORD)
     paths = {name: os.path.join(directory, f"transfer-{name}.npy") for name in ("images", "labels", "targets")}
     if os.path.exists(record_path):
-        return {name: load_npy(path) for name, path in paths.items()}, int(read_json(record_path)["queries"])
-    before = box.queries
+        record = read_json(record_path)
+        transfer = {name: load_npy(path) for name, path in paths.items()}
+        return dict(transfer, query_l1=record.get("query_l1")), int(record["queries"])
+    ledger = box.ledger()
     released, targets = query_targets(box, images, labels)
-    transfer = {"images": np.asarray(images), "labels": released, "targets": targets}
-    queries = box.queries - before
+    transfer = {"images": np.asarray(images), "labels": released, "targets": targets,
+                "query_l1": box.l1_since(ledger)}
+    queries = box.queries - ledger[0]
     if is_writer():
         for name, path in paths.items():
             save_npy(path, transfer[name])
-        atomic_write(record_path, json.dumps({"queries": queries, "labels": labels, "images": len(images)}))
+        atomic_write(record_path, json.dumps({"queries": queries, "query_l1": transfer["query_l1"], "labels": labels,
+                                              "images": len(images)}))
     return transfer, queries
 
 
@@ -109,7 +116,8 @@ def _distil(transfer: dict, spec: StepSpec, hypers: LossHypers, settings, contex
                       model=context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,
                       data=data, hypers=hypers)
     result = fit(run, mesh=context.mesh, log=context.log)
-    return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy)
+    return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy,
+                        transfer.get("query_l1"))
 
 
 def kd(box: BlackBox, settings, context: AttackContext) -> AttackResult:

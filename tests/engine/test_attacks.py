@@ -85,16 +85,28 @@ def test_knockoff_draws_uniformly_without_replacement_and_refills():
 @pytest.mark.slow
 @pytest.mark.parametrize("labels", ["soft", "hard"])
 def test_knockoff_spends_exactly_the_budget_and_hard_sees_only_labels(victim, tmp_path, labels):
-    box = make_box(victim)
+    model, variables = victim
+    defended = victim_release(model, variables, MEAN, STD, defense=lambda p: jnp.roll(p, 1, axis=-1))
+
+    def box_():
+        return RecordingBox(defended, image_shape=(8, 8, 1), num_classes=4, mesh=make_mesh(), batch_size=16,
+                            clean=victim_release(model, variables, MEAN, STD))
+
+    box = box_()
     settings = dict(budget=37, labels=labels, epochs=1, batch_size=16)
     result = run_attack("knockoff", box, settings, context(tmp_path, query_images=tiny_split(20, seed=3).images))
     assert box.queries == result.queries == 37
     assert box.calls == (["labels"] if labels == "hard" else ["probabilities"])
+    sent = np.load(tmp_path / "transfer-images.npy")  # the 37 images the attack sent
+    pixels = jnp.asarray(sent, jnp.float32) / 255
+    gaps = np.abs(np.asarray(defended(pixels, None), np.float64)
+                  - np.asarray(victim_release(model, variables, MEAN, STD)(pixels, None), np.float64)).sum(-1)
+    assert result.query_l1 == pytest.approx(gaps.mean(), rel=1e-5) and result.query_l1 > 0
     # a killed cell keeps its transfer set: run again with a fresh box, nothing is queried
-    again = make_box(victim)
+    again = box_()
     resumed = run_attack("knockoff", again, settings, context(tmp_path, query_images=tiny_split(20, seed=3).images))
     assert again.queries == 0 and resumed.queries == 37
-    assert resumed.final_accuracy == result.final_accuracy
+    assert resumed.final_accuracy == result.final_accuracy and resumed.query_l1 == result.query_l1
 
 
 @pytest.mark.slow
@@ -102,6 +114,7 @@ def test_jbda_doubles_the_set_each_round_with_a_checked_jacobian_step(victim, tm
     box = make_box(victim)
     settings = dict(seeds=6, rounds=3, epochs=1, batch_size=8)
     result = run_attack("jbda", box, settings, context(tmp_path))
+    assert result.query_l1 is None  # a box without the clean release measures nothing
     assert [row["points"] for row in result.history] == [6, 12, 24]
     assert box.queries == result.queries == 6 + 6 + 12  # |S| after the last augmentation
     relabel = make_box(victim)
