@@ -13,7 +13,15 @@ InI and MeCo (docs/method.md §11) are teachers of this study too, with their pa
 architecture) and InI's OOD set the photo crops (the paper's Tiny-ImageNet is not available here).
 """
 
-from ast_jax.configs.common import CIFAR_DEFENCE_TRAIN, TEACHER_NAMES, defence_victims, published_attacks, study_config
+from ast_jax.configs.common import (
+    CIFAR_DEFENCE_TRAIN,
+    FULL_DEFENCE_GRID,
+    FULL_GRID,
+    TEACHER_NAMES,
+    defence_victims,
+    published_attacks,
+    study_config,
+)
 
 #: `ast-jax matrix` with the published settings (docs/method.md §10.3-10.5; GPU-sized): every teacher (InI and
 #: MeCo included),
@@ -26,18 +34,24 @@ MATRIX_VICTIMS = (*TEACHER_NAMES,
 MATRIX_ATTACKS = published_attacks(surrogate="cifar10", dfme_budget=200_000_000,
                                    kd=dict(temperature=20.0, omega=0.9, epochs=200, milestones=(60, 120, 160), lr_decay=0.2))
 
+#: The `full_grid` variant's victims: SPEC-zoo's whole β and rounding grids (`FULL_DEFENCE_GRID`).
+FULL_GRID_VICTIMS = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID))
+
 
 def get_config(variant: str = "thesis"):
+    """`thesis`, `reference`, or `full_grid`: the thesis variant with the full defence grids in its matrix."""
+    full_grid = variant == FULL_GRID
     return study_config(
         name="cifar100_resnet18",
         dataset="cifar100",
         teacher="resnet18",
         students=("shufflenetv2", "resnet18"),
-        variant=variant,
+        variant="thesis" if full_grid else variant,
         teachers=TEACHER_NAMES,  # the thesis's five and the training-time defences InI and MeCo
         teacher_train=CIFAR_DEFENCE_TRAIN,
         ast=dict(temperature=20.0, omega=0.03, ratio=0.02),
         ast_reference=dict(temperature=30.0, omega=0.035, k=7),
-        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="resnet18", seeds=(0, 1, 2)),
+        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS),
+                    clone="resnet18", seeds=(0, 1, 2)),
         attacks=MATRIX_ATTACKS,
     )

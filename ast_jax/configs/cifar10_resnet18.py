@@ -16,6 +16,8 @@ architecture) and InI's OOD set the photo crops (the paper's Tiny-ImageNet is no
 from ast_jax.configs.common import (
     CIFAR_DEFENCE_TRAIN,
     CNN_STUDENT_TRAIN,
+    FULL_DEFENCE_GRID,
+    FULL_GRID,
     TEACHER_NAMES,
     defence_victims,
     published_attacks,
@@ -33,19 +35,25 @@ MATRIX_VICTIMS = (*TEACHER_NAMES,
 MATRIX_ATTACKS = published_attacks(surrogate="cifar100", dfme_budget=20_000_000,
                                    kd=dict(temperature=4.0, omega=0.9, epochs=160, milestones=(80, 120), lr_decay=0.1))
 
+#: The `full_grid` variant's victims: SPEC-zoo's whole β and rounding grids (`FULL_DEFENCE_GRID`).
+FULL_GRID_VICTIMS = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID))
+
 
 def get_config(variant: str = "thesis"):
+    """`thesis`, `reference`, or `full_grid`: the thesis variant with the full defence grids in its matrix."""
+    full_grid = variant == FULL_GRID
     return study_config(
         name="cifar10_resnet18",
         dataset="cifar10",
         teacher="resnet18",
         students=("cnn", "preresnet20", "preresnet32", "resnet18"),
-        variant=variant,
+        variant="thesis" if full_grid else variant,
         teachers=TEACHER_NAMES,  # the thesis's five and the training-time defences InI and MeCo
         teacher_train=CIFAR_DEFENCE_TRAIN,
         ast=dict(temperature=6.0, omega=0.05, ratio=0.2),
         ast_reference=dict(temperature=6.0, omega=0.05, k=2),
         student_train={"cnn": CNN_STUDENT_TRAIN},
-        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="resnet18", seeds=(0, 1, 2)),
+        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS),
+                    clone="resnet18", seeds=(0, 1, 2)),
         attacks=MATRIX_ATTACKS,
     )

@@ -54,9 +54,9 @@ from ast_jax.attacks.common import DEFAULTS as ATTACK_DEFAULTS
 from ast_jax.studies.settings import TEACHER_NAMES, THESIS_TEACHERS
 
 __all__ = [
-    "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "INI_CIFAR_TRAIN", "INI_DEFAULTS",
-    "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN", "REFERENCE_VALUES", "SCHEMA",
-    "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cleared_sparsity",
+    "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "FULL_DEFENCE_GRID", "FULL_GRID",
+    "INI_CIFAR_TRAIN", "INI_DEFAULTS", "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN",
+    "REFERENCE_VALUES", "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cleared_sparsity",
     "defence_victims", "published_attacks", "study_config",
 ]
 
@@ -177,6 +177,16 @@ MECO_MNIST_TRAIN: dict[str, Any] = dict(optimizer="adam", lr=1e-3, weight_decay=
                                         milestones=())
 #: The CIFAR studies' teacher schedules of the training-time defences (`config.teacher_train`).
 CIFAR_DEFENCE_TRAIN: dict[str, dict[str, Any]] = {"ini": INI_CIFAR_TRAIN, "meco": MECO_CIFAR_TRAIN}
+
+
+#: The `full_grid` variant of a CIFAR config: the thesis variant whose matrix sweeps the output
+#: defences' whole published grids (docs/method.md §10.2): DCP β ∈ {0, 0.1, ..., 1.0, 1.2, 1.5},
+#: Reverse Sigmoid β ∈ {0, 0.0025, 0.005, ..., 1.28} (doubling), top-k rounding k ∈ {1, 2} × r ∈ {1, 2, 3}.
+FULL_GRID = "full_grid"
+FULL_DEFENCE_GRID: dict[str, tuple] = dict(
+    dcp_betas=(0.0, *(round(0.1 * i, 1) for i in range(1, 11)), 1.2, 1.5),
+    rs_betas=(0.0, *(0.0025 * 2 ** i for i in range(10))),
+    rounding=tuple((k, r) for k in (1, 2) for r in (1, 2, 3)))
 
 
 def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -> tuple[str, ...]:
