@@ -183,10 +183,11 @@ CIFAR_DEFENCE_TRAIN: dict[str, dict[str, Any]] = {"ini": INI_CIFAR_TRAIN, "meco"
 #: defences' whole published grids (docs/method.md §10.2): DCP β ∈ {0, 0.1, ..., 1.0, 1.2, 1.5},
 #: Reverse Sigmoid β ∈ {0, 0.0025, 0.005, ..., 1.28} (doubling), top-k rounding k ∈ {1, 2} × r ∈ {1, 2, 3}.
 FULL_GRID = "full_grid"
-FULL_DEFENCE_GRID: dict[str, tuple] = dict(
-    dcp_betas=(0.0, *(round(0.1 * i, 1) for i in range(1, 11)), 1.2, 1.5),
-    rs_betas=(0.0, *(0.0025 * 2 ** i for i in range(10))),
-    rounding=tuple((k, r) for k in (1, 2) for r in (1, 2, 3)))
+FULL_DEFENCE_GRID: dict[str, tuple] = {
+    "dcp_betas": (0.0, *(round(0.1 * i, 1) for i in range(1, 11)), 1.2, 1.5),
+    "rs_betas": (0.0, *(0.0025 * 2 ** i for i in range(10))),
+    "rounding": tuple((k, r) for k in (1, 2) for r in (1, 2, 3)),
+}
 
 
 def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -> tuple[str, ...]:
