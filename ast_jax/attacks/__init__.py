@@ -12,7 +12,8 @@ returns an `AttackResult` (the clone, the queries it spent, per-epoch test accur
 
 `run_attack(kind, box, settings, context)` runs one and records the mean ℓ1 the box measured on
 its queries (`AttackResult.query_l1`, docs/method.md §10.5); `settings` holds every key of
-`DEFAULTS[kind]` (the published values, overridden by a study's config) and `check_settings`
+`DEFAULTS[kind]` (the published values, then those of a named recipe (`defaults`), overridden by a
+study's config) and `check_settings`
 refuses bad ones in one line before anything runs.
 """
 
@@ -22,14 +23,23 @@ import dataclasses
 from typing import Any, Mapping
 
 from ast_jax.attacks import dfme, jbda, transfer
-from ast_jax.attacks.common import ATTACKS, DEFAULTS, LABELS, AttackContext, AttackResult, check_settings
+from ast_jax.attacks.common import (
+    ATTACKS,
+    DEFAULTS,
+    KNOCKOFF_RECIPES,
+    LABELS,
+    AttackContext,
+    AttackResult,
+    check_settings,
+    defaults,
+)
 from ast_jax.defences.blackbox import BlackBox
 
 
 def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: AttackContext) -> AttackResult:
     """Attack `box` with `kind` and `settings` (every key of DEFAULTS[kind])."""
     check_settings(kind, settings, f"attack {kind!r}")
-    settings = {**DEFAULTS[kind], **settings}
+    settings = {**defaults(kind, settings), **settings}
     runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme}[kind]
     ledger = box.ledger()
     result = runner(box, settings, context)
@@ -38,4 +48,5 @@ def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: A
     return result
 
 
-__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "LABELS", "check_settings", "run_attack"]
+__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "KNOCKOFF_RECIPES", "LABELS", "check_settings",
+           "defaults", "run_attack"]

@@ -7,7 +7,10 @@
 - `knockoff`: KnockoffNets' random strategy. Exactly `budget` images are drawn uniformly, without
   replacement, from a surrogate query set (the pool is refilled when it runs out). Soft: CE against
   the release, −Σ_k r_k log σ(c)_k, whose gradient equals that of KL(r ‖ σ(c)): the kd step at
-  T = 1, ω = 1. Hard: CE on the released label, and the box is only asked for labels.
+  T = 1, ω = 1. Hard: CE on the released label, and the box is only asked for labels. Recipe `dcp`
+  (`common.KNOCKOFF_RECIPES`): the clone trains with random crops (zero padding 4) and horizontal
+  flips, each augmented image keeping the target the box gave for the un-augmented one, SGD
+  Nesterov, a cosine schedule per step, and `clone` names its architecture (ResNet-34).
 
 The attacker's target from a released vector p′ (docs/method.md §10.1) is log p′, with zeros as
 −inf, so that the tempered target p′^{1/τ} / Σ p′^{1/τ} keeps them at zero (a one-hot label stays
@@ -34,6 +37,9 @@ from ast_jax.rng import KNOCKOFF_DRAW
 TRANSFER_RECORD = "transfer.json"
 _TRAINING_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "milestones",
                   "lr_decay")
+#: Knockoff's `augment` setting: the clone's train-time augmentation (DCP's code: RandomCrop(padding=4) and
+#: RandomHorizontalFlip).
+AUGMENTS = {"none": AugmentSpec(), "flip_crop": AugmentSpec(crop_padding=4, flip=True)}
 
 
 def attacker_logits(released: np.ndarray) -> np.ndarray:
@@ -71,6 +77,7 @@ def clone_training(settings) -> ml_collections.ConfigDict:
     every 10 epochs and at the end (a killed clone resumes from there)."""
     config = {key: settings[key] for key in _TRAINING_KEYS}
     config["milestones"] = tuple(config["milestones"])
+    config["nesterov"] = settings.get("nesterov", False)
     return ml_collections.ConfigDict(dict(config, eval_batch_size=512, eval_every=1, checkpoint_every=10))
 
 
@@ -107,10 +114,12 @@ def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str
 
 def _distil(transfer: dict, spec: StepSpec, hypers: LossHypers, settings, context: AttackContext, queries: int, *,
             true_labels: np.ndarray | None = None) -> AttackResult:
-    """Train a fresh clone on the transfer set with `spec` and `hypers` (targets given, no augmentation)."""
+    """Train a fresh clone on the transfer set with `spec` and `hypers`; targets given, no augmentation
+    unless the settings' `augment` asks (each augmented image then keeps its un-augmented image's target)."""
     labels = transfer["labels"] if true_labels is None else true_labels
     data = RunData(ArraySplit(transfer["images"], labels.astype(np.int32)), context.test, context.mean, context.std,
-                   AugmentSpec(), targets=None if spec.kind == "ce" else transfer["targets"])
+                   AUGMENTS[settings.get("augment", "none")], targets=None if spec.kind == "ce" else transfer["targets"],
+                   augmented_targets=True)
     run = TrainingRun(directory=os.path.join(context.directory, "clone"),
                       record={"attack": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}},
                       model=context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,

@@ -34,12 +34,15 @@ MATRIX_VICTIMS = (*TEACHER_NAMES,
 MATRIX_ATTACKS = published_attacks(surrogate="cifar10", dfme_budget=200_000_000,
                                    kd=dict(temperature=20.0, omega=0.9, epochs=200, milestones=(60, 120, 160), lr_decay=0.2))
 
+#: The default matrix's attacks: all but Knockoff's DCP recipe (a ResNet-34 clone per cell).
+DEFAULT_ATTACKS = tuple(name for name in MATRIX_ATTACKS if name != "knockoff_dcp")
 #: The `full_grid` variant's victims: SPEC-zoo's whole β and rounding grids (`FULL_DEFENCE_GRID`).
 FULL_GRID_VICTIMS = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID))
 
 
 def get_config(variant: str = "thesis"):
-    """`thesis`, `reference`, or `full_grid`: the thesis variant with the full defence grids in its matrix."""
+    """`thesis`, `reference`, or `full_grid`: the thesis variant whose matrix has the full defence grids
+    and Knockoff's DCP recipe too."""
     full_grid = variant == FULL_GRID
     return study_config(
         name="cifar100_resnet18",
@@ -51,7 +54,7 @@ def get_config(variant: str = "thesis"):
         teacher_train=CIFAR_DEFENCE_TRAIN,
         ast=dict(temperature=20.0, omega=0.03, ratio=0.02),
         ast_reference=dict(temperature=30.0, omega=0.035, k=7),
-        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS),
-                    clone="resnet18", seeds=(0, 1, 2)),
+        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS,
+                    attacks=tuple(MATRIX_ATTACKS) if full_grid else DEFAULT_ATTACKS, clone="resnet18", seeds=(0, 1, 2)),
         attacks=MATRIX_ATTACKS,
     )

@@ -35,12 +35,15 @@ MATRIX_VICTIMS = (*TEACHER_NAMES,
 MATRIX_ATTACKS = published_attacks(surrogate="cifar100", dfme_budget=20_000_000,
                                    kd=dict(temperature=4.0, omega=0.9, epochs=160, milestones=(80, 120), lr_decay=0.1))
 
+#: The default matrix's attacks: all but Knockoff's DCP recipe (a ResNet-34 clone per cell).
+DEFAULT_ATTACKS = tuple(name for name in MATRIX_ATTACKS if name != "knockoff_dcp")
 #: The `full_grid` variant's victims: SPEC-zoo's whole β and rounding grids (`FULL_DEFENCE_GRID`).
 FULL_GRID_VICTIMS = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID))
 
 
 def get_config(variant: str = "thesis"):
-    """`thesis`, `reference`, or `full_grid`: the thesis variant with the full defence grids in its matrix."""
+    """`thesis`, `reference`, or `full_grid`: the thesis variant whose matrix has the full defence grids
+    and Knockoff's DCP recipe too."""
     full_grid = variant == FULL_GRID
     return study_config(
         name="cifar10_resnet18",
@@ -53,7 +56,7 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=6.0, omega=0.05, ratio=0.2),
         ast_reference=dict(temperature=6.0, omega=0.05, k=2),
         student_train={"cnn": CNN_STUDENT_TRAIN},
-        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS),
-                    clone="resnet18", seeds=(0, 1, 2)),
+        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS,
+                    attacks=tuple(MATRIX_ATTACKS) if full_grid else DEFAULT_ATTACKS, clone="resnet18", seeds=(0, 1, 2)),
         attacks=MATRIX_ATTACKS,
     )

@@ -51,6 +51,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ast_jax.attacks.common import DEFAULTS as ATTACK_DEFAULTS
+from ast_jax.attacks.common import defaults as attack_defaults
 from ast_jax.studies.settings import TEACHER_NAMES, THESIS_TEACHERS
 
 __all__ = [
@@ -199,11 +200,13 @@ def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -
 
 def published_attacks(*, surrogate: str, dfme_budget: int, kd: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The CIFAR attack cells with the papers' settings (docs/method.md §10.3): KD with the study's
-    τ/ω and schedule, Knockoff soft/hard with 50,000 queries of the other CIFAR, JBDA, DFME."""
+    τ/ω and schedule, Knockoff soft/hard with 50,000 queries of the other CIFAR (InI's recipe) and
+    soft with DCP's recipe (the whole surrogate train split, 50,000), JBDA, DFME."""
     return {
         "kd": dict(kind="kd", **kd),
         "knockoff_soft": dict(kind="knockoff", query_set=surrogate, labels="soft"),
         "knockoff_hard": dict(kind="knockoff", query_set=surrogate, labels="hard"),
+        "knockoff_dcp": dict(kind="knockoff", query_set=surrogate, labels="soft", recipe="dcp"),
         "jbda_soft": dict(kind="jbda", labels="soft"),
         "jbda_hard": dict(kind="jbda", labels="hard"),
         "dfme": dict(kind="dfme", budget=dfme_budget),
@@ -386,11 +389,12 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
 
 
 def attack_cell(settings: Mapping[str, Any]) -> dict:
-    """An attack cell of `config.attacks`: its `kind` and every setting (`attacks.DEFAULTS[kind]` updated)."""
+    """An attack cell of `config.attacks`: its `kind` and every setting (`attacks.DEFAULTS[kind]`, then the
+    values of the recipe it names, updated)."""
     kind = settings.get("kind")
     if kind not in ATTACK_DEFAULTS:
         raise ValueError(f"attack cell {dict(settings)!r}: kind must be one of {', '.join(ATTACK_DEFAULTS)}")
-    return {"kind": kind, **ATTACK_DEFAULTS[kind], **{k: v for k, v in settings.items() if k != "kind"}}
+    return {"kind": kind, **attack_defaults(kind, settings), **{k: v for k, v in settings.items() if k != "kind"}}
 
 
 def ablation_config(study: str, ablations: Mapping[str, Sequence[str]], variant: str,

@@ -2,8 +2,9 @@
 
 SGD: momentum 0.9, PyTorch-style *coupled* weight decay (the decay is added to the gradient
 before the momentum buffer: g <- g + wd * theta; b <- mu * b + g; theta <- theta - lr * b, which is
-`torch.optim.SGD(momentum=mu, weight_decay=wd)` with dampening 0), learning rate multiplied by
-`lr_decay` at each epoch milestone. Adam (the CNN student): `torch.optim.Adam` defaults with
+`torch.optim.SGD(momentum=mu, weight_decay=wd)` with dampening 0; with `nesterov` the step is
+g + mu * b, as `torch.optim.SGD(nesterov=True)`), learning rate multiplied by `lr_decay` at each
+epoch milestone. Adam (the CNN student): `torch.optim.Adam` defaults with
 the same optional coupled decay and milestones.
 
 The learning rate is a hyperparameter of the optimizer's *state* (`optax.inject_hyperparams`,
@@ -24,8 +25,9 @@ import optax
 
 OPTIMIZERS = ("sgd", "adam")
 #: `multistep`: x lr_decay at each milestone epoch (the thesis); `cosine`: cosine annealing to 0 over
-#: the run, updated once per epoch (the stealing attacks' clones, docs/method.md §10.3).
-SCHEDULES = ("multistep", "cosine")
+#: the run, updated once per epoch (the stealing attacks' clones, docs/method.md §10.3); `cosine_step`:
+#: the same annealing updated every step (DCP's Knockoff clone).
+SCHEDULES = ("multistep", "cosine", "cosine_step")
 
 
 def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) -> optax.Schedule:
@@ -45,9 +47,16 @@ def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sche
     return lambda step: cosine(step // steps_per_epoch)
 
 
+def cosine_per_step(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """lr·(1 + cos(π·t/T))/2 at step t (0-based), T = epochs·steps_per_epoch: PyTorch's
+    CosineAnnealingLR(T_max=T) stepped after every batch."""
+    return optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
+
+
 def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer a `config.train`-shaped ConfigDict describes (docs/method.md §5); an optional
-    `schedule` key picks one of SCHEDULES (default multistep).
+    `schedule` key picks one of SCHEDULES (default multistep), an optional `nesterov` key SGD's
+    Nesterov momentum (default off).
 
     Equal settings give the same object (memoised), so programs built from it are shared
     (`loop.make_train_epoch`). `train_config.lr` is the value `init` writes into the state;
@@ -56,24 +65,29 @@ def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransfor
     momentum = train_config.momentum if train_config.optimizer == "sgd" else 0.0
     return _optimizer(train_config.optimizer, float(train_config.lr), float(momentum),
                       float(get("weight_decay", 0.0)), get("schedule", "multistep"), tuple(get("milestones", ())),
-                      float(get("lr_decay", 1.0)), int(get("epochs", 0)), int(steps_per_epoch))
+                      float(get("lr_decay", 1.0)), int(get("epochs", 0)), int(steps_per_epoch),
+                      bool(get("nesterov", False)))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizer(optimizer: str, lr: float, momentum: float, weight_decay: float, schedule_name: str,
-               milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
+               milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int,
+               nesterov: bool = False) -> optax.GradientTransformation:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if schedule_name == "cosine" and epochs < 1:
+    if schedule_name.startswith("cosine") and epochs < 1:
         raise ValueError("the cosine schedule needs the number of epochs (train config key `epochs`)")
 
     def scheduled(learning_rate):
         """The optimizer whose base learning rate is `learning_rate` (injected: a value of the state)."""
         if schedule_name == "cosine":
             schedule = cosine_per_epoch(learning_rate, epochs, steps_per_epoch)
+        elif schedule_name == "cosine_step":
+            schedule = cosine_per_step(learning_rate, epochs, steps_per_epoch)
         else:
             schedule = lr_schedule(learning_rate, milestones, lr_decay, steps_per_epoch)
-        step = optax.sgd(schedule, momentum=momentum) if optimizer == "sgd" else optax.adam(schedule)
+        step = (optax.sgd(schedule, momentum=momentum, nesterov=nesterov) if optimizer == "sgd"
+                else optax.adam(schedule))
         return optax.chain(optax.add_decayed_weights(weight_decay), step) if weight_decay else step
 
     return optax.inject_hyperparams(scheduled, hyperparam_dtype=jnp.float32)(learning_rate=lr)

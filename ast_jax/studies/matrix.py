@@ -126,11 +126,20 @@ class _Matrix:
         self.model = study.model(config.teacher.model)
         self.predict_victim = make_predict(self.model, study.mesh, batch_size=config.train.eval_batch_size,
                                            mean=study.dataset.mean, std=study.dataset.std)
-        self.predict_clone = make_predict(study.model(self.clone_architecture), study.mesh,
-                                          batch_size=config.train.eval_batch_size, mean=study.dataset.mean,
-                                          std=study.dataset.std)
+        self._predict_clone: dict[str, Callable] = {}
         self._outputs: dict[str, tuple] = {}
         self._query_sets: dict[str, Any] = {}
+
+    def clone(self, settings: Mapping) -> str:
+        """The clone's architecture: the attack's own `clone` setting (Knockoff's DCP recipe), else config.matrix.clone."""
+        return settings.get("clone") or self.clone_architecture
+
+    def predict_clone(self, architecture: str) -> Callable:
+        if architecture not in self._predict_clone:
+            self._predict_clone[architecture] = make_predict(
+                self.study.model(architecture), self.study.mesh, batch_size=self.study.config.train.eval_batch_size,
+                mean=self.study.dataset.mean, std=self.study.dataset.std)
+        return self._predict_clone[architecture]
 
     def outputs(self, victim: Victim) -> tuple[np.ndarray, np.ndarray]:
         """(clean, released) probabilities of `victim` on the test set, float64."""
@@ -166,7 +175,7 @@ class _Matrix:
         return {"victim": cell.victim.label, "teacher": teacher_fingerprint(self.study, cell.victim.teacher),
                 "defense": {"name": cell.victim.defense, "params": dict(cell.victim.params)},
                 "attack": settings, "query_set": None if query_set is None else query_set.fingerprint,
-                "clone": self.clone_architecture, "seed": cell.seed, "train_data": self.study.train_data}
+                "clone": self.clone(settings), "seed": cell.seed, "train_data": self.study.train_data}
 
     def run_cell(self, cell: Cell) -> dict:
         """The cell's result: loaded when complete, else computed (resuming what the attack kept)."""
@@ -198,14 +207,14 @@ class _Matrix:
                        clean=victim_release(self.model, variables, mean, std))
         query_set = self.query_set(settings)
         context = AttackContext(
-            clone=study.model(self.clone_architecture), victim_train=study.train, test=study.test,
+            clone=study.model(inputs["clone"]), victim_train=study.train, test=study.test,
             mean=study.dataset.mean, std=study.dataset.std, mesh=study.mesh, seed=cell.seed, directory=directory,
             log=lambda message: self.log(f"[{victim.label}/{cell.attack}/seed{cell.seed}] {message}"),
             query_images=None if query_set is None else query_set.images,
             eval_batch_size=study.config.train.eval_batch_size)
         result = run_attack(kind, box, settings, context)
         clean, released = self.outputs(victim)
-        clone_logits = to_host(self.predict_clone(result.variables, study.test.images))
+        clone_logits = to_host(self.predict_clone(inputs["clone"])(result.variables, study.test.images))
         base_accuracy = defender_metrics(*self.outputs(BASE), study.test.labels, 0.0)["defender_accuracy"]
         row = {"victim": victim.label, "attack": cell.attack, "kind": kind, "seed": cell.seed,
                "clone_accuracy": result.final_accuracy, "clone_best_accuracy": result.best_accuracy,

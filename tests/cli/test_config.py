@@ -418,3 +418,5 @@ def test_cifar_full_grid_variant_sweeps_every_published_defence_setting(name):
     assert set(thesis.matrix.victims) < set(full.matrix.victims)  # the default keeps its subset; its cells are reused
     assert len(thesis.matrix.victims) < len(full.matrix.victims) == len(thesis.teachers) + 13 + 11 + 1 + 6
     assert settings.study_record(full) == settings.study_record(thesis)  # the same teachers and students
+    assert "knockoff_dcp" in full.matrix.attacks and "knockoff_dcp" not in thesis.matrix.attacks
+    assert (full.attacks.knockoff_dcp.recipe, full.attacks.knockoff_dcp.clone) == ("dcp", "resnet34")

@@ -12,6 +12,7 @@ from conftest import TinyNet, tiny_split
 
 from ast_jax import losses
 from ast_jax.attacks import AttackContext, check_settings, dfme, jbda, run_attack, transfer
+from ast_jax.configs.common import attack_cell
 from ast_jax.defences.blackbox import BlackBox, victim_release
 from ast_jax.engine import make_mesh
 from ast_jax.engine.loop import AXIS
@@ -107,6 +108,35 @@ def test_knockoff_spends_exactly_the_budget_and_hard_sees_only_labels(victim, tm
     resumed = run_attack("knockoff", again, settings, context(tmp_path, query_images=tiny_split(20, seed=3).images))
     assert again.queries == 0 and resumed.queries == 37
     assert resumed.final_accuracy == result.final_accuracy and resumed.query_l1 == result.query_l1
+
+
+def test_knockoff_dcp_recipe_fills_the_papers_clone_training():
+    cell = attack_cell({"kind": "knockoff", "recipe": "dcp", "lr": 0.01})
+    check_settings("knockoff", {k: v for k, v in cell.items() if k != "kind"}, "where")
+    assert {k: cell[k] for k in ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "batch_size",
+                                 "augment", "clone", "lr", "epochs")} == {
+        "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine_step",
+        "batch_size": 64, "augment": "flip_crop", "clone": "resnet34", "lr": 0.01, "epochs": 50}
+    ini = attack_cell({"kind": "knockoff"})
+    assert (ini["recipe"], ini["nesterov"], ini["augment"], ini["schedule"], ini["batch_size"]) == (
+        "ini", False, "none", "cosine", 128)
+
+
+@pytest.mark.slow
+def test_knockoff_dcp_recipe_augments_the_transfer_set_without_querying_again(victim, tmp_path):
+    """DCP's recipe trains on flipped and cropped images that keep the un-augmented image's target (a
+    combination the engine otherwise refuses), one query per image; the same run unaugmented differs."""
+    dcp = attack_cell({"kind": "knockoff", "recipe": "dcp", "budget": 64, "epochs": 2})
+    plain = dict(dcp, recipe="ini", augment="none")
+    queries = tiny_split(20, seed=3).images
+    clones = []
+    for name, cell in (("dcp", dcp), ("plain", plain)):
+        box = make_box(victim)
+        settings = {k: v for k, v in cell.items() if k != "kind"}
+        result = run_attack("knockoff", box, settings, context(tmp_path / name, query_images=queries))
+        assert box.queries == result.queries == 64 and box.calls == ["probabilities"]
+        clones.append(np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(result.variables["params"])]))
+    assert not np.allclose(clones[0], clones[1])
 
 
 @pytest.mark.slow
@@ -205,6 +235,11 @@ def test_dfme_schedule_follows_the_reference_multisteplr_with_coinciding_milesto
     ("dfme", {"budget": 1000, "batch_size": 256}, "smaller than one batch \\(1792\\)"),
     ("knockoff", {"labels": "medium"}, r"where.labels: must be one of \('soft', 'hard'\)"),
     ("jbda", {"lambda": 0.1}, r"no setting\(s\) \['lambda'\]"),
+    ("knockoff", {"recipe": "orekondy"}, r"where.recipe: must be one of \('ini', 'dcp'\)"),
+    ("knockoff", {"recipe": "dcp", "batch_size": 128}, r"recipe 'dcp' trains with .* the cell sets \{'batch_size': 128\}"),
+    ("knockoff", {"clone": "resnet35"}, r"where.clone: unknown model name 'resnet35'"),
+    ("knockoff", {"nesterov": 1}, r"where.nesterov: must be True or False"),
+    ("knockoff", {"augment": "mixup"}, r"where.augment: must be one of \('none', 'flip_crop'\)"),
 ])
 def test_bad_settings_are_one_line(kind, settings, match):
     with pytest.raises(ValueError, match=match) as error:
