@@ -39,8 +39,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: paper says 0.01), epochs (50) and budget (the whole surrogate train split) stay settings.
 KNOCKOFF_RECIPES: dict[str, dict[str, Any]] = {
     "ini": {},
-    "dcp": dict(optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine_step",
-                batch_size=64, augment="flip_crop", clone="resnet34"),
+    "dcp": {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine_step",
+            "batch_size": 64, "augment": "flip_crop", "clone": "resnet34"},
 }
 _CHOICES = dict(labels=LABELS, optimizer=OPTIMIZERS, schedule=SCHEDULES, seed_order=("balanced", "first"),
                 space=("pixel", "reference"), variant=("dfme", "maze"), recipe=tuple(KNOCKOFF_RECIPES),
@@ -92,7 +92,7 @@ def check_settings(kind: str, settings: Mapping[str, Any], where: str) -> None:
     for key, valid in _CHOICES.items():
         if key in settings and settings[key] not in valid:
             raise ValueError(f"{where}.{key}: must be one of {valid}, got {settings[key]!r}")
-    if not isinstance(settings.get("nesterov", False), bool):
+    if type(settings.get("nesterov", False)) is not bool:
         raise ValueError(f"{where}.nesterov: must be True or False, got {settings['nesterov']!r}")
     if settings.get("clone"):
         try:

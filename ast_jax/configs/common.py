@@ -206,7 +206,7 @@ def published_attacks(*, surrogate: str, dfme_budget: int, kd: Mapping[str, Any]
         "kd": dict(kind="kd", **kd),
         "knockoff_soft": dict(kind="knockoff", query_set=surrogate, labels="soft"),
         "knockoff_hard": dict(kind="knockoff", query_set=surrogate, labels="hard"),
-        "knockoff_dcp": dict(kind="knockoff", query_set=surrogate, labels="soft", recipe="dcp"),
+        "knockoff_dcp": {"kind": "knockoff", "query_set": surrogate, "labels": "soft", "recipe": "dcp"},
         "jbda_soft": dict(kind="jbda", labels="soft"),
         "jbda_hard": dict(kind="jbda", labels="hard"),
         "dfme": dict(kind="dfme", budget=dfme_budget),

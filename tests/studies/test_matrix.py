@@ -81,8 +81,8 @@ def test_relative_accuracy_and_the_strongest_defence_within_each_budget():
     ("--config.attacks.knockoff_soft.query_set=cifar10", "config.attacks.knockoff_soft.query_set: query set 'cifar10' "
                                                          "has 32x32 images but the victim takes 8x8"),
     ("--config.attacks.jbda.kind=jdba", "config.attacks.jbda.kind: unknown attack 'jdba'"),
-    ("--config.attacks.knockoff_soft.recipe=dcp", "config.attacks.knockoff_soft: recipe 'dcp' trains with .*"
-                                                  "drop those settings, or use recipe 'ini'"),
+    ("--config.attacks.knockoff_soft.recipe=dcp", ("config.attacks.knockoff_soft: recipe 'dcp' trains with .*"
+                                                   "drop those settings, or use recipe 'ini'")),
 ])
 def test_bad_matrix_config_is_one_line(override, match):
     with pytest.raises(ValueError, match=match):
