@@ -16,9 +16,8 @@ architecture) and InI's OOD set the photo crops (the paper's Tiny-ImageNet is no
 from ast_jax.configs.common import (
     CIFAR_DEFENCE_TRAIN,
     CNN_STUDENT_TRAIN,
-    FULL_DEFENCE_GRID,
-    FULL_GRID,
     TEACHER_NAMES,
+    cifar_matrix,
     defence_victims,
     published_attacks,
     study_config,
@@ -35,28 +34,22 @@ MATRIX_VICTIMS = (*TEACHER_NAMES,
 MATRIX_ATTACKS = published_attacks(surrogate="cifar100", dfme_budget=20_000_000,
                                    kd=dict(temperature=4.0, omega=0.9, epochs=160, milestones=(80, 120), lr_decay=0.1))
 
-#: The default matrix's attacks: all but Knockoff's DCP recipe (a ResNet-34 clone per cell).
-DEFAULT_ATTACKS = tuple(name for name in MATRIX_ATTACKS if name != "knockoff_dcp")
-#: The `full_grid` variant's victims: SPEC-zoo's whole β and rounding grids (`FULL_DEFENCE_GRID`).
-FULL_GRID_VICTIMS = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID))
-
 
 def get_config(variant: str = "thesis"):
-    """`thesis`, `reference`, or `full_grid`: the thesis variant whose matrix has the full defence grids
-    and Knockoff's DCP recipe too."""
-    full_grid = variant == FULL_GRID
+    """`thesis`, `reference`, or `full_grid`: the thesis variant whose matrix sweeps SPEC-zoo's whole
+    defence grids and runs Knockoff's DCP recipe too (`cifar_matrix`)."""
+    variant, matrix = cifar_matrix(variant, MATRIX_VICTIMS, MATRIX_ATTACKS)
     return study_config(
         name="cifar10_resnet18",
         dataset="cifar10",
         teacher="resnet18",
         students=("cnn", "preresnet20", "preresnet32", "resnet18"),
-        variant="thesis" if full_grid else variant,
+        variant=variant,
         teachers=TEACHER_NAMES,  # the thesis's five and the training-time defences InI and MeCo
         teacher_train=CIFAR_DEFENCE_TRAIN,
         ast=dict(temperature=6.0, omega=0.05, ratio=0.2),
         ast_reference=dict(temperature=6.0, omega=0.05, k=2),
         student_train={"cnn": CNN_STUDENT_TRAIN},
-        matrix=dict(victims=FULL_GRID_VICTIMS if full_grid else MATRIX_VICTIMS,
-                    attacks=tuple(MATRIX_ATTACKS) if full_grid else DEFAULT_ATTACKS, clone="resnet18", seeds=(0, 1, 2)),
+        matrix=matrix,
         attacks=MATRIX_ATTACKS,
     )

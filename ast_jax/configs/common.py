@@ -57,7 +57,7 @@ from ast_jax.studies.settings import TEACHER_NAMES, THESIS_TEACHERS
 __all__ = [
     "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "FULL_DEFENCE_GRID", "FULL_GRID",
     "INI_CIFAR_TRAIN", "INI_DEFAULTS", "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN",
-    "REFERENCE_VALUES", "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cleared_sparsity",
+    "REFERENCE_VALUES", "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cifar_matrix", "cleared_sparsity",
     "defence_victims", "published_attacks", "study_config",
 ]
 
@@ -189,6 +189,18 @@ FULL_DEFENCE_GRID: dict[str, tuple] = {
     "rs_betas": (0.0, *(0.0025 * 2 ** i for i in range(10))),
     "rounding": tuple((k, r) for k in (1, 2) for r in (1, 2, 3)),
 }
+
+
+def cifar_matrix(variant: str, victims: Sequence[str], attacks: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(the study variant, the `matrix` section) of a CIFAR config's `variant`. `full_grid`: the thesis
+    variant whose matrix has the teachers and FULL_DEFENCE_GRID's victims, and every attack cell;
+    otherwise `variant` itself, `victims`, and every cell but Knockoff's DCP recipe (a ResNet-34 clone each)."""
+    if variant == FULL_GRID:
+        victims, names = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID)), tuple(attacks)
+    else:
+        names = tuple(name for name in attacks if name != "knockoff_dcp")
+    return ("thesis" if variant == FULL_GRID else variant,
+            {"victims": tuple(victims), "attacks": names, "clone": "resnet18", "seeds": (0, 1, 2)})
 
 
 def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -> tuple[str, ...]:
