@@ -15,7 +15,7 @@ so the pixels sent to the box are mean + std·tanh(a). Each iteration (batch N, 
 Queries per iteration: N·((m + 1) + clone_steps) (1,792 at N = 256, m = 1). An epoch is
 `iterations_per_epoch` iterations; epochs = ⌊Q / (iterations_per_epoch · cost)⌋ + 1; the attack stops
 when less than one iteration's queries remain, and both learning rates are multiplied by
-`lr_decay` (0.3) at the `lr_milestones` fractions (10/30/50 %) of the epochs (`lr_schedule`, the
+`lr_decay` (0.3) at the `lr_milestones` fractions (10/30/50 %) of the epochs (`decay_schedule`, the
 reference's schedule exactly). The generator's BatchNorm always normalises with the batch's statistics.
 
 `variant="maze"`: L = −KL(p′ ‖ σ(c)) per sample (no 1/(K·N)), the clone minimises KL(p′ ‖ σ(c))
@@ -36,7 +36,17 @@ from ast_jax import losses
 from ast_jax.attacks.common import AttackContext, AttackResult
 from ast_jax.attacks.transfer import attacker_logits
 from ast_jax.defences.blackbox import BlackBox
-from ast_jax.engine import LossHypers, StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
+from ast_jax.engine import (
+    LossHypers,
+    StepSpec,
+    evaluate,
+    init_state,
+    lr_schedule,
+    make_predict,
+    make_train_step,
+    replicate,
+    to_host,
+)
 from ast_jax.rng import ITERATION_DIRECTIONS, Stream
 
 LOG_CLAMP = 1e-12
@@ -113,7 +123,7 @@ def schedule_plan(settings) -> tuple[int, int, list[int]]:
     return iterations, epochs, sorted(int(fraction * epochs) for fraction in settings["lr_milestones"])
 
 
-def lr_schedule(settings, lr: float, steps_per_iteration: int) -> optax.Schedule:
+def decay_schedule(settings, lr: float, steps_per_iteration: int) -> optax.Schedule:
     """The learning rate at each optimizer step (`steps_per_iteration` steps per iteration), the
     reference's `MultiStepLR` exactly.
 
@@ -123,15 +133,10 @@ def lr_schedule(settings, lr: float, steps_per_iteration: int) -> optax.Schedule
     decays twice) and its constructor already applies a milestone at 0. So epoch i (0-based) runs at
     lr·lr_decay^#{m ∈ milestones : m ≤ i + 1}: a milestone m decays from 0-based epoch max(m − 1, 0),
     one epoch before the count of finished epochs reaches m, and milestones that coincide at
-    small budgets (int(0.1·4) = int(0.3·4) = 0) multiply their decays.
+    small budgets (int(0.1·4) = int(0.3·4) = 0) multiply their decays (`optim.lr_schedule`).
     """
-    _, _, milestones = schedule_plan(settings)
-    steps_per_epoch = settings["iterations_per_epoch"] * steps_per_iteration
-    boundaries: dict[int, float] = {}
-    for milestone in milestones:
-        step = max(milestone - 1, 0) * steps_per_epoch
-        boundaries[step] = boundaries.get(step, 1.0) * settings["lr_decay"]
-    return optax.piecewise_constant_schedule(lr, boundaries)
+    shifted = [max(milestone - 1, 0) for milestone in schedule_plan(settings)[2]]
+    return lr_schedule(lr, shifted, settings["lr_decay"], settings["iterations_per_epoch"] * steps_per_iteration)
 
 
 def _released(box: BlackBox, pixels) -> jax.Array:
@@ -152,12 +157,12 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
 
     generator = Generator(image_shape, settings["ngf"])
     g_params = generator.init(jax.random.fold_in(key, Stream.GENERATOR_INIT), jnp.zeros((2, settings["nz"])))["params"]
-    g_tx = (optax.adam(lr_schedule(settings, settings["generator_lr"], 1)) if variant == "dfme" else
+    g_tx = (optax.adam(decay_schedule(settings, settings["generator_lr"], 1)) if variant == "dfme" else
             optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                        optax.sgd(lr_schedule(settings, settings["generator_lr"], 1), momentum=settings["momentum"])))
+                        optax.sgd(decay_schedule(settings, settings["generator_lr"], 1), momentum=settings["momentum"])))
     g_opt = g_tx.init(g_params)
     c_tx = optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                       optax.sgd(lr_schedule(settings, settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
+                       optax.sgd(decay_schedule(settings, settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
     if variant == "maze":
         clone_spec, clone_hypers = StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
@@ -220,5 +225,5 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     return AttackResult(variables, box.queries - spent_before, history, accuracies[-1], max(accuracies))
 
 
-__all__ = ["Generator", "dfme", "disagreement", "iteration_cost", "lr_schedule", "probe_points", "recovered_logits",
+__all__ = ["Generator", "decay_schedule", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
            "schedule_plan", "sphere_directions", "zeroth_order_gradient"]

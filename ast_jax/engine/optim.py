@@ -35,9 +35,12 @@ def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) ->
 
     The step counter is the number of optimizer updates already applied, so epoch e (0-based)
     runs at lr * lr_decay^#{m in milestones : m <= e}, like PyTorch's MultiStepLR stepped once
-    per epoch.
+    per epoch; as there, a milestone listed twice decays twice.
     """
-    boundaries = {int(m) * steps_per_epoch: lr_decay for m in milestones}
+    boundaries: dict[int, float] = {}
+    for milestone in milestones:
+        step = int(milestone) * steps_per_epoch
+        boundaries[step] = boundaries.get(step, 1.0) * lr_decay
     return optax.piecewise_constant_schedule(lr, boundaries)
 
 

@@ -222,7 +222,7 @@ def test_dfme_schedule_follows_the_reference_multisteplr_with_coinciding_milesto
         return lrs
 
     for steps_per_iteration in (1, 6):
-        schedule = dfme.lr_schedule(settings, 0.1, steps_per_iteration)
+        schedule = dfme.decay_schedule(settings, 0.1, steps_per_iteration)
         expected = np.repeat(reference(0.1), 2 * steps_per_iteration)[:iterations * steps_per_iteration]
         got = np.array([float(schedule(step)) for step in range(iterations * steps_per_iteration)])
         np.testing.assert_allclose(got, expected, rtol=1e-6)

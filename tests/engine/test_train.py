@@ -53,6 +53,8 @@ def test_lr_schedule_is_multistep_per_epoch():
     schedule = lr_schedule(0.1, (2, 3), 0.2, steps_per_epoch=5)
     lrs = [float(schedule(step)) for step in (0, 9, 10, 14, 15)]
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.02, 0.02, 0.004], rtol=1e-6)
+    twice = lr_schedule(0.1, (2, 2), 0.2, steps_per_epoch=5)  # MultiStepLR: a repeated milestone decays twice
+    np.testing.assert_allclose([float(twice(step)) for step in (9, 10)], [0.1, 0.004], rtol=1e-6)
 
 
 def test_sgd_is_pytorch_coupled_weight_decay_with_momentum():
