@@ -3,6 +3,7 @@
     <workdir>/matrix/<victim>/<attack>/seed<k>/cell.json     the cell's inputs (fingerprints)
     <workdir>/matrix/<victim>/<attack>/seed<k>/result.json   its metrics, written last
     <workdir>/matrix.{md,json,csv}, matrix.png                the table over seeds and its heatmap
+    <workdir>/matrix-best.csv                                 the strongest defence per attack and Δ_def budget
 
 A *victim* is a teacher of the study (`base`, `stingy`, `ast`, `nasty`, `stt`) or the base
 teacher behind an output defence (`dcp:beta=0.3`, `reverse_sigmoid:beta=0.04`, `top1`,
