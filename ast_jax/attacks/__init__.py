@@ -10,26 +10,43 @@ returns an `AttackResult` (the clone, the queries it spent, per-epoch test accur
 | `jbda`     | seeds, then Jacobian-augmented points, round by round | `jbda`      |
 | `dfme`     | generator samples and their zeroth-order neighbours   | `dfme`      |
 
-`run_attack(kind, box, settings, context)` runs one; `settings` holds every key of
-`DEFAULTS[kind]` (the published values, overridden by a study's config) and `check_settings`
+`run_attack(kind, box, settings, context)` runs one and records the mean ℓ1 the box measured on
+its queries (`AttackResult.query_l1`, docs/method.md §10.5); `settings` holds every key of
+`DEFAULTS[kind]` (the published values, then those of a named recipe (`defaults`), overridden by a
+study's config) and `check_settings`
 refuses bad ones in one line before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from ast_jax.attacks import dfme, jbda, transfer
-from ast_jax.attacks.common import ATTACKS, DEFAULTS, LABELS, AttackContext, AttackResult, check_settings
+from ast_jax.attacks.common import (
+    ATTACKS,
+    DEFAULTS,
+    KNOCKOFF_RECIPES,
+    LABELS,
+    AttackContext,
+    AttackResult,
+    check_settings,
+    defaults,
+)
 from ast_jax.defences.blackbox import BlackBox
 
 
 def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: AttackContext) -> AttackResult:
     """Attack `box` with `kind` and `settings` (every key of DEFAULTS[kind])."""
     check_settings(kind, settings, f"attack {kind!r}")
-    settings = {**DEFAULTS[kind], **settings}
+    settings = {**defaults(kind, settings), **settings}
     runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme}[kind]
-    return runner(box, settings, context)
+    ledger = box.ledger()
+    result = runner(box, settings, context)
+    if result.query_l1 is None:  # a transfer attack brings its own (its resumed queries are in its record)
+        result = dataclasses.replace(result, query_l1=box.l1_since(ledger))
+    return result
 
 
-__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "LABELS", "check_settings", "run_attack"]
+__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "KNOCKOFF_RECIPES", "LABELS", "check_settings",
+           "defaults", "run_attack"]

@@ -15,8 +15,8 @@ so the pixels sent to the box are mean + std·tanh(a). Each iteration (batch N, 
 Queries per iteration: N·((m + 1) + clone_steps) (1,792 at N = 256, m = 1). An epoch is
 `iterations_per_epoch` iterations; epochs = ⌊Q / (iterations_per_epoch · cost)⌋ + 1; the attack stops
 when less than one iteration's queries remain, and both learning rates are multiplied by
-`lr_decay` (0.3) at the `lr_milestones` fractions (10/30/50 %) of the epochs. The generator's
-BatchNorm always normalises with the batch's statistics.
+`lr_decay` (0.3) at the `lr_milestones` fractions (10/30/50 %) of the epochs (`decay_schedule`, the
+reference's schedule exactly). The generator's BatchNorm always normalises with the batch's statistics.
 
 `variant="maze"`: L = −KL(p′ ‖ σ(c)) per sample (no 1/(K·N)), the clone minimises KL(p′ ‖ σ(c))
 (the kd step at T = 1, ω = 1), and the generator takes SGD steps (momentum 0.9, weight decay
@@ -36,7 +36,17 @@ from ast_jax import losses
 from ast_jax.attacks.common import AttackContext, AttackResult
 from ast_jax.attacks.transfer import attacker_logits
 from ast_jax.defences.blackbox import BlackBox
-from ast_jax.engine import LossHypers, StepSpec, evaluate, init_state, make_predict, make_train_step, replicate, to_host
+from ast_jax.engine import (
+    LossHypers,
+    StepSpec,
+    evaluate,
+    init_state,
+    lr_schedule,
+    make_predict,
+    make_train_step,
+    replicate,
+    to_host,
+)
 from ast_jax.rng import ITERATION_DIRECTIONS, Stream
 
 LOG_CLAMP = 1e-12
@@ -105,13 +115,28 @@ def iteration_cost(settings) -> int:
 
 
 def schedule_plan(settings) -> tuple[int, int, list[int]]:
-    """(iterations, epochs, iterations at which both learning rates decay) for the budget."""
+    """(iterations, epochs, milestone epochs) for the budget: the milestones int(f·epochs) of the
+    `lr_milestones` fractions f, sorted, coinciding ones kept (each one decays)."""
     cost = iteration_cost(settings)
     iterations = settings["budget"] // cost
     epochs = settings["budget"] // (settings["iterations_per_epoch"] * cost) + 1
-    decays = sorted({int(fraction * epochs) * settings["iterations_per_epoch"]
-                     for fraction in settings["lr_milestones"]})
-    return iterations, epochs, decays
+    return iterations, epochs, sorted(int(fraction * epochs) for fraction in settings["lr_milestones"])
+
+
+def decay_schedule(settings, lr: float, steps_per_iteration: int) -> optax.Schedule:
+    """The learning rate at each optimizer step (`steps_per_iteration` steps per iteration), the
+    reference's `MultiStepLR` exactly.
+
+    The authors' code (cake-lab/datafree-model-extraction, dfme/train.py) builds
+    `MultiStepLR(optimizer, milestones, 0.3)` and calls `scheduler.step()` at the *start* of each
+    epoch e = 1, 2, ...; PyTorch counts milestones with multiplicity (a milestone listed twice
+    decays twice) and its constructor already applies a milestone at 0. So epoch i (0-based) runs at
+    lr·lr_decay^#{m ∈ milestones : m ≤ i + 1}: a milestone m decays from 0-based epoch max(m − 1, 0),
+    one epoch before the count of finished epochs reaches m, and milestones that coincide at
+    small budgets (int(0.1·4) = int(0.3·4) = 0) multiply their decays (`optim.lr_schedule`).
+    """
+    shifted = [max(milestone - 1, 0) for milestone in schedule_plan(settings)[2]]
+    return lr_schedule(lr, shifted, settings["lr_decay"], settings["iterations_per_epoch"] * steps_per_iteration)
 
 
 def _released(box: BlackBox, pixels) -> jax.Array:
@@ -126,21 +151,18 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     mesh, spent_before = context.mesh, box.queries
     image_shape = tuple(context.test.images.shape[1:])
     batch, m, epsilon, variant = settings["batch_size"], settings["directions"], settings["fd_epsilon"], settings["variant"]
-    iterations, epochs, decays = schedule_plan(settings)
+    iterations = schedule_plan(settings)[0]
     mean, std = jnp.asarray(context.mean, jnp.float32), jnp.asarray(context.std, jnp.float32)
     key = jax.random.PRNGKey(context.seed)
 
-    def decayed(lr, every):
-        return optax.piecewise_constant_schedule(lr, {step * every: settings["lr_decay"] for step in decays})
-
     generator = Generator(image_shape, settings["ngf"])
     g_params = generator.init(jax.random.fold_in(key, Stream.GENERATOR_INIT), jnp.zeros((2, settings["nz"])))["params"]
-    g_tx = (optax.adam(decayed(settings["generator_lr"], 1)) if variant == "dfme" else
+    g_tx = (optax.adam(decay_schedule(settings, settings["generator_lr"], 1)) if variant == "dfme" else
             optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                        optax.sgd(decayed(settings["generator_lr"], 1), momentum=settings["momentum"])))
+                        optax.sgd(decay_schedule(settings, settings["generator_lr"], 1), momentum=settings["momentum"])))
     g_opt = g_tx.init(g_params)
     c_tx = optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                       optax.sgd(decayed(settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
+                       optax.sgd(decay_schedule(settings, settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
     if variant == "maze":
         clone_spec, clone_hypers = StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
@@ -203,5 +225,5 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     return AttackResult(variables, box.queries - spent_before, history, accuracies[-1], max(accuracies))
 
 
-__all__ = ["Generator", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
+__all__ = ["Generator", "decay_schedule", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
            "schedule_plan", "sphere_directions", "zeroth_order_gradient"]

@@ -7,12 +7,16 @@
 - `knockoff`: KnockoffNets' random strategy. Exactly `budget` images are drawn uniformly, without
   replacement, from a surrogate query set (the pool is refilled when it runs out). Soft: CE against
   the release, −Σ_k r_k log σ(c)_k, whose gradient equals that of KL(r ‖ σ(c)): the kd step at
-  T = 1, ω = 1. Hard: CE on the released label, and the box is only asked for labels.
+  T = 1, ω = 1. Hard: CE on the released label, and the box is only asked for labels. Recipe `dcp`
+  (`common.KNOCKOFF_RECIPES`): the clone trains with random crops (zero padding 4) and horizontal
+  flips, each augmented image keeping the target the box gave for the un-augmented one, SGD
+  Nesterov, a cosine schedule per step, and `clone` names its architecture (ResNet-34).
 
 The attacker's target from a released vector p′ (docs/method.md §10.1) is log p′, with zeros as
 −inf, so that the tempered target p′^{1/τ} / Σ p′^{1/τ} keeps them at zero (a one-hot label stays
-one-hot at any τ). The transfer set and the query count are saved in the cell's folder before
-training: a resumed cell does not query again, and the clone resumes from its checkpoint.
+one-hot at any τ). The transfer set, the query count and the mean ℓ1 the box measured on those
+queries are saved in the cell's folder before training: a resumed cell does not query again, and
+the clone resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from ast_jax.rng import KNOCKOFF_DRAW
 TRANSFER_RECORD = "transfer.json"
 _TRAINING_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "milestones",
                   "lr_decay")
+#: Knockoff's `augment` setting: the clone's train-time augmentation (DCP's code: RandomCrop(padding=4) and
+#: RandomHorizontalFlip).
+AUGMENTS = {"none": AugmentSpec(), "flip_crop": AugmentSpec(crop_padding=4, flip=True)}
 
 
 def attacker_logits(released: np.ndarray) -> np.ndarray:
@@ -69,6 +76,7 @@ def clone_training(settings) -> TrainSettings:
     every 10 epochs and at the end (a killed clone resumes from there)."""
     config = {key: settings[key] for key in _TRAINING_KEYS}
     config["milestones"] = tuple(config["milestones"])
+    config["nesterov"] = settings.get("nesterov", False)
     return TrainSettings(**config, eval_batch_size=512, eval_every=1, checkpoint_every=10)
 
 
@@ -81,34 +89,43 @@ def clone_step(labels: str) -> tuple[StepSpec, LossHypers]:
 
 
 def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:
-    """The transfer set {'images', 'labels', 'targets'} and its query count, queried once and kept in `directory`."""
+    """The transfer set {'images', 'labels', 'targets', 'query_l1'} and its query count, queried once
+    and kept in `directory`; 'query_l1' is the box's mean ℓ1 on these queries (None where the box
+    does not measure it), kept in the record so that a resumed cell still reports it."""
     record_path = os.path.join(directory, TRANSFER_RECORD)
     paths = {name: os.path.join(directory, f"transfer-{name}.npy") for name in ("images", "labels", "targets")}
     if os.path.exists(record_path):
-        return {name: load_npy(path) for name, path in paths.items()}, int(read_json(record_path)["queries"])
-    before = box.queries
+        record = read_json(record_path)
+        transfer = {name: load_npy(path) for name, path in paths.items()}
+        return dict(transfer, query_l1=record.get("query_l1")), int(record["queries"])
+    ledger = box.ledger()
     released, targets = query_targets(box, images, labels)
-    transfer = {"images": np.asarray(images), "labels": released, "targets": targets}
-    queries = box.queries - before
+    transfer = {"images": np.asarray(images), "labels": released, "targets": targets,
+                "query_l1": box.l1_since(ledger)}
+    queries = box.queries - ledger[0]
     if is_writer():
         for name, path in paths.items():
             save_npy(path, transfer[name])
-        atomic_write(record_path, json.dumps({"queries": queries, "labels": labels, "images": len(images)}))
+        atomic_write(record_path, json.dumps({"queries": queries, "query_l1": transfer["query_l1"], "labels": labels,
+                                              "images": len(images)}))
     return transfer, queries
 
 
 def _distil(transfer: dict, spec: StepSpec, hypers: LossHypers, settings, context: AttackContext, queries: int, *,
             true_labels: np.ndarray | None = None) -> AttackResult:
-    """Train a fresh clone on the transfer set with `spec` and `hypers` (targets given, no augmentation)."""
+    """Train a fresh clone on the transfer set with `spec` and `hypers`; targets given, no augmentation
+    unless the settings' `augment` asks (each augmented image then keeps its un-augmented image's target)."""
     labels = transfer["labels"] if true_labels is None else true_labels
     data = RunData(ArraySplit(transfer["images"], labels.astype(np.int32)), context.test, context.mean, context.std,
-                   AugmentSpec(), targets=None if spec.kind == "ce" else transfer["targets"])
+                   AUGMENTS[settings.get("augment", "none")], targets=None if spec.kind == "ce" else transfer["targets"],
+                   augmented_targets=True)
     run = TrainingRun(directory=os.path.join(context.directory, "clone"),
                       record={"attack": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}},
                       model=context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,
                       data=data, hypers=hypers)
     result = fit(run, mesh=context.mesh, log=context.log)
-    return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy)
+    return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy,
+                        transfer.get("query_l1"))
 
 
 def kd(box: BlackBox, settings, context: AttackContext) -> AttackResult:

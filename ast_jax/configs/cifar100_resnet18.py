@@ -13,7 +13,14 @@ InI and MeCo (docs/method.md §11) are teachers of this study too, with their pa
 architecture) and InI's OOD set the photo crops (the paper's Tiny-ImageNet is not available here).
 """
 
-from ast_jax.configs.common import CIFAR_DEFENCE_TRAIN, TEACHER_NAMES, defence_victims, published_attacks, study_config
+from ast_jax.configs.common import (
+    CIFAR_DEFENCE_TRAIN,
+    TEACHER_NAMES,
+    cifar_matrix,
+    defence_victims,
+    published_attacks,
+    study_config,
+)
 
 #: `ast-jax matrix` with the published settings (docs/method.md §10.3-10.5; GPU-sized): every teacher (InI and
 #: MeCo included),
@@ -28,6 +35,9 @@ MATRIX_ATTACKS = published_attacks(surrogate="cifar10", dfme_budget=200_000_000,
 
 
 def get_config(variant: str = "thesis"):
+    """`thesis`, `reference`, or `full_grid`: the thesis variant whose matrix sweeps SPEC-zoo's whole
+    defence grids and runs Knockoff's DCP recipe too (`cifar_matrix`)."""
+    variant, matrix = cifar_matrix(variant, MATRIX_VICTIMS, MATRIX_ATTACKS)
     return study_config(
         name="cifar100_resnet18",
         dataset="cifar100",
@@ -38,6 +48,6 @@ def get_config(variant: str = "thesis"):
         teacher_train=CIFAR_DEFENCE_TRAIN,
         ast=dict(temperature=20.0, omega=0.03, ratio=0.02),
         ast_reference=dict(temperature=30.0, omega=0.035, k=7),
-        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="resnet18", seeds=(0, 1, 2)),
+        matrix=matrix,
         attacks=MATRIX_ATTACKS,
     )

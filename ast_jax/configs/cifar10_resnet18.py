@@ -17,6 +17,7 @@ from ast_jax.configs.common import (
     CIFAR_DEFENCE_TRAIN,
     CNN_STUDENT_TRAIN,
     TEACHER_NAMES,
+    cifar_matrix,
     defence_victims,
     published_attacks,
     study_config,
@@ -35,6 +36,9 @@ MATRIX_ATTACKS = published_attacks(surrogate="cifar100", dfme_budget=20_000_000,
 
 
 def get_config(variant: str = "thesis"):
+    """`thesis`, `reference`, or `full_grid`: the thesis variant whose matrix sweeps SPEC-zoo's whole
+    defence grids and runs Knockoff's DCP recipe too (`cifar_matrix`)."""
+    variant, matrix = cifar_matrix(variant, MATRIX_VICTIMS, MATRIX_ATTACKS)
     return study_config(
         name="cifar10_resnet18",
         dataset="cifar10",
@@ -46,6 +50,6 @@ def get_config(variant: str = "thesis"):
         ast=dict(temperature=6.0, omega=0.05, ratio=0.2),
         ast_reference=dict(temperature=6.0, omega=0.05, k=2),
         student_train={"cnn": CNN_STUDENT_TRAIN},
-        matrix=dict(victims=MATRIX_VICTIMS, attacks=tuple(MATRIX_ATTACKS), clone="resnet18", seeds=(0, 1, 2)),
+        matrix=matrix,
         attacks=MATRIX_ATTACKS,
     )

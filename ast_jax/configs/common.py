@@ -51,12 +51,13 @@ import ml_collections
 from ml_collections import config_dict
 
 from ast_jax.attacks.common import DEFAULTS as ATTACK_DEFAULTS
+from ast_jax.attacks.common import defaults as attack_defaults
 from ast_jax.studies.settings import TEACHER_NAMES, THESIS_TEACHERS
 
 __all__ = [
-    "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "INI_CIFAR_TRAIN", "INI_DEFAULTS",
-    "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN", "REFERENCE_VALUES", "SCHEMA",
-    "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cleared_sparsity",
+    "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "FULL_DEFENCE_GRID", "FULL_GRID",
+    "INI_CIFAR_TRAIN", "INI_DEFAULTS", "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN",
+    "REFERENCE_VALUES", "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cifar_matrix", "cleared_sparsity",
     "defence_victims", "published_attacks", "study_config",
 ]
 
@@ -179,6 +180,29 @@ MECO_MNIST_TRAIN: dict[str, Any] = dict(optimizer="adam", lr=1e-3, weight_decay=
 CIFAR_DEFENCE_TRAIN: dict[str, dict[str, Any]] = {"ini": INI_CIFAR_TRAIN, "meco": MECO_CIFAR_TRAIN}
 
 
+#: The `full_grid` variant of a CIFAR config: the thesis variant whose matrix sweeps the output
+#: defences' whole published grids (docs/method.md §10.2): DCP β ∈ {0, 0.1, ..., 1.0, 1.2, 1.5},
+#: Reverse Sigmoid β ∈ {0, 0.0025, 0.005, ..., 1.28} (doubling), top-k rounding k ∈ {1, 2} × r ∈ {1, 2, 3}.
+FULL_GRID = "full_grid"
+FULL_DEFENCE_GRID: dict[str, tuple] = {
+    "dcp_betas": (0.0, *(round(0.1 * i, 1) for i in range(1, 11)), 1.2, 1.5),
+    "rs_betas": (0.0, *(0.0025 * 2 ** i for i in range(10))),
+    "rounding": tuple((k, r) for k in (1, 2) for r in (1, 2, 3)),
+}
+
+
+def cifar_matrix(variant: str, victims: Sequence[str], attacks: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(the study variant, the `matrix` section) of a CIFAR config's `variant`. `full_grid`: the thesis
+    variant whose matrix has the teachers and FULL_DEFENCE_GRID's victims, and every attack cell;
+    otherwise `variant` itself, `victims`, and every cell but Knockoff's DCP recipe (a ResNet-34 clone each)."""
+    if variant == FULL_GRID:
+        victims, names = (*TEACHER_NAMES, *defence_victims(**FULL_DEFENCE_GRID)), tuple(attacks)
+    else:
+        names = tuple(name for name in attacks if name != "knockoff_dcp")
+    return ("thesis" if variant == FULL_GRID else variant,
+            {"victims": tuple(victims), "attacks": names, "clone": "resnet18", "seeds": (0, 1, 2)})
+
+
 def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -> tuple[str, ...]:
     """Matrix victims of the base teacher behind output defences (docs/method.md §10.2): DCP and
     Reverse Sigmoid at each β, top-1, and top-k rounding for each (k, decimals) in `rounding`."""
@@ -188,11 +212,13 @@ def defence_victims(dcp_betas=(), rs_betas=(), top1: bool = True, rounding=()) -
 
 def published_attacks(*, surrogate: str, dfme_budget: int, kd: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The CIFAR attack cells with the papers' settings (docs/method.md §10.3): KD with the study's
-    τ/ω and schedule, Knockoff soft/hard with 50,000 queries of the other CIFAR, JBDA, DFME."""
+    τ/ω and schedule, Knockoff soft/hard with 50,000 queries of the other CIFAR (InI's recipe) and
+    soft with DCP's recipe (the whole surrogate train split, 50,000), JBDA, DFME."""
     return {
         "kd": dict(kind="kd", **kd),
         "knockoff_soft": dict(kind="knockoff", query_set=surrogate, labels="soft"),
         "knockoff_hard": dict(kind="knockoff", query_set=surrogate, labels="hard"),
+        "knockoff_dcp": {"kind": "knockoff", "query_set": surrogate, "labels": "soft", "recipe": "dcp"},
         "jbda_soft": dict(kind="jbda", labels="soft"),
         "jbda_hard": dict(kind="jbda", labels="hard"),
         "dfme": dict(kind="dfme", budget=dfme_budget),
@@ -375,11 +401,12 @@ def study_config(*, name: str, dataset: str, teacher: str, students: Sequence[st
 
 
 def attack_cell(settings: Mapping[str, Any]) -> dict:
-    """An attack cell of `config.attacks`: its `kind` and every setting (`attacks.DEFAULTS[kind]` updated)."""
+    """An attack cell of `config.attacks`: its `kind` and every setting (`attacks.DEFAULTS[kind]`, then the
+    values of the recipe it names, updated)."""
     kind = settings.get("kind")
     if kind not in ATTACK_DEFAULTS:
         raise ValueError(f"attack cell {dict(settings)!r}: kind must be one of {', '.join(ATTACK_DEFAULTS)}")
-    return {"kind": kind, **ATTACK_DEFAULTS[kind], **{k: v for k, v in settings.items() if k != "kind"}}
+    return {"kind": kind, **attack_defaults(kind, settings), **{k: v for k, v in settings.items() if k != "kind"}}
 
 
 def ablation_config(study: str, ablations: Mapping[str, Sequence[str]], variant: str,

@@ -13,6 +13,12 @@ A *release* is a pure, jittable function `release(images, key) -> probabilities 
 | `victim_release(..., defense=D)`        | D(σ(f(normalise(x)))), D a deterministic output defence    |
 | `victim_release(..., input_defense=I)`  | D(σ(f(I(normalise(x), key)))), I drawn per query (MeCo's x + s·h(x), `meco.input_defense`) |
 
+Given the victim's `clean` release as well (its undefended probabilities σ(f(x)), no input
+defence), the box also measures what the defence changed on the queries actually sent: per query
+‖r(x) − σ(f(x))‖₁, computed in the same program as the release, whether the attack asked for the
+vector or only the label. `l1_since(ledger)` is their mean over the queries since `ledger()`
+(DCP's ℓ1, docs/method.md §10.5).
+
 `key` is the query's randomness: `BlackBox` gives call c the key `fold_in(PRNGKey(seed), c)`, and
 each batch b of that call `fold_in(·, b)`, so a box's answers are reproducible from its seed and
 differ between calls. A deterministic release ignores it.
@@ -78,15 +84,19 @@ class BlackBox:
         convolutions several times slower inside a loop (`ast_jax.engine.ExecutionPolicy`).
       seed: the seed of the release's randomness.
       labels_only: the box releases only the arg-max label (`probabilities` is refused).
+      clean: the victim's undefended release σ(f(x)); given, the box sums ‖r(x) − σ(f(x))‖₁ over
+        its queries (`ledger`, `l1_since`). The attack never sees it.
     """
 
     def __init__(self, release: Release, *, image_shape, num_classes: int, mesh: Mesh, batch_size: int,
-                 seed: int = 0, labels_only: bool = False):
+                 seed: int = 0, labels_only: bool = False, clean: Release | None = None):
         check_batch_size(batch_size, mesh, "the black box's batch_size")
         self.image_shape = tuple(image_shape)
         self.num_classes = int(num_classes)
         self.labels_only = labels_only
         self.queries = 0
+        self._measures = clean is not None
+        self._l1_sums: list[jax.Array] = []  # one device scalar per call: no host sync per query
         self._calls = 0
         self._key = jax.random.PRNGKey(seed)
 
@@ -95,7 +105,12 @@ class BlackBox:
         @jax.jit
         def release_batch(images, key, call, index):
             pixels = to_unit_float(images) if images.dtype == jnp.uint8 else images.astype(jnp.float32)
-            return release(pixels, jax.random.fold_in(jax.random.fold_in(key, call), index))
+            key = jax.random.fold_in(jax.random.fold_in(key, call), index)
+            released = release(pixels, key)
+            if clean is None:
+                return released
+            # The per-query ℓ1 travels as an extra column, so that the batching drops padding from both.
+            return jnp.concatenate([released, jnp.sum(jnp.abs(released - clean(pixels, key)), -1, keepdims=True)], -1)
 
         self._release_batch = release_batch
 
@@ -111,8 +126,24 @@ class BlackBox:
         call = np.int32(self._calls)
         self._calls += 1
         self.queries += int(images.shape[0])
-        return host_batched_map(lambda index, batch: self._release_batch(batch, self._key, call, index), self._mesh,
-                                self._batch_size, images)
+        out = host_batched_map(lambda index, batch: self._release_batch(batch, self._key, call, index), self._mesh,
+                               self._batch_size, images)
+        if not self._measures:
+            return out
+        self._l1_sums.append(jnp.sum(out[:, -1]))
+        return out[:, :-1]
+
+    def ledger(self) -> tuple[int, int]:
+        """(queries, calls) so far: the mark from which `l1_since` measures."""
+        return self.queries, len(self._l1_sums)
+
+    def l1_since(self, ledger: tuple[int, int]) -> float | None:
+        """Mean ‖r(x) − σ(f(x))‖₁ over the queries sent since `ledger` (summed in float64 on the
+        host); None without a clean release or without queries."""
+        queries, calls = ledger
+        if not self._measures or self.queries == queries:
+            return None
+        return float(np.sum(np.asarray(jax.device_get(self._l1_sums[calls:]), np.float64))) / (self.queries - queries)
 
     def probabilities(self, images) -> jax.Array:
         """The released probability vectors r(x), (N, K) float32; N queries."""

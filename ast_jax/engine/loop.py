@@ -217,18 +217,19 @@ def _per_channel(values) -> tuple:
 
 def make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None = None, pairing: str = "aligned",
-                     policy: ExecutionPolicy | None = None, batched: bool = False):
+                     policy: ExecutionPolicy | None = None, batched: bool = False, augmented_targets: bool = False):
     """See `_make_train_epoch` (memoised on its arguments; `policy` None: `ExecutionPolicy.current()`)."""
     policy = policy or ExecutionPolicy.current()
     return _make_train_epoch(model, tx, spec, mesh, batch_size=int(batch_size), augment_spec=augment_spec,
                              mean=_per_channel(mean), std=_per_channel(std), teacher=teacher, pairing=pairing,
-                             loop=policy.loop, batched=bool(batched), run_lowering=policy.run_lowering)
+                             loop=policy.loop, batched=bool(batched), run_lowering=policy.run_lowering,
+                             augmented_targets=bool(augmented_targets))
 
 
 @functools.lru_cache(maxsize=64)
 def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int, augment_spec: AugmentSpec,
                      mean, std, teacher: Teacher | None, pairing: str, loop: str, batched: bool,
-                     run_lowering: str):
+                     run_lowering: str, augmented_targets: bool = False):
     """Build `train_epoch(state, data, teacher_variables, key, epoch, first_step=0, stop=None, *, hypers=None)
     -> (state, metrics)`.
 
@@ -237,7 +238,9 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     (M,H,W,C) in model-input space, for `ini`]}; `key` the run's PRNG key;
     `metrics` holds per-step arrays (steps,), steps = ceil(N / batch_size): every example is used
     once, the last batch padded and masked out (`epoch_plan`). `teacher_logits` (kd/nasty without augmentation,
-    see `fixed_teacher_logits`) replace the frozen teacher's forward pass in every step.
+    see `fixed_teacher_logits`) replace the frozen teacher's forward pass in every step; with
+    `augmented_targets` they stay with their example under augmentation (a target of the un-augmented
+    image, DCP's Knockoff clone), otherwise augmentation and fixed targets are refused.
     Pairing of clean and adversarial images (docs/method.md §4): `aligned` gathers both with the epoch's
     permutation; `random` reproduces the reference, whose adversarial loader walks one fixed
     permutation while the clean loader is reshuffled every epoch. The `ini` step's OOD batch is
@@ -282,7 +285,7 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
         images = augment(jax.random.fold_in(augment_key, index), data["images"][rows], augment_spec)
         batch = {"image": normalize(images, mean, std), "label": data["labels"][rows], "mask": mask}
         if "teacher_logits" in data:
-            if not augment_spec.is_identity:
+            if not (augment_spec.is_identity or augmented_targets):
                 raise ValueError("precomputed teacher_logits are only valid without augmentation: "
                                  "the teacher must see each augmented image")
             batch["teacher_logits"] = data["teacher_logits"][rows]

@@ -2,8 +2,9 @@
 
 SGD: momentum 0.9, PyTorch-style *coupled* weight decay (the decay is added to the gradient
 before the momentum buffer: g <- g + wd * theta; b <- mu * b + g; theta <- theta - lr * b, which is
-`torch.optim.SGD(momentum=mu, weight_decay=wd)` with dampening 0), learning rate multiplied by
-`lr_decay` at each epoch milestone. Adam (the CNN student): `torch.optim.Adam` defaults with
+`torch.optim.SGD(momentum=mu, weight_decay=wd)` with dampening 0; with `nesterov` the step is
+g + mu * b, as `torch.optim.SGD(nesterov=True)`), learning rate multiplied by `lr_decay` at each
+epoch milestone. Adam (the CNN student): `torch.optim.Adam` defaults with
 the same optional coupled decay and milestones.
 
 The learning rate is a hyperparameter of the optimizer's *state* (`optax.inject_hyperparams`,
@@ -25,8 +26,9 @@ import optax
 
 OPTIMIZERS = ("sgd", "adam")
 #: `multistep`: x lr_decay at each milestone epoch (the thesis); `cosine`: cosine annealing to 0 over
-#: the run, updated once per epoch (the stealing attacks' clones, docs/method.md §10.3).
-SCHEDULES = ("multistep", "cosine")
+#: the run, updated once per epoch (the stealing attacks' clones, docs/method.md §10.3); `cosine_step`:
+#: the same annealing updated every step (DCP's Knockoff clone).
+SCHEDULES = ("multistep", "cosine", "cosine_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +38,11 @@ class TrainSettings:
     A study's `config.train` (and each `student_train` / `teacher_train` override applied to it)
     becomes one of these at the command line; an attack builds its clone's. `milestones` are
     1-based epochs after which the lr is multiplied by `lr_decay` (`lr_schedule`); `schedule`
-    `cosine` anneals instead (`cosine_per_epoch`: the attacks' clones, docs/method.md §10.3; a study
-    config has no such key, its runs are multistep). `eval_every` / `checkpoint_every`: epochs
-    between test evaluations and between checkpoints (the last epoch always gets both).
-    `eval_batch_size` only sets memory use.
+    `cosine` / `cosine_step` anneals instead (`cosine_per_epoch`, `cosine_per_step`: the attacks'
+    clones, docs/method.md §10.3), and `nesterov` turns SGD's momentum into Nesterov's (DCP's
+    Knockoff clone); a study config has neither key: its runs are multistep, plain momentum.
+    `eval_every` / `checkpoint_every`: epochs between test evaluations and between checkpoints
+    (the last epoch always gets both). `eval_batch_size` only sets memory use.
     """
 
     batch_size: int
@@ -54,6 +57,7 @@ class TrainSettings:
     checkpoint_every: int
     eval_every: int
     schedule: str = "multistep"
+    nesterov: bool = False
 
 
 def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) -> optax.Schedule:
@@ -61,9 +65,12 @@ def lr_schedule(lr: float, milestones, lr_decay: float, steps_per_epoch: int) ->
 
     The step counter is the number of optimizer updates already applied, so epoch e (0-based)
     runs at lr * lr_decay^#{m in milestones : m <= e}, like PyTorch's MultiStepLR stepped once
-    per epoch.
+    per epoch; as there, a milestone listed twice decays twice.
     """
-    boundaries = {int(m) * steps_per_epoch: lr_decay for m in milestones}
+    boundaries: dict[int, float] = {}
+    for milestone in milestones:
+        step = int(milestone) * steps_per_epoch
+        boundaries[step] = boundaries.get(step, 1.0) * lr_decay
     return optax.piecewise_constant_schedule(lr, boundaries)
 
 
@@ -71,6 +78,12 @@ def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sche
     """lr·(1 + cos(π·e/epochs))/2 during epoch e (0-based), like PyTorch's CosineAnnealingLR stepped per epoch."""
     cosine = optax.cosine_decay_schedule(lr, epochs)
     return lambda step: cosine(step // steps_per_epoch)
+
+
+def cosine_per_step(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """lr·(1 + cos(π·t/T))/2 at step t (0-based), T = epochs·steps_per_epoch: PyTorch's
+    CosineAnnealingLR(T_max=T) stepped after every batch."""
+    return optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
 
 
 def make_optimizer(train: TrainSettings, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -81,26 +94,31 @@ def make_optimizer(train: TrainSettings, steps_per_epoch: int) -> optax.Gradient
     reads the state's, so the transformation of one lr updates a state of any other."""
     momentum = train.momentum if train.optimizer == "sgd" else 0.0
     return _optimizer(train.optimizer, float(train.lr), float(momentum), float(train.weight_decay), train.schedule,
-                      tuple(train.milestones), float(train.lr_decay), int(train.epochs), int(steps_per_epoch))
+                      tuple(train.milestones), float(train.lr_decay), int(train.epochs), int(steps_per_epoch),
+                      bool(train.nesterov))
 
 
 @functools.lru_cache(maxsize=64)
 def _optimizer(optimizer: str, lr: float, momentum: float, weight_decay: float, schedule_name: str,
-               milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int) -> optax.GradientTransformation:
+               milestones: tuple, lr_decay: float, epochs: int, steps_per_epoch: int,
+               nesterov: bool = False) -> optax.GradientTransformation:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if schedule_name not in SCHEDULES:
         raise ValueError(f"the lr schedule must be one of {SCHEDULES}, got {schedule_name!r}")
-    if schedule_name == "cosine" and epochs < 1:
+    if schedule_name.startswith("cosine") and epochs < 1:
         raise ValueError("the cosine schedule needs the number of epochs (train config key `epochs`)")
 
     def scheduled(learning_rate):
         """The optimizer whose base learning rate is `learning_rate` (injected: a value of the state)."""
         if schedule_name == "cosine":
             schedule = cosine_per_epoch(learning_rate, epochs, steps_per_epoch)
+        elif schedule_name == "cosine_step":
+            schedule = cosine_per_step(learning_rate, epochs, steps_per_epoch)
         else:
             schedule = lr_schedule(learning_rate, milestones, lr_decay, steps_per_epoch)
-        step = optax.sgd(schedule, momentum=momentum) if optimizer == "sgd" else optax.adam(schedule)
+        step = (optax.sgd(schedule, momentum=momentum, nesterov=nesterov) if optimizer == "sgd"
+                else optax.adam(schedule))
         return optax.chain(optax.add_decayed_weights(weight_decay), step) if weight_decay else step
 
     return optax.inject_hyperparams(scheduled, hyperparam_dtype=jnp.float32)(learning_rate=lr)

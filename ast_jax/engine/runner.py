@@ -80,7 +80,8 @@ class RunData:
     (the `ast` step); `pairing`: how clean and adversarial images are paired (`loop.make_train_epoch`);
     `targets`: fixed target logits aligned with `train` (N, classes), e.g. the log-probabilities a
     black box released for a stealing attack's transfer set: the kd and l1 steps then need no
-    teacher (only without augmentation, since the targets belong to the un-augmented images);
+    teacher (only without augmentation, since the targets belong to the un-augmented images, unless
+    `augmented_targets`: each target then stays with its augmented image, DCP's Knockoff clone);
     `ood_images`: the out-of-distribution set in model-input space, any number of images of the
     training images' shape (the `ini` step, cycled by `loop.ood_rows`).
     """
@@ -94,6 +95,7 @@ class RunData:
     pairing: str = "aligned"
     targets: np.ndarray | None = None
     ood_images: np.ndarray | None = None
+    augmented_targets: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,8 +249,9 @@ def _check_run(run: TrainingRun) -> None:
                          "(TrainingRun.teacher and teacher_variables)")
     if spec.needs_teacher and data.targets is None and (run.teacher is None or run.teacher_variables is None):
         raise ValueError(f"the {spec.kind} step needs a frozen teacher and its variables, or fixed targets")
-    if data.targets is not None and not data.augment_spec.is_identity:
-        raise ValueError("fixed targets (RunData.targets) belong to the un-augmented images: train without augmentation")
+    if data.targets is not None and not (data.augment_spec.is_identity or data.augmented_targets):
+        raise ValueError("fixed targets (RunData.targets) belong to the un-augmented images: train without "
+                         "augmentation, or set RunData.augmented_targets to keep each target with its image")
 
 
 def _batch_signature(run: TrainingRun) -> dict:
@@ -256,7 +259,8 @@ def _batch_signature(run: TrainingRun) -> dict:
     data = run.data
     train = dataclasses.replace(run.train_config, lr=0.0)
     return {"model": run.model, "spec": run.spec, "train": train, "teacher": run.teacher,
-            "augment": data.augment_spec, "pairing": data.pairing, "mean": data.mean, "std": data.std,
+            "augment": (data.augment_spec, data.augmented_targets), "pairing": data.pairing, "mean": data.mean,
+            "std": data.std,
             "per_run": (data.adv_images is None, data.targets is None, run.teacher_variables is None)}
 
 
@@ -360,7 +364,7 @@ def _train_group(runs, states, managers, done: int, mesh, policy: ExecutionPolic
     steps_per_epoch = epoch_steps(num_examples, batch_size)
     tx = make_optimizer(config, steps_per_epoch)
     train_epoch = make_train_epoch(first.model, tx, spec, mesh, batch_size=batch_size,
-                                   augment_spec=data.augment_spec,
+                                   augment_spec=data.augment_spec, augmented_targets=data.augmented_targets,
                                    mean=data.mean, std=data.std, teacher=first.teacher, pairing=data.pairing,
                                    policy=policy, batched=True)
     predict = make_predict(first.model, mesh, batch_size=config.eval_batch_size, mean=data.mean, std=data.std,

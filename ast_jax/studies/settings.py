@@ -180,10 +180,12 @@ def sparsity_k(section: SparseSoftening, num_classes: int) -> int:
 def to_record(value: Any) -> Any:
     """Settings (a dataclass, or mappings and sequences of them) as plain JSON values (tuples as lists).
 
-    A `TrainSettings` leaves out `schedule`: a study's runs are multistep, and its config has no such key.
+    A `TrainSettings` leaves out its fields with defaults (`schedule`, `nesterov`): they are the attack
+    clones' options, which a study's config does not have.
     """
     if isinstance(value, TrainSettings):
-        return {key: to_record(item) for key, item in dataclasses.asdict(value).items() if key != "schedule"}
+        return {field.name: to_record(getattr(value, field.name)) for field in dataclasses.fields(value)
+                if field.default is dataclasses.MISSING}
     if dataclasses.is_dataclass(value):
         return {field.name: to_record(getattr(value, field.name)) for field in dataclasses.fields(value)}
     if isinstance(value, Mapping):

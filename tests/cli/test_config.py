@@ -422,3 +422,22 @@ def test_sparsity_k_is_robust_to_float_noise():
     assert settings.sparsity_k(section, 100) == 29
     section = ml_collections.ConfigDict({"k": None, "ratio": 0.015})
     assert settings.sparsity_k(section, 200) == 3
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet18", "cifar100_resnet18"])
+def test_cifar_full_grid_variant_sweeps_every_published_defence_setting(name):
+    from ast_jax.studies.victims import parse_victim
+
+    thesis, full = load(name), load(name, "full_grid")
+    dataset, classes = thesis.data.name, 10 if thesis.data.name == "cifar10" else 100
+    victims = [parse_victim(v, dataset, classes, "v") for v in full.matrix.victims]
+    betas = {d: sorted(dict(v.params)["beta"] for v in victims if v.defense == d) for d in ("dcp", "reverse_sigmoid")}
+    assert betas["dcp"] == pytest.approx([0, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1.0, 1.2, 1.5])
+    assert betas["reverse_sigmoid"] == pytest.approx([0, .0025, .005, .01, .02, .04, .08, .16, .32, .64, 1.28])
+    assert sorted((dict(v.params)["k"], dict(v.params)["decimals"]) for v in victims if v.defense == "topk_round") == [
+        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert set(thesis.matrix.victims) < set(full.matrix.victims)  # the default keeps its subset; its cells are reused
+    assert len(thesis.matrix.victims) < len(full.matrix.victims) == len(thesis.teachers) + 13 + 11 + 1 + 6
+    assert settings.study_record(full) == settings.study_record(thesis)  # the same teachers and students
+    assert "knockoff_dcp" in full.matrix.attacks and "knockoff_dcp" not in thesis.matrix.attacks
+    assert (full.attacks.knockoff_dcp.recipe, full.attacks.knockoff_dcp.clone) == ("dcp", "resnet34")

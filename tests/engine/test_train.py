@@ -53,6 +53,8 @@ def test_lr_schedule_is_multistep_per_epoch():
     schedule = lr_schedule(0.1, (2, 3), 0.2, steps_per_epoch=5)
     lrs = [float(schedule(step)) for step in (0, 9, 10, 14, 15)]
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.02, 0.02, 0.004], rtol=1e-6)
+    twice = lr_schedule(0.1, (2, 2), 0.2, steps_per_epoch=5)  # MultiStepLR: a repeated milestone decays twice
+    np.testing.assert_allclose([float(twice(step)) for step in (9, 10)], [0.1, 0.004], rtol=1e-6)
 
 
 def test_sgd_is_pytorch_coupled_weight_decay_with_momentum():
@@ -67,6 +69,23 @@ def test_sgd_is_pytorch_coupled_weight_decay_with_momentum():
         updates, opt_state = tx.update(jnp.asarray(g, jnp.float32), opt_state, params)
         params = optax.apply_updates(params, updates)
     np.testing.assert_allclose(params, theta, rtol=1e-6)
+
+
+def test_nesterov_sgd_with_cosine_per_step_is_pytorchs():
+    """torch.optim.SGD(nesterov=True) under CosineAnnealingLR(T_max=epochs·steps) stepped per batch (DCP's Knockoff clone)."""
+    config = sgd_config(lr=0.5, weight_decay=0.1, nesterov=True, schedule="cosine_step", epochs=2)
+    tx = make_optimizer(config, steps_per_epoch=2)
+    theta = np.array([1.0, -2.0])
+    params, opt_state = jnp.asarray(theta, jnp.float32), tx.init(jnp.asarray(theta, jnp.float32))
+    buf = np.zeros(2)
+    for t, g in enumerate([np.array([0.3, 0.2]), np.array([-0.1, 0.4]), np.array([0.2, -0.3]), np.array([0.5, 0.1])]):
+        lr = 0.5 * (1 + np.cos(np.pi * t / 4)) / 2
+        d = g + 0.1 * theta
+        buf = 0.9 * buf + d
+        theta = theta - lr * (d + 0.9 * buf)
+        updates, opt_state = tx.update(jnp.asarray(g, jnp.float32), opt_state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(params, theta, rtol=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["multistep", "cosine"])

@@ -47,6 +47,33 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert entry["seeds"] == [0, 1, 2]
 
 
+def test_summary_leaves_a_metric_unmeasured_by_some_seed_as_none():
+    rows = [dict({m: 0.5 for m in matrix.METRICS}, victim="v", attack="a", kind="kd", flag="", seed=s) for s in (0, 1)]
+    del rows[1]["query_l1"]  # a cell written before the metric existed
+    (entry,) = matrix.summarise(rows)
+    assert entry["query_l1"] is None and entry["query_l1_std"] is None and entry["l1"] == 0.5
+    assert matrix._pm(entry, "query_l1") == "–"
+
+
+def test_relative_accuracy_and_the_strongest_defence_within_each_budget():
+    assert matrix.relative_accuracy({"clone_accuracy": 0.45, "defender_accuracy": 0.9}) == pytest.approx(0.5)
+    assert matrix.relative_accuracy({"clone_accuracy": 0.1, "defender_accuracy": 0.0}) is None
+    cells = {  # victim: (Δ_def, clone accuracy per seed, flag)
+        "base": (0.0, (0.80, 0.82), ""), "dcp-a": (0.008, (0.70, 0.74), ""), "dcp-b": (0.015, (0.60, 0.64), ""),
+        "rs": (0.04, (0.50, 0.40), ""), "top1": (0.0, (0.10, 0.12), "degenerate"), "ast": (0.09, (0.05, 0.05), "")}
+    rows = [dict({m: 0.0 for m in matrix.METRICS}, victim=v, attack="knockoff", kind="knockoff", flag=f, seed=s,
+                 defender_drop=d, clone_accuracy=acc[s]) for v, (d, acc, f) in cells.items() for s in (0, 1)]
+    best = matrix.best_defences(matrix.summarise(rows))
+    assert [(b["budget"], b["victim"], b["candidates"]) for b in best] == [
+        (0.01, "dcp-a", 2), (0.02, "dcp-b", 3), (0.05, "rs", 4)]  # top1 is flagged, ast costs 9 points
+    assert best[2]["clone_accuracy"] == pytest.approx(0.45)
+    assert best[2]["clone_accuracy_std"] == pytest.approx(np.std([0.5, 0.4], ddof=1))
+    assert matrix.best_defences(matrix.summarise(rows), budgets=(0.001,))[0]["victim"] == "base"
+    text = matrix.markdown(matrix.summarise(rows), best, "t", [])
+    assert "| knockoff | dcp-a: 72.0 ± 2.8 [±25.4] | dcp-b: 62.0 ± 2.8 [±25.4] | rs: 45.0 ± 7.1 [±63.5] |" in text
+    assert "Δ_def ≤ 5 pts" in text and "ℓ1 queries" in text and "relative (%)" in text
+
+
 @pytest.mark.parametrize("override,match", [
     ("--config.matrix.attacks=('knockof',)", "config.matrix.attacks\\[0\\]: no attack cell 'knockof'"),
     ("--config.matrix.victims=('ast','dcq:beta=1')", "config.matrix.victims\\[1\\]: unknown victim 'dcq'"),
@@ -54,6 +81,8 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     ("--config.attacks.knockoff_soft.query_set=cifar10", "config.attacks.knockoff_soft.query_set: query set 'cifar10' "
                                                          "has 32x32 images but the victim takes 8x8"),
     ("--config.attacks.jbda.kind=jdba", "config.attacks.jbda.kind: unknown attack 'jdba'"),
+    ("--config.attacks.knockoff_soft.recipe=dcp", ("config.attacks.knockoff_soft: recipe 'dcp' trains with .*"
+                                                   "drop those settings, or use recipe 'ini'")),
 ])
 def test_bad_matrix_config_is_one_line(override, match):
     with pytest.raises(ValueError, match=match):
@@ -83,6 +112,11 @@ def test_matrix_runs_resumes_without_redoing_cells_and_refuses_stale_ones(traine
         ("base", "knockoff_soft", [0, 1]), ("dcp-beta0.9-gamma0.2", "knockoff_soft", [0, 1])]
     assert all(e["queries"] == 100 for e in summary) and os.path.getsize(paths[3]) > 0
     assert summary[0]["l1"] == 0 and summary[1]["l1"] > 0
+    assert summary[0]["query_l1"] == 0 and summary[1]["query_l1"] > 0  # measured on the 100 queries of each cell
+    assert summary[0]["relative_accuracy"] == pytest.approx(summary[0]["clone_accuracy"] / summary[0]["defender_accuracy"])
+    with open(paths[1]) as f, open(paths[4]) as g:
+        best, best_csv = json.load(f)["best_defences"], g.read()
+    assert [b["budget"] for b in best] == list(matrix.DROP_BUDGETS) and best_csv.startswith("attack,budget")
     cells = matrix.plan(study)
     results = [os.path.join(matrix.cell_directory(study, c), matrix.CELL_RESULT) for c in cells]
     stamps = [os.stat(p).st_mtime_ns for p in results]

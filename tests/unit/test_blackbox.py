@@ -32,6 +32,28 @@ def test_release_is_softmax_of_the_normalised_image_and_counts_every_image(victi
     assert box.queries == 11  # a re-sent image counts again, padding does not
 
 
+def test_box_measures_the_l1_of_its_release_on_every_query_it_answers(victim):
+    model, variables = victim
+    release = victim_release(model, variables, (0.5,), (0.25,), defense=lambda p: jnp.roll(p, 1, axis=-1))
+    box = BlackBox(release, image_shape=(8, 8, 1), num_classes=4, mesh=make_mesh(), batch_size=4,
+                   clean=victim_release(model, variables, (0.5,), (0.25,)))
+    images = tiny_split(7).images
+    start = box.ledger()
+    assert box.l1_since(start) is None  # no query yet
+    released = np.asarray(box.probabilities(images[:4]))
+    box.labels(images[3:])  # labels too: the defence acted on these queries as well
+    x = (images.astype(np.float64) / 255 - 0.5) / 0.25
+    logits = np.asarray(model.apply(variables, jnp.asarray(x, jnp.float32), train=False), np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    per_query = np.abs(np.roll(p, 1, axis=-1) - p).sum(-1)
+    np.testing.assert_allclose(released, np.roll(p, 1, axis=-1)[:4], atol=1e-6)  # the ℓ1 column is not released
+    assert box.queries == 8 and box.l1_since(start) == pytest.approx(per_query[[0, 1, 2, 3, 3, 4, 5, 6]].mean(), rel=1e-5)
+    middle = box.ledger()
+    box.probabilities(images[3:])
+    assert box.l1_since(middle) == pytest.approx(per_query[3:].mean(), rel=1e-5)
+
+
 def test_labels_only_box_refuses_probabilities_and_wrong_shapes(victim):
     model, variables = victim
     box = BlackBox(victim_release(model, variables, (0.5,), (0.25,)), image_shape=(8, 8, 1), num_classes=4,
