@@ -9,6 +9,13 @@ returns an `AttackResult` (the clone, the queries it spent, per-epoch test accur
 | `knockoff` | exactly `budget` images of a surrogate query set      | `transfer`  |
 | `jbda`     | seeds, then Jacobian-augmented points, round by round | `jbda`      |
 | `dfme`     | generator samples and their zeroth-order neighbours   | `dfme`      |
+| `kd_hard`  | as kd, top-1 labels only (docs/method.md §10.6)        | `transfer`  |
+| `kd_retemper` | as kd, at the attacker's own τ_a (§10.6)            | `transfer`  |
+| `skeptical` | as kd; a self-distilling clone (§10.6)               | `skeptical` |
+
+The data-based attacks take the attacker's share of the victim's data, `budget` (kd, kd_hard,
+kd_retemper, skeptical) or `pool` (knockoff's query set, jbda's seeds): a fraction in (0, 1] or a
+count, a seeded draw without replacement (`common.attacker_indices`).
 
 `run_attack(kind, box, settings, context)` runs one; `settings` holds every key of
 `DEFAULTS[kind]` (the published values, overridden by a study's config) and `check_settings`
@@ -19,8 +26,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ast_jax.attacks import dfme, jbda, transfer
-from ast_jax.attacks.common import ATTACKS, DEFAULTS, LABELS, AttackContext, AttackResult, check_settings
+from ast_jax.attacks import dfme, jbda, skeptical, transfer
+from ast_jax.attacks.common import (
+    ATTACKS,
+    DEFAULTS,
+    LABELS,
+    AttackContext,
+    AttackResult,
+    attacker_indices,
+    check_settings,
+)
 from ast_jax.defences.blackbox import BlackBox
 
 
@@ -28,8 +43,10 @@ def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: A
     """Attack `box` with `kind` and `settings` (every key of DEFAULTS[kind])."""
     check_settings(kind, settings, f"attack {kind!r}")
     settings = {**DEFAULTS[kind], **settings}
-    runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme}[kind]
+    runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme,
+              "kd_hard": transfer.kd_hard, "kd_retemper": transfer.kd, "skeptical": skeptical.skeptical}[kind]
     return runner(box, settings, context)
 
 
-__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "LABELS", "check_settings", "run_attack"]
+__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "LABELS", "attacker_indices", "check_settings",
+           "run_attack"]

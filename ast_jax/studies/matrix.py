@@ -115,9 +115,7 @@ class _Matrix:
         self.model = study.model(config.teacher.model)
         self.predict_victim = make_predict(self.model, study.mesh, batch_size=config.train.eval_batch_size,
                                            mean=study.dataset.mean, std=study.dataset.std)
-        self.predict_clone = make_predict(study.model(self.clone_architecture), study.mesh,
-                                          batch_size=config.train.eval_batch_size, mean=study.dataset.mean,
-                                          std=study.dataset.std)
+        self._predict_clone: dict[str, Callable] = {}
         self._outputs: dict[str, tuple] = {}
         self._query_sets: dict[str, Any] = {}
 
@@ -133,6 +131,17 @@ class _Matrix:
                 released = jax.nn.softmax(released_logits(self.study, teacher, variables, self.study.test.images), -1)
             self._outputs[victim.label] = (np.asarray(clean, np.float64), np.asarray(released, np.float64))
         return self._outputs[victim.label]
+
+    def architecture(self, settings: Mapping) -> str:
+        """The cell's clone: the attack's own `clone` setting (skeptical's trunk) or the matrix's."""
+        return settings.get("clone") or self.clone_architecture
+
+    def predict_clone(self, architecture: str):
+        if architecture not in self._predict_clone:
+            self._predict_clone[architecture] = make_predict(
+                self.study.model(architecture), self.study.mesh, batch_size=self.study.config.train.eval_batch_size,
+                mean=self.study.dataset.mean, std=self.study.dataset.std)
+        return self._predict_clone[architecture]
 
     def query_set(self, settings: Mapping):
         """The attack's query set (knockoff), drawn once per session from the study's seed."""
@@ -155,7 +164,7 @@ class _Matrix:
         return {"victim": cell.victim.label, "teacher": teacher_fingerprint(self.study, cell.victim.teacher),
                 "defense": {"name": cell.victim.defense, "params": dict(cell.victim.params)},
                 "attack": settings, "query_set": None if query_set is None else query_set.fingerprint,
-                "clone": self.clone_architecture, "seed": cell.seed, "train_data": self.study.train_data}
+                "clone": self.architecture(settings), "seed": cell.seed, "train_data": self.study.train_data}
 
     def run_cell(self, cell: Cell) -> dict:
         """The cell's result: loaded when complete, else computed (resuming what the attack kept)."""
@@ -175,6 +184,9 @@ class _Matrix:
     def _compute(self, cell: Cell, inputs: dict, directory: str, result_path: str) -> dict:
         study, settings = self.study, dict(inputs["attack"])
         kind = settings.pop("kind")
+        architecture = inputs["clone"]
+        if "clone" in settings:
+            settings["clone"] = architecture
         victim = cell.victim
         release = victim_release(self.model, victim_variables(study, victim), study.dataset.mean, study.dataset.std,
                                  victim_defense(study, victim), teacher_input_defense(study, victim.teacher))
@@ -183,14 +195,14 @@ class _Matrix:
                        labels_only=defenses.labels_only(victim.defense))
         query_set = self.query_set(settings)
         context = AttackContext(
-            clone=study.model(self.clone_architecture), victim_train=study.train, test=study.test,
+            clone=study.model(architecture), victim_train=study.train, test=study.test,
             mean=study.dataset.mean, std=study.dataset.std, mesh=study.mesh, seed=cell.seed, directory=directory,
             log=lambda message: self.log(f"[{victim.label}/{cell.attack}/seed{cell.seed}] {message}"),
             query_images=None if query_set is None else query_set.images,
             eval_batch_size=study.config.train.eval_batch_size)
         result = run_attack(kind, box, settings, context)
         clean, released = self.outputs(victim)
-        clone_logits = to_host(self.predict_clone(result.variables, study.test.images))
+        clone_logits = to_host(self.predict_clone(architecture)(result.variables, study.test.images))
         base_accuracy = defender_metrics(*self.outputs(BASE), study.test.labels, 0.0)["defender_accuracy"]
         row = {"victim": victim.label, "attack": cell.attack, "kind": kind, "seed": cell.seed,
                "clone_accuracy": result.final_accuracy, "clone_best_accuracy": result.best_accuracy,
