@@ -21,7 +21,14 @@ Another processor or a program that rounds differently moves single runs by a po
 digits`, 2026-11-24 code): docs/results/digits-matrix.md.
 """
 
-from ast_jax.configs.common import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
+from ast_jax.configs.common import (
+    CNN_STUDENT_TRAIN,
+    RETEMPER_GRID,
+    TEACHER_VICTIMS,
+    adaptive_attacks,
+    defence_victims,
+    study_config,
+)
 
 #: InI's and MeCo's schedules scaled to the demo's (docs/method.md §11; trained where `config.teachers`
 #: names them, as in ast_jax/configs/digits_defences.py): InI's SGD (momentum 0.5, weight decay 1e-3) at the
@@ -50,6 +57,11 @@ MATRIX_ATTACKS = {
     "knockoff_hard": dict(_CLONE, kind="knockoff", query_set="fashion_to_digits", budget=1437, labels="hard"),
     "jbda": dict(_CLONE, kind="jbda", seeds=150, rounds=4, epochs=5),
     "dfme": dict(kind="dfme", budget=10_000, batch_size=64, ngf=16, iterations_per_epoch=10),
+    # The adaptive attacks (docs/method.md §10.6) with the same clone schedule: kd_hard; kd_retemper
+    # over the τ_a grid and the defences' own τ (AST 10, NT/STT 7), leaving out τ_a = 4, which is the
+    # kd cell itself; the Skeptical Student on a ResNet18 trunk (its clone must be a ResNet).
+    **adaptive_attacks(_CLONE, kd=dict(temperature=4.0, omega=0.9),
+                       taus=sorted({*RETEMPER_GRID, 7.0, 10.0} - {4.0}), skeptical_clone="resnet18"),
 }
 
 

@@ -40,6 +40,7 @@ from ast_jax.results import tables
 from ast_jax.results.report import plot_heatmaps
 from ast_jax.results.statistics import seed_spread
 from ast_jax.studies.pipeline import released_teacher, teacher_fingerprint, train_teacher
+from ast_jax.studies import attacker_data
 from ast_jax.studies.provenance import fingerprint
 from ast_jax.studies.settings import sparsity_k, to_json
 from ast_jax.studies.stages import released_logits, teacher_input_defense
@@ -304,6 +305,10 @@ def run_matrix(study: Study, seeds=None, log: Callable[[str], None] | None = Non
                                           sort_keys=True))
         atomic_write(paths[2], csv_text(summary))
         heatmap(paths[3], summary)
+        cells = attacker_data.budget_cells(study.config.attacks, study.config.matrix.attacks)
+        if cells:  # one attack at several data budgets (docs/method.md §10.6)
+            paths += attacker_data.write(workdir, rows, cells, notes[:1],
+                                         f"The attacker's data budget: {study.config.name}")
     return paths
 
 
