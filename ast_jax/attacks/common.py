@@ -119,7 +119,7 @@ def attacker_indices(size: int, budget, seed: int, what: str = "budget") -> np.n
     every index in order. A count larger than the set is refused in one line.
     """
     check_data_budget(budget, what)
-    count = max(1, int(round(budget * size))) if budget <= 1 else int(budget)
+    count = max(1, round(budget * size)) if budget <= 1 else int(budget)
     if count > size:
         raise ValueError(f"{what}: {count} images asked of a set of {size}; give at most {size} or a fraction")
     if count == size:

@@ -51,8 +51,8 @@ ABLATIONS = {
 
 
 #: The attacker's data budget: fractions of the victim's training set, attacks, victims, seeds.
-ATTACKER_DATA = dict(fractions=(0.05, 0.1, 0.25, 0.5, 1.0), attacks=("kd", "kd_hard"),
-                     victims=("base", "ast", "nasty", "stt"), seeds=(0, 1, 2, 3, 4))
+ATTACKER_DATA = {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0), "attacks": ("kd", "kd_hard"),
+                 "victims": ("base", "ast", "nasty", "stt"), "seeds": (0, 1, 2, 3, 4)}
 
 
 def attacker_data_config():

@@ -55,8 +55,8 @@ from ast_jax.studies.settings import TEACHER_NAMES, THESIS_TEACHERS
 
 __all__ = [
     "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "INI_CIFAR_TRAIN", "INI_DEFAULTS",
-    "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN", "REFERENCE_VALUES", "SCHEMA",
-    "RETEMPER_GRID", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config",
+    "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN", "REFERENCE_VALUES", "RETEMPER_GRID",
+    "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config",
     "adaptive_attacks", "attack_cell", "check_variant", "cleared_sparsity", "defence_victims", "published_attacks",
     "study_config",
 ]

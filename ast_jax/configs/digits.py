@@ -60,7 +60,7 @@ MATRIX_ATTACKS = {
     # The adaptive attacks (docs/method.md §10.6) with the same clone schedule: kd_hard; kd_retemper
     # over the τ_a grid and the defences' own τ (AST 10, NT/STT 7), leaving out τ_a = 4, which is the
     # kd cell itself; the Skeptical Student on a ResNet18 trunk (its clone must be a ResNet).
-    **adaptive_attacks(_CLONE, kd=dict(temperature=4.0, omega=0.9),
+    **adaptive_attacks(_CLONE, kd={"temperature": 4.0, "omega": 0.9},
                        taus=sorted({*RETEMPER_GRID, 7.0, 10.0} - {4.0}), skeptical_clone="resnet18"),
 }
 

@@ -20,8 +20,6 @@ trunk's logits s_0; ``heads=True`` returns (s_0, s_1, s_2). ``init`` always buil
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,14 +44,8 @@ def attention(ops: Ops, z, name: str):
     return z * jax.nn.sigmoid(up[:, :z.shape[1], :z.shape[2]])
 
 
-class SelfDistillingResNet(nn.Module):
-    """A ``ResNet(block, stage_sizes)`` trunk with the Skeptical Student's two auxiliary heads."""
-
-    block: type
-    stage_sizes: Sequence[int]
-    num_classes: int
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
+class SelfDistillingResNet(ResNet):
+    """A ``ResNet(block, stage_sizes)`` trunk (its fields) with the Skeptical Student's two auxiliary heads."""
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None, heads: bool = False):

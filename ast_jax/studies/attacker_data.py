@@ -75,9 +75,9 @@ def write(workdir: str, rows: Sequence[Mapping], cells: Mapping[str, tuple[str, 
     """`attacker_data.{md,json,csv,png}` in `workdir`; returns their paths."""
     summary = summarise(rows, cells)
     figure = f"{NAME}.png"
-    notes = ["Teacher: the victim (its accuracy is the arg-max of its release); student: the clone the cell's "
-             "attack stole at the cell's budget; change: against the clone the same cell stole from the base "
-             "teacher.", *notes]
+    notes = [("Teacher: the victim (its accuracy is the arg-max of its release); student: the clone the cell's "
+              "attack stole at the cell's budget; change: against the clone the same cell stole from the base "
+              "teacher."), *notes]
     paths = report.write_spread_report(workdir, NAME, title=title, summary=summary, notes=notes,
                                        leading=("attack", "budget"), figure=figure)
     return [*paths, report.plot_curves(os.path.join(workdir, figure), curve_panels(summary))]

@@ -128,7 +128,7 @@ def test_kd_hard_never_asks_the_box_for_probabilities(tmp_path):
     victim = TinyNet(num_classes=4)
     variables = victim.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
     box = make_box((victim, variables), labels_only=True)  # `probabilities` would raise PermissionError
-    result = run_attack("kd_hard", box, dict(epochs=1, batch_size=16, budget=0.5), context(tmp_path))
+    result = run_attack("kd_hard", box, {"epochs": 1, "batch_size": 16, "budget": 0.5}, context(tmp_path))
     assert box.calls == ["labels"] and box.queries == result.queries == 32
     assert np.isfinite(result.final_accuracy)
 
@@ -139,7 +139,7 @@ def test_skeptical_end_to_end_releases_a_plain_trunk(tmp_path):
     variables = victim.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
     box = make_box((victim, variables))
     clone = models.create("resnet18", 4)
-    result = run_attack("skeptical", box, dict(epochs=1, batch_size=32, budget=0.5, clone="resnet18"),
+    result = run_attack("skeptical", box, {"epochs": 1, "batch_size": 32, "budget": 0.5, "clone": "resnet18"},
                         context(tmp_path, clone=clone))
     assert box.calls == ["probabilities"] and result.queries == 32
     plain = clone.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)

@@ -2,6 +2,7 @@
 clone's accuracy per budget against a NumPy / SciPy computation, and the written report."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -37,8 +38,11 @@ def test_d_and_clone_accuracy_per_budget_against_numpy():
         ("kd", "base", 0.1), ("kd", "base", 1.0), ("kd", "ast", 0.1), ("kd", "ast", 1.0),
         ("kd_hard", "base", 0.1), ("kd_hard", "ast", 0.1)]
     entry = summary[2]  # kd at 10% from the AST victim
-    pick = lambda victim: np.array([r["clone_accuracy"] for r in rows if r["victim"] == victim  # noqa: E731
-                                    and r["attack"] == "kd_p10"], np.float64)
+
+    def pick(victim):
+        return np.array([r["clone_accuracy"] for r in rows if r["victim"] == victim and r["attack"] == "kd_p10"],
+                        np.float64)
+
     d = 0.96 - pick("ast")
     assert entry["D"] == pytest.approx(d.mean()) and entry["D_std"] == pytest.approx(d.std(ddof=1))
     assert entry["D_ci95"] == pytest.approx(stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2)
@@ -50,9 +54,9 @@ def test_report_files(tmp_path):
     cells = attacker_data.budget_cells(ATTACKS, tuple(ATTACKS))
     paths = attacker_data.write(str(tmp_path), _rows(), cells, ["a note"])
     assert [p.rsplit("/", 1)[1] for p in paths] == [f"attacker_data.{e}" for e in ("md", "json", "csv", "png")]
-    md = open(paths[0]).read()
+    md = pathlib.Path(paths[0]).read_text()
     assert "| kd | 0.1 | ast |" in md and "a note" in md and "![attacker_data](attacker_data.png)" in md
-    assert len(json.load(open(paths[1]))["summary"]) == 6
-    assert open(paths[3], "rb").read(4) == b"\x89PNG"
+    assert len(json.loads(pathlib.Path(paths[1]).read_text())["summary"]) == 6
+    assert pathlib.Path(paths[3]).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="needs the undefended victim 'base'"):
         attacker_data.summarise([r for r in _rows() if r["victim"] != "base"], cells)
