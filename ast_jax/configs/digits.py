@@ -47,8 +47,11 @@ DEFENCE_TRAIN = {
 MATRIX_VICTIMS = (*TEACHER_VICTIMS, *defence_victims(dcp_betas=(0.3, 0.9, 1.5), rs_betas=(0.04, 0.64),
                                                      rounding=((10, 1),)))
 #: The CNN clone with the study's CNN recipe (Adam 1e-3), 10 epochs; small budgets (Knockoff 1,437
-#: queries, JBDA 4 rounds to 1,200 points, DFME 10,000 queries) sized so that the whole matrix
-#: (3 seeds) fits 20 minutes on 2 CPU cores.
+#: queries, JBDA 4 rounds to 1,200 points, DFME 10,000 queries) sized so that the matrix of these
+#: five attacks (3 seeds) fits 20 minutes on 2 CPU cores. The adaptive attacks below add about 6 s
+#: per KD-like cell and 1.5-5 min per Skeptical cell (its ResNet18 clone) on a shared 2-core
+#: machine: about 2 hours for all 13 victims; restrict `--config.matrix.victims` (the teachers
+#: alone: about 30 min) or `--config.matrix.attacks` for less.
 _CLONE = dict(optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0, batch_size=64, epochs=10,
               schedule="multistep", milestones=())
 MATRIX_ATTACKS = {
