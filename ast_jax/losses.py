@@ -222,3 +222,27 @@ def nasty_loss(logits, base_logits, labels, temperature, omega, where=None) -> j
     log_p_base = jax.lax.stop_gradient(log_softmax_t(base_logits, temperature))
     kl = kl_from_log_probs(log_softmax_t(logits, temperature), log_p_base)
     return batch_mean(cross_entropy(logits, labels), where) - omega * temperature**2 * batch_mean(kl, where)
+
+
+#: The Skeptical Student's self-distillation weights (docs/method.md §10.6, the authors' code):
+#: 0.3 on the final head -> head 1 divergence, 0.7 on head 1's cross-entropy.
+SELF_DISTILLATION_WEIGHTS = (0.3, 0.7)
+
+
+def skeptical_loss(logits, head1_logits, head2_logits, teacher_logits, labels, temperature, omega,
+                   where=None) -> jax.Array:
+    """The Skeptical Student's loss (Kundu et al. 2021, the authors' code with loc = 2; docs/method.md
+    §10.6), s_0 the clone's final head, s_1 and s_2 its auxiliary heads after stages 3 and 2:
+
+    L = ω τ² KL(σ_τ(t) ‖ σ_τ(s_2)) + (1 − ω) CE(s_2, y)      (teacher -> head 2: `kd_loss`)
+      + 0.3 KL(σ_τ(s_0) ‖ σ_τ(s_1)) + 0.7 CE(s_1, y)          (final head -> head 1)
+      + CE(s_0, y),
+
+    each term averaged over the batch. The self-distillation KL has no τ² and no stopped
+    gradient: s_0 is pulled toward s_1 as well.
+    """
+    kd = kd_loss(head2_logits, teacher_logits, labels, temperature, omega, where)
+    self_kl = kl_from_log_probs(log_softmax_t(logits, temperature), log_softmax_t(head1_logits, temperature))
+    kl_weight, ce_weight = SELF_DISTILLATION_WEIGHTS
+    return (kd + kl_weight * batch_mean(self_kl, where) + ce_weight * batch_mean(cross_entropy(head1_logits, labels), where)
+            + batch_mean(cross_entropy(logits, labels), where))

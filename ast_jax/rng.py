@@ -33,6 +33,8 @@ class Stream(enum.IntEnum):
 ITERATION_DIRECTIONS = FIRST_STREAM + 1
 #: With the seed, the seed sequence of Knockoff's draw from the query set (`attacks.transfer`).
 KNOCKOFF_DRAW = 0x4B4E
+#: With the seed, the seed sequence of the attacker's data draw (`attacks.common.attacker_indices`).
+ATTACKER_DATA_DRAW = 0x4144
 
 
 def example_keys(key: jax.Array, local_batch: int, axis_name: str | None = None) -> jax.Array:

@@ -9,6 +9,13 @@ returns an `AttackResult` (the clone, the queries it spent, per-epoch test accur
 | `knockoff` | exactly `budget` images of a surrogate query set      | `transfer`  |
 | `jbda`     | seeds, then Jacobian-augmented points, round by round | `jbda`      |
 | `dfme`     | generator samples and their zeroth-order neighbours   | `dfme`      |
+| `kd_hard`  | as kd, top-1 labels only (docs/method.md §10.6)        | `transfer`  |
+| `kd_retemper` | as kd, at the attacker's own τ_a (§10.6)            | `transfer`  |
+| `skeptical` | as kd; a self-distilling clone (§10.6)               | `skeptical` |
+
+The data-based attacks take the attacker's share of the victim's data, `budget` (kd, kd_hard,
+kd_retemper, skeptical) or `pool` (knockoff's query set, jbda's seeds): a fraction in (0, 1] or a
+count, a seeded draw without replacement (`common.attacker_indices`).
 
 `run_attack(kind, box, settings, context)` runs one and records the mean ℓ1 the box measured on
 its queries (`AttackResult.query_l1`, docs/method.md §10.5); `settings` holds every key of
@@ -22,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from ast_jax.attacks import dfme, jbda, transfer
+from ast_jax.attacks import dfme, jbda, skeptical, transfer
 from ast_jax.attacks.common import (
     ATTACKS,
     DEFAULTS,
@@ -30,6 +37,7 @@ from ast_jax.attacks.common import (
     LABELS,
     AttackContext,
     AttackResult,
+    attacker_indices,
     check_settings,
     defaults,
 )
@@ -40,7 +48,8 @@ def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: A
     """Attack `box` with `kind` and `settings` (every key of DEFAULTS[kind])."""
     check_settings(kind, settings, f"attack {kind!r}")
     settings = {**defaults(kind, settings), **settings}
-    runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme}[kind]
+    runner = {"kd": transfer.kd, "knockoff": transfer.knockoff, "jbda": jbda.jbda, "dfme": dfme.dfme,
+              "kd_hard": transfer.kd_hard, "kd_retemper": transfer.kd, "skeptical": skeptical.skeptical}[kind]
     ledger = box.ledger()
     result = runner(box, settings, context)
     if result.query_l1 is None:  # a transfer attack brings its own (its resumed queries are in its record)
@@ -48,5 +57,5 @@ def run_attack(kind: str, box: BlackBox, settings: Mapping[str, Any], context: A
     return result
 
 
-__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "KNOCKOFF_RECIPES", "LABELS", "check_settings",
-           "defaults", "run_attack"]
+__all__ = ["ATTACKS", "AttackContext", "AttackResult", "DEFAULTS", "KNOCKOFF_RECIPES", "LABELS", "attacker_indices",
+           "check_settings", "defaults", "run_attack"]

@@ -1,7 +1,8 @@
 """Jacobian-based dataset augmentation (JBDA, Papernot et al.; docs/method.md §10.3).
 
 From `seeds` labelled victim training images S (a seeded class-balanced draw; `seed_order="first"`
-takes the first ones in stored order, as the reference does), for rounds ρ = 1..R:
+takes the first ones in stored order, as the reference does), drawn from the attacker's `pool`
+share of the training set (`common.attacker_indices`, docs/method.md §10.6), for rounds ρ = 1..R:
 
 1. train the clone `epochs` epochs on S (soft: KL(r ‖ σ(c)), the kd step at T = 1, ω = 1; hard: CE
    on the released label); one clone and ONE optimiser across all rounds;
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ast_jax.attacks.common import AttackContext, AttackResult
+from ast_jax.attacks.common import AttackContext, AttackResult, attacker_indices
 from ast_jax.attacks.transfer import clone_step, clone_training, query_targets
 from ast_jax.data import AugmentSpec, class_balanced_indices, normalize
 from ast_jax.defences.blackbox import BlackBox
@@ -66,7 +67,11 @@ def round_step(settings, round_index: int, std) -> np.ndarray:
 def jbda(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     """Run JBDA against `box` (see the module docstring)."""
     mesh, train, spent_before = context.mesh, context.victim_train, box.queries
-    chosen = seed_indices(train.labels, settings["seeds"], settings["seed_order"], context.seed)
+    pool = attacker_indices(len(train), settings["pool"], context.seed, "jbda's pool")
+    if settings["seeds"] > len(pool):
+        raise ValueError(f"jbda's seeds: {settings['seeds']} seeds asked of a pool of {len(pool)} images; "
+                         f"lower seeds or raise pool")
+    chosen = pool[seed_indices(train.labels[pool], settings["seeds"], settings["seed_order"], context.seed)]
     images = np.asarray(train.images[chosen], np.float32) / 255.0
     released, targets = query_targets(box, images, settings["labels"])
     training = clone_training(settings)

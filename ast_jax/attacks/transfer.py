@@ -4,6 +4,11 @@
   once each, and the clone learns from the released vectors at temperature τ plus the true labels
   (weight 1 − ω). Its clone trains without augmentation, since every target belongs to one
   queried image.
+- `kd_hard` (docs/method.md §10.6): the same images, but the box is asked for its top-1 label only
+  and the clone learns ω · CE(σ(s), ŷ_V) + (1 − ω) · CE(σ(s), y): the kd step at τ = 1 on the
+  label's one-hot target logits, since KL(onehot(ŷ) ‖ σ(s)) = CE(σ(s), ŷ).
+- `kd_retemper` (docs/method.md §10.6): `kd` at the attacker's own τ_a (its `temperature`), one
+  cell per τ_a of a grid.
 - `knockoff`: KnockoffNets' random strategy. Exactly `budget` images are drawn uniformly, without
   replacement, from a surrogate query set (the pool is refilled when it runs out). Soft: CE against
   the release, −Σ_k r_k log σ(c)_k, whose gradient equals that of KL(r ‖ σ(c)): the kd step at
@@ -11,6 +16,10 @@
   (`common.KNOCKOFF_RECIPES`): the clone trains with random crops (zero padding 4) and horizontal
   flips, each augmented image keeping the target the box gave for the un-augmented one, SGD
   Nesterov, a cosine schedule per step, and `clone` names its architecture (ResNet-34).
+
+The attacker's data (docs/method.md §10.6): kd, kd_hard and kd_retemper use the `budget` share of
+the victim's training set, knockoff the `pool` share of its query set, each a seeded draw
+without replacement (`common.attacker_indices`).
 
 The attacker's target from a released vector p′ (docs/method.md §10.1) is log p′, with zeros as
 −inf, so that the tempered target p′^{1/τ} / Σ p′^{1/τ} keeps them at zero (a one-hot label stays
@@ -26,7 +35,7 @@ import os
 
 import numpy as np
 
-from ast_jax.attacks.common import AttackContext, AttackResult
+from ast_jax.attacks.common import AttackContext, AttackResult, attacker_indices
 from ast_jax.data import ArraySplit, AugmentSpec
 from ast_jax.defences.blackbox import BlackBox
 from ast_jax.engine import LossHypers, RunData, StepSpec, TrainingRun, TrainSettings, fit, to_host
@@ -88,7 +97,7 @@ def clone_step(labels: str) -> tuple[StepSpec, LossHypers]:
     return StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
 
 
-def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:
+def transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str) -> tuple[dict, int]:
     """The transfer set {'images', 'labels', 'targets', 'query_l1'} and its query count, queried once
     and kept in `directory`; 'query_l1' is the box's mean ℓ1 on these queries (None where the box
     does not measure it), kept in the record so that a resumed cell still reports it."""
@@ -111,28 +120,47 @@ def _transfer_set(box: BlackBox, images: np.ndarray, labels: str, directory: str
     return transfer, queries
 
 
-def _distil(transfer: dict, spec: StepSpec, hypers: LossHypers, settings, context: AttackContext, queries: int, *,
-            true_labels: np.ndarray | None = None) -> AttackResult:
-    """Train a fresh clone on the transfer set with `spec` and `hypers`; targets given, no augmentation
-    unless the settings' `augment` asks (each augmented image then keeps its un-augmented image's target)."""
+def distil(transfer: dict, spec: StepSpec, hypers: LossHypers, settings, context: AttackContext, queries: int, *,
+           true_labels: np.ndarray | None = None, model=None) -> AttackResult:
+    """Train a fresh clone (`model`, or the context's) on the transfer set with `spec` and `hypers`;
+    targets given, no augmentation unless the settings' `augment` asks (each augmented image then
+    keeps its un-augmented image's target)."""
     labels = transfer["labels"] if true_labels is None else true_labels
     data = RunData(ArraySplit(transfer["images"], labels.astype(np.int32)), context.test, context.mean, context.std,
                    AUGMENTS[settings.get("augment", "none")], targets=None if spec.kind == "ce" else transfer["targets"],
                    augmented_targets=True)
     run = TrainingRun(directory=os.path.join(context.directory, "clone"),
                       record={"attack": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}},
-                      model=context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,
+                      model=model or context.clone, train_config=clone_training(settings), spec=spec, seed=context.seed,
                       data=data, hypers=hypers)
     result = fit(run, mesh=context.mesh, log=context.log)
     return AttackResult(result.variables, queries, result.history, result.final_accuracy, result.best_accuracy,
                         transfer.get("query_l1"))
 
 
+def attacker_data(settings, context: AttackContext) -> ArraySplit:
+    """The attacker's `budget` share of the victim's training set (`attacker_indices`)."""
+    train = context.victim_train
+    chosen = attacker_indices(len(train), settings["budget"], context.seed, "the attack's budget")
+    return ArraySplit(train.images[chosen], train.labels[chosen])
+
+
 def kd(box: BlackBox, settings, context: AttackContext) -> AttackResult:
-    """The thesis's KD attack (eq. 1) on the victim's training images, each queried once."""
-    transfer, queries = _transfer_set(box, context.victim_train.images, "soft", context.directory)
+    """The thesis's KD attack (eq. 1) on the attacker's share of the victim's training images, each
+    queried once; `kd_retemper` is this attack at the attacker's τ_a."""
+    data = attacker_data(settings, context)
+    transfer, queries = transfer_set(box, data.images, "soft", context.directory)
     hypers = LossHypers(temperature=settings["temperature"], omega=settings["omega"])
-    return _distil(transfer, StepSpec("kd"), hypers, settings, context, queries, true_labels=context.victim_train.labels)
+    return distil(transfer, StepSpec("kd"), hypers, settings, context, queries, true_labels=data.labels)
+
+
+def kd_hard(box: BlackBox, settings, context: AttackContext) -> AttackResult:
+    """Hard-label KD (docs/method.md §10.6): ω · CE(σ(s), ŷ_V) + (1 − ω) · CE(σ(s), y), ŷ_V the box's
+    top-1 label (the only thing asked of it), as the kd step at τ = 1 on one-hot target logits."""
+    data = attacker_data(settings, context)
+    transfer, queries = transfer_set(box, data.images, "hard", context.directory)
+    hypers = LossHypers(temperature=1.0, omega=settings["omega"])
+    return distil(transfer, StepSpec("kd"), hypers, settings, context, queries, true_labels=data.labels)
 
 
 def knockoff_indices(pool_size: int, budget: int, rng: np.random.Generator) -> np.ndarray:
@@ -145,10 +173,13 @@ def knockoff(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     """KnockoffNets, random strategy: exactly `budget` queries, then a clone on the transfer set."""
     if context.query_images is None:
         raise ValueError("knockoff needs a query set (AttackContext.query_images)")
+    pool = context.query_images[attacker_indices(len(context.query_images), settings["pool"], context.seed,
+                                                 "knockoff's pool")]
     rng = np.random.default_rng([context.seed, KNOCKOFF_DRAW])  # the draw depends on the seed alone
-    images = context.query_images[knockoff_indices(len(context.query_images), settings["budget"], rng)]
-    transfer, queries = _transfer_set(box, images, settings["labels"], context.directory)
-    return _distil(transfer, *clone_step(settings["labels"]), settings, context, queries)
+    images = pool[knockoff_indices(len(pool), settings["budget"], rng)]
+    transfer, queries = transfer_set(box, images, settings["labels"], context.directory)
+    return distil(transfer, *clone_step(settings["labels"]), settings, context, queries)
 
 
-__all__ = ["attacker_logits", "clone_step", "kd", "knockoff", "knockoff_indices", "label_logits", "query_targets"]
+__all__ = ["attacker_data", "attacker_logits", "clone_step", "distil", "kd", "kd_hard", "knockoff", "knockoff_indices",
+           "label_logits", "query_targets", "transfer_set"]

@@ -13,6 +13,13 @@ effect needs omega x tau near 0.5 and eps 0.3):
 - `divergence`: EPD against KL (Table 6.11);
 - `pgd`: the PGD set's eps and steps (the digits prototype found eps the decisive knob).
 
+`attacker_data` is not a sweep but an attack matrix (docs/method.md §10.6, the attacker's data
+budget): `ast-jax matrix --config ablations_digits:attacker_data --workdir W`. KD and kd_hard on
+fractions 0.05, 0.1, 0.25, 0.5 and 1.0 of the victim's training set, against the base, AST, NT
+and STT teachers (trained once, seed 0), attack seeds 0-4 (clone initialisation and the data
+draw), cells `<attack>_p<percent>`; besides matrix.*, the matrix writes attacker_data.{md,csv,png}: D (teacher − stolen
+clone) and the clone's accuracy against the fraction, with 95% intervals.
+
 Expected results (2026-12-03, 2 CPU cores, no accelerator, jax 0.10.2; seeds 0, 1, 2; mean ±
 sample std over the seeds):
 
@@ -28,7 +35,10 @@ sample std over the seeds):
     teacher accuracy EPD 97.41 ± 0.89, KL 93.80 ± 1.85 %.
 """
 
-from ast_jax.configs.common import ablation_config
+import ml_collections
+
+from ast_jax.configs import digits
+from ast_jax.configs.common import ablation_config, attack_cell
 
 OMEGA_TAU = ("ast.omega=0.025,0.05,0.075", "ast.temperature=5,10,20")
 ABLATIONS = {
@@ -40,5 +50,26 @@ ABLATIONS = {
 }
 
 
+#: The attacker's data budget: fractions of the victim's training set, attacks, victims, seeds.
+ATTACKER_DATA = {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0), "attacks": ("kd", "kd_hard"),
+                 "victims": ("base", "ast", "nasty", "stt"), "seeds": (0, 1, 2, 3, 4)}
+
+
+def attacker_data_config():
+    """The digits study whose matrix is the attacker-data grid (`ATTACKER_DATA`), cells `<attack>_p<percent>`."""
+    config = digits.get_config()
+    config.name = "digits-attacker_data"
+    cells = {f"{attack}_p{100 * fraction:g}": dict(digits.MATRIX_ATTACKS[attack], budget=fraction)
+             for attack in ATTACKER_DATA["attacks"] for fraction in ATTACKER_DATA["fractions"]}
+    for name, settings in cells.items():
+        config.attacks[name] = ml_collections.ConfigDict(attack_cell(settings))
+    config.matrix.attacks = tuple(cells)
+    config.matrix.victims = ATTACKER_DATA["victims"]
+    config.matrix.seeds = ATTACKER_DATA["seeds"]
+    return config
+
+
 def get_config(variant: str = "omega_tau"):
+    if variant == "attacker_data":
+        return attacker_data_config()
     return ablation_config("digits", ABLATIONS, variant)

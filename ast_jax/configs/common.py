@@ -57,7 +57,8 @@ from ast_jax.studies.settings import TEACHER_NAMES, THESIS_TEACHERS
 __all__ = [
     "CIFAR_DEFENCE_TRAIN", "CNN_STUDENT_TRAIN", "DATASET_DEFAULTS", "DTYPES", "FULL_DEFENCE_GRID", "FULL_GRID",
     "INI_CIFAR_TRAIN", "INI_DEFAULTS", "INI_MNIST_TRAIN", "MECO_CIFAR_TRAIN", "MECO_DEFAULTS", "MECO_MNIST_TRAIN",
-    "REFERENCE_VALUES", "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS", "ablation_config", "attack_cell", "check_variant", "cifar_matrix", "cleared_sparsity",
+    "REFERENCE_VALUES", "RETEMPER_GRID", "SCHEMA", "TEACHER_NAMES", "TEACHER_VICTIMS", "THESIS_TEACHERS", "VARIANTS",
+    "ablation_config", "adaptive_attacks", "attack_cell", "check_variant", "cifar_matrix", "cleared_sparsity",
     "defence_victims", "published_attacks", "study_config",
 ]
 
@@ -223,6 +224,21 @@ def published_attacks(*, surrogate: str, dfme_budget: int, kd: Mapping[str, Any]
         "jbda_hard": dict(kind="jbda", labels="hard"),
         "dfme": dict(kind="dfme", budget=dfme_budget),
     }
+
+
+#: kd_retemper's τ_a grid (docs/method.md §10.6); a config adds its defences' own temperatures.
+RETEMPER_GRID: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+def adaptive_attacks(training: Mapping[str, Any], *, kd: Mapping[str, Any], taus: Sequence[float],
+                     skeptical_clone: str = "") -> dict[str, dict[str, Any]]:
+    """The adaptive attack cells of docs/method.md §10.6 with the clone schedule `training`:
+    `kd_hard` (KD's ω), one `kd_retemper_t<τ_a>` per τ_a of `taus` (KD's ω) and `skeptical`
+    (KD's τ and ω, the ResNet trunk `skeptical_clone`; "": the matrix's clone)."""
+    return {"kd_hard": dict(training, kind="kd_hard", omega=kd["omega"]),
+            **{f"kd_retemper_t{tau:g}": dict(training, kind="kd_retemper", temperature=float(tau), omega=kd["omega"])
+               for tau in taus},
+            "skeptical": dict(training, kind="skeptical", clone=skeptical_clone, **kd)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,14 @@ Another processor or a program that rounds differently moves single runs by a po
 digits`, 2026-11-24 code): docs/results/digits-matrix.md.
 """
 
-from ast_jax.configs.common import CNN_STUDENT_TRAIN, TEACHER_VICTIMS, defence_victims, study_config
+from ast_jax.configs.common import (
+    CNN_STUDENT_TRAIN,
+    RETEMPER_GRID,
+    TEACHER_VICTIMS,
+    adaptive_attacks,
+    defence_victims,
+    study_config,
+)
 
 #: InI's and MeCo's schedules scaled to the demo's (docs/method.md §11; trained where `config.teachers`
 #: names them, as in ast_jax/configs/digits_defences.py): InI's SGD (momentum 0.5, weight decay 1e-3) at the
@@ -40,8 +47,11 @@ DEFENCE_TRAIN = {
 MATRIX_VICTIMS = (*TEACHER_VICTIMS, *defence_victims(dcp_betas=(0.3, 0.9, 1.5), rs_betas=(0.04, 0.64),
                                                      rounding=((10, 1),)))
 #: The CNN clone with the study's CNN recipe (Adam 1e-3), 10 epochs; small budgets (Knockoff 1,437
-#: queries, JBDA 4 rounds to 1,200 points, DFME 10,000 queries) sized so that the whole matrix
-#: (3 seeds) fits 20 minutes on 2 CPU cores.
+#: queries, JBDA 4 rounds to 1,200 points, DFME 10,000 queries) sized so that the matrix of these
+#: five attacks (3 seeds) fits 20 minutes on 2 CPU cores. The adaptive attacks below add about 6 s
+#: per KD-like cell and 1.5-5 min per Skeptical cell (its ResNet18 clone) on a shared 2-core
+#: machine: about 2 hours for all 13 victims; restrict `--config.matrix.victims` (the teachers
+#: alone: about 30 min) or `--config.matrix.attacks` for less.
 _CLONE = dict(optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=0.0, batch_size=64, epochs=10,
               schedule="multistep", milestones=())
 MATRIX_ATTACKS = {
@@ -50,6 +60,11 @@ MATRIX_ATTACKS = {
     "knockoff_hard": dict(_CLONE, kind="knockoff", query_set="fashion_to_digits", budget=1437, labels="hard"),
     "jbda": dict(_CLONE, kind="jbda", seeds=150, rounds=4, epochs=5),
     "dfme": dict(kind="dfme", budget=10_000, batch_size=64, ngf=16, iterations_per_epoch=10),
+    # The adaptive attacks (docs/method.md §10.6) with the same clone schedule: kd_hard; kd_retemper
+    # over the τ_a grid and the defences' own τ (AST 10, NT/STT 7), leaving out τ_a = 4, which is the
+    # kd cell itself; the Skeptical Student on a ResNet18 trunk (its clone must be a ResNet).
+    **adaptive_attacks(_CLONE, kd={"temperature": 4.0, "omega": 0.9},
+                       taus=sorted({*RETEMPER_GRID, 7.0, 10.0} - {4.0}), skeptical_clone="resnet18"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Per-device train steps: one function, eight kinds (docs/method.md §2, §11.1-11.2).
+"""Per-device train steps: one function, nine kinds (docs/method.md §2, §10.6, §11.1-11.2).
 
 A step kind is a pair (target, objective): the *target* is computed before differentiation
 and is a constant of the update; the *objective* scores the trained model's training-mode
@@ -26,7 +26,10 @@ with a `gradients` method (`Objective`): `ast_jax.defences.ini.InISettings` (InI
 `Teacher(module=clone)` with its initial variables as `teacher_variables`, on the batch and an
 OOD batch `ood_image`, combined by PCGrad) and `ast_jax.defences.meco.MecoSettings` (MeCo,
 docs/method.md §11.2: every forward in training mode, the worst case z by SVGD before
-differentiation, perturbations drawn per example from the step's `key`).
+differentiation, perturbations drawn per example from the step's `key`). The kind `skeptical`
+is the Skeptical Student's self-distilling clone (docs/method.md §10.6), whose objective
+`ast_jax.attacks.skeptical.SkepticalObjective` scores the clone's three heads against the
+batch's fixed `teacher_logits`; `OBJECTIVE_KINDS` are the kinds that bring an objective.
 
 "Inference mode" means BatchNorm running statistics, no statistics update, and the *current*
 (pre-update) parameters. Which running statistics the model's own target (ast, stt) uses is
@@ -58,7 +61,9 @@ from ast_jax import losses
 
 #: Kinds whose objective a training-time defence brings as `StepSpec.objective` (module docstring).
 DEFENCE_KINDS = ("ini", "meco")
-STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", *DEFENCE_KINDS)
+#: Kinds whose objective comes as `StepSpec.objective`: the defences' and the Skeptical Student's.
+OBJECTIVE_KINDS = (*DEFENCE_KINDS, "skeptical")
+STEP_KINDS = ("ce", "kd", "ast", "stt", "nasty", "l1", *OBJECTIVE_KINDS)
 PAIRINGS = ("aligned", "random")
 #: Which running statistics the model's own (ast, stt) target uses, see the module docstring.
 TARGET_STATISTICS = ("before_step", "after_train_forward")
@@ -131,13 +136,14 @@ class StepSpec:
         if self.target_statistics not in TARGET_STATISTICS:
             raise ValueError(f"target_statistics must be one of {TARGET_STATISTICS}, "
                              f"got {self.target_statistics!r}")
-        if self.kind in DEFENCE_KINDS and getattr(self.objective, "kind", None) != self.kind:
-            settings = {"ini": "ast_jax.defences.ini.InISettings", "meco": "ast_jax.defences.meco.MecoSettings"}
+        if self.kind in OBJECTIVE_KINDS and getattr(self.objective, "kind", None) != self.kind:
+            settings = {"ini": "ast_jax.defences.ini.InISettings", "meco": "ast_jax.defences.meco.MecoSettings",
+                        "skeptical": "ast_jax.attacks.skeptical.SkepticalObjective"}
             raise ValueError(f"step kind {self.kind!r} needs its defence's objective: "
                              f"StepSpec({self.kind!r}, objective={settings[self.kind]}(...)), "
                              f"got objective={self.objective!r}")
-        if self.kind not in DEFENCE_KINDS and self.objective is not None:
-            raise ValueError(f"step kind {self.kind!r} takes no objective (only {DEFENCE_KINDS} do)")
+        if self.kind not in OBJECTIVE_KINDS and self.objective is not None:
+            raise ValueError(f"step kind {self.kind!r} takes no objective (only {OBJECTIVE_KINDS} do)")
 
     def check_hypers(self, hypers: LossHypers) -> None:
         """ValueError if `hypers` lacks a value this kind reads (k of the sparse kinds)."""

@@ -72,6 +72,7 @@ from ast_jax.models.cnn import CNN
 from ast_jax.models.mobilenetv2 import LinearBottleNeck, MobileNetV2
 from ast_jax.models.preresnet import PreActBlock, PreResNet
 from ast_jax.models.resnet import BasicBlock, Bottleneck, ResNet
+from ast_jax.models.selfdistill import SelfDistillingResNet, trunk_variables
 from ast_jax.models.shufflenetv2 import ShuffleNetV2, ShuffleUnit
 
 
@@ -105,6 +106,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 #: Names accepted by :func:`create`.
 MODEL_NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
+#: Trunks of the Skeptical Student's self-distilling clone (:func:`create_self_distilling`).
+SELF_DISTILLING_TRUNKS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 
 
 def canonical_name(name: str) -> str:
@@ -139,8 +142,22 @@ def create(name: str, num_classes: int, dtype: Any = jnp.float32, axis_name: str
     return build(num_classes=check_num_classes(num_classes), dtype=dtype, axis_name=axis_name)
 
 
+def create_self_distilling(trunk: str, num_classes: int, dtype: Any = jnp.float32,
+                           axis_name: str | None = None) -> nn.Module:
+    """The Skeptical Student's clone (``selfdistill.SelfDistillingResNet``, docs/method.md §10.6) on
+    the ResNet `trunk`, one of :data:`SELF_DISTILLING_TRUNKS`; ``trunk_variables`` of its variables
+    are those of ``create(trunk, ...)``."""
+    if canonical_name(trunk) not in SELF_DISTILLING_TRUNKS:
+        raise ValueError(f"the self-distilling clone needs a ResNet trunk ({', '.join(SELF_DISTILLING_TRUNKS)}), "
+                         f"got {trunk!r}")
+    block, stage_sizes = ARCHITECTURES[canonical_name(trunk)].constructor(sys.modules[__name__]).args
+    return SelfDistillingResNet(block, stage_sizes, num_classes=check_num_classes(num_classes), dtype=dtype,
+                                axis_name=axis_name)
+
+
 __all__ = [
-    "ARCHITECTURES", "Architecture", "MODEL_NAMES", "canonical_name", "create",
+    "ARCHITECTURES", "Architecture", "MODEL_NAMES", "SELF_DISTILLING_TRUNKS", "canonical_name", "create",
+    "create_self_distilling", "SelfDistillingResNet", "trunk_variables",
     "CNN", "PreResNet", "PreActBlock", "ResNet", "BasicBlock", "Bottleneck",
     "ShuffleNetV2", "ShuffleUnit", "MobileNetV2", "LinearBottleNeck",
 ]

@@ -57,7 +57,8 @@ class ResNet(nn.Module):
     """Reference ``ResNet(block, num_blocks)``: ``conv1`` (3x3 stride 1, 64) -> ``bn1`` -> ReLU (no
     max-pool), ``layer1..4`` with 64/128/256/512 planes (stride 1/2/2/2), global average pool
     (``adaptive_avg_pool2d(out, 1)``) -> ``linear``.  ResNet18/34: BasicBlock [2,2,2,2]/[3,4,6,3];
-    ResNet50: Bottleneck [3,4,6,3]."""
+    ResNet50: Bottleneck [3,4,6,3].  With ``stages=True`` it returns ``(logits, (z_1, .., z_4))``,
+    the stages' outputs (the self-distilling clone's heads read them, ``selfdistill``)."""
 
     block: type
     stage_sizes: Sequence[int]
@@ -66,11 +67,14 @@ class ResNet(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False, mask=None):
+    def __call__(self, x, train: bool = False, mask=None, stages: bool = False):
         ops = Ops(self.dtype, train, self.axis_name, mask)
         x = nn.relu(ops.bn()(ops.conv(64, 3, 1, 1)(x, "conv1"), "bn1"))
+        outputs = []
         for stage, (n, planes) in enumerate(zip(self.stage_sizes, (64, 128, 256, 512)), 1):
             for i in range(n):
                 stride = 2 if stage > 1 and i == 0 else 1
                 x = self.block(planes, stride, self.dtype, self.axis_name, name=f"layer{stage}_{i}")(x, train, mask)
-        return ops.dense(self.num_classes)(global_avg_pool(x), "linear").astype(jnp.float32)
+            outputs.append(x)
+        logits = ops.dense(self.num_classes)(global_avg_pool(x), "linear").astype(jnp.float32)
+        return (logits, tuple(outputs)) if stages else logits

@@ -4,6 +4,7 @@ backend switch); `report` writes them. No I/O.
 - `outputs_png`: a grid of images and output distributions with their entropies (thesis
   Figures 6.1-6.3).
 - `heatmaps_png`: heatmap panels (a sweep's grid, the attack matrix).
+- `curves_png`: panels of curves with error bars (the attacker's data budget).
 """
 
 from __future__ import annotations
@@ -136,6 +137,38 @@ def heatmaps_png(panels: Sequence[Mapping], *, columns: int = 2, dpi: int = 100)
             if np.isfinite(value):
                 axes.text(j, i, f"{value:.1f}", ha="center", va="center", color="w", fontsize=8)
         figure.colorbar(image, ax=axes, label=panel.get("label", ""))
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def curves_png(panels: Sequence[Mapping], *, columns: int = 2, dpi: int = 100) -> bytes:
+    """PNG bytes of line plots, one panel per entry of `panels`: {'title', 'xlabel', 'ylabel',
+    'xlog' (bool), 'curves': [{'label', 'x', 'y', 'error'}]}; `error` is each point's half-width
+    (None: no bar), a horizontal line at 0 when the panel crosses it. Returns the PNG's bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(columns, len(panels))
+    lines = -(-len(panels) // columns)
+    figure = Figure(figsize=(5.5 * columns, 4 * lines))
+    FigureCanvasAgg(figure)
+    for index, panel in enumerate(panels):
+        axes = figure.add_subplot(lines, columns, index + 1)
+        for curve in panel["curves"]:
+            error = curve.get("error")
+            error = None if error is None or any(e is None for e in error) else np.asarray(error, np.float64)
+            axes.errorbar(curve["x"], curve["y"], yerr=error, marker="o", capsize=3, label=curve["label"])
+        low, high = axes.get_ylim()
+        if low < 0 < high:
+            axes.axhline(0.0, color="grey", linewidth=0.8)
+        if panel.get("xlog"):
+            axes.set_xscale("log")
+        axes.set_xlabel(panel.get("xlabel", ""))
+        axes.set_ylabel(panel.get("ylabel", ""))
+        axes.set_title(panel.get("title", ""), fontsize=9)
+        axes.legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)

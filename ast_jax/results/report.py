@@ -6,7 +6,7 @@ by the caller's process).
 - `write_report`: `report.md`, `report.json` and `report.csv` in one directory; `read_csv_rows`
   reads the CSV back.
 - `write_spread_report`: the same over seeds (`statistics.summarise_seeds`).
-- `plot_outputs`, `plot_heatmaps`: the PNGs of `figures`.
+- `plot_outputs`, `plot_heatmaps`, `plot_curves`: the PNGs of `figures`.
 
 The numbers come from `statistics`, the tables from `tables`.
 """
@@ -142,6 +142,14 @@ def plot_outputs(path, images, outputs: Mapping[str, np.ndarray], labels, class_
 def plot_heatmaps(path, panels: Sequence[Mapping], *, columns: int = 2, dpi: int = 100) -> str:
     """`figures.heatmaps_png` written to `path` by process 0; returns `path`."""
     png = figures.heatmaps_png(panels, columns=columns, dpi=dpi)
+    if is_writer():
+        atomic_write(os.fspath(path), png)
+    return os.fspath(path)
+
+
+def plot_curves(path, panels: Sequence[Mapping], *, columns: int = 2, dpi: int = 100) -> str:
+    """`figures.curves_png` written to `path` by process 0; returns `path`."""
+    png = figures.curves_png(panels, columns=columns, dpi=dpi)
     if is_writer():
         atomic_write(os.fspath(path), png)
     return os.fspath(path)

@@ -45,6 +45,7 @@ from ast_jax.results import tables
 from ast_jax.results.report import plot_heatmaps
 from ast_jax.results.statistics import seed_spread
 from ast_jax.studies.pipeline import released_teacher, teacher_fingerprint, train_teacher
+from ast_jax.studies import attacker_data
 from ast_jax.studies.provenance import fingerprint
 from ast_jax.studies.settings import sparsity_k, to_record
 from ast_jax.studies.stages import released_logits, teacher_input_defense
@@ -132,7 +133,8 @@ class _Matrix:
         self._query_sets: dict[str, Any] = {}
 
     def clone(self, settings: Mapping) -> str:
-        """The clone's architecture: the attack's own `clone` setting (Knockoff's DCP recipe), else config.matrix.clone."""
+        """The clone's architecture: the attack's own `clone` setting (Knockoff's DCP recipe, the Skeptical
+        Student's trunk), else config.matrix.clone."""
         return settings.get("clone") or self.clone_architecture
 
     def predict_clone(self, architecture: str) -> Callable:
@@ -198,6 +200,9 @@ class _Matrix:
     def _compute(self, cell: Cell, inputs: dict, directory: str, result_path: str) -> dict:
         study, settings = self.study, dict(inputs["attack"])
         kind = settings.pop("kind")
+        architecture = inputs["clone"]
+        if "clone" in settings:
+            settings["clone"] = architecture
         victim = cell.victim
         variables, mean, std = victim_variables(study, victim), study.dataset.mean, study.dataset.std
         release = victim_release(self.model, variables, mean, std, victim_defense(study, victim),
@@ -208,14 +213,14 @@ class _Matrix:
                        clean=victim_release(self.model, variables, mean, std))
         query_set = self.query_set(settings)
         context = AttackContext(
-            clone=study.model(inputs["clone"]), victim_train=study.train, test=study.test,
+            clone=study.model(architecture), victim_train=study.train, test=study.test,
             mean=study.dataset.mean, std=study.dataset.std, mesh=study.mesh, seed=cell.seed, directory=directory,
             log=lambda message: self.log(f"[{victim.label}/{cell.attack}/seed{cell.seed}] {message}"),
             query_images=None if query_set is None else query_set.images,
             eval_batch_size=study.config.train.eval_batch_size)
         result = run_attack(kind, box, settings, context)
         clean, released = self.outputs(victim)
-        clone_logits = to_host(self.predict_clone(inputs["clone"])(result.variables, study.test.images))
+        clone_logits = to_host(self.predict_clone(architecture)(result.variables, study.test.images))
         base_accuracy = defender_metrics(*self.outputs(BASE), study.test.labels, 0.0)["defender_accuracy"]
         row = {"victim": victim.label, "attack": cell.attack, "kind": kind, "seed": cell.seed,
                "clone_accuracy": result.final_accuracy, "clone_best_accuracy": result.best_accuracy,
@@ -363,6 +368,10 @@ def run_matrix(study: Study, seeds=None, log: Callable[[str], None] | None = Non
         atomic_write(paths[2], csv_text(summary))
         heatmap(paths[3], summary)
         atomic_write(paths[4], best_csv_text(best))
+        budgets = attacker_data.budget_cells(study.config.attacks, study.config.matrix.attacks)
+        if budgets:  # one attack at several data budgets (docs/method.md §10.6)
+            paths += attacker_data.write(workdir, rows, budgets, notes[:1],
+                                         f"The attacker's data budget: {study.config.name}")
     return paths
 
 
