@@ -62,7 +62,8 @@ def get_config(variant: str = "thesis"):
         variant=variant,
         train=dict(batch_size=64, lr=0.05, epochs=30, milestones=(20, 25), lr_decay=0.1,
                    checkpoint_every=10, eval_every=10),
-        ast=dict(temperature=10.0, omega=0.05, k=2),
+        ast=dict(temperature=10.0, omega=0.04, k=2),
+        kd=dict(temperature=10.0),  # the attacker distils at AST's own temperature (digits-demo-search.md)
         ast_reference=None,  # no authors' values for digits: keep the thesis-variant values
         student_train={"cnn": dict(CNN_STUDENT_TRAIN, epochs=20)},
         teacher_train=DEFENCE_TRAIN,
