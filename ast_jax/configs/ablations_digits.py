@@ -2,7 +2,7 @@
 `ast-jax sweep --config ablations_digits:<ablation> --workdir W` (3 seeds).
 
 Every cell is the digits study's AST teacher (ast_jax/configs/digits.py: ResNetC-20, 30 epochs, PGD
-eps 0.3 / 40 steps, tau 10, omega 0.05, k 2) with the cell's values, and its CNN student;
+eps 0.3 / 40 steps, tau 10, omega 0.04, k 2; KD at tau 10) with the cell's values, and its CNN student;
 the seeds' base teacher and its student are shared by all cells. The grids centre on the
 digits values rather than the thesis's CIFAR-100 ones (docs/notes/digits-schedule.md: on digits the
 effect needs omega x tau near 0.5 and eps 0.3):
@@ -21,7 +21,8 @@ draw), cells `<attack>_p<percent>`; besides matrix.*, the matrix writes attacker
 clone) and the clone's accuracy against the fraction, with 95% intervals.
 
 Expected results (2026-12-03, 2 CPU cores, no accelerator, jax 0.10.2; seeds 0, 1, 2; mean ±
-sample std over the seeds):
+sample std over the seeds), measured before the study moved to omega 0.04 and a KD temperature
+of 10 (docs/notes/digits-demo-search.md), i.e. with omega 0.05 and KD at tau 4:
 
     ast-jax sweep --config ablations_digits:omega_tau --workdir omega_tau       # 9 min 4 s
 

@@ -8,7 +8,7 @@ stays as it is.
 
 Expected results (docs/results/digits-ini-meco.md; 2026-12-03, 2 CPU cores, no accelerator, jax
 0.10.2; test accuracy in %, mean ± sample std over seeds 0, 1, 2, converted from the recorded
-population std):
+population std; measured with digits' earlier AST omega 0.05 and KD temperature 4):
 
     ast-jax pipeline --config digits_defences --workdir digits_defences     # seed 0: 4 min 5 s
 

@@ -48,8 +48,8 @@ def test_demo_uses_the_repository_digits_config_not_the_current_directory(monkey
     monkeypatch.chdir(tmp_path)
     studies = _record_runs(monkeypatch)
     assert cli.main(["demo", "--config.train.epochs=1", "--config.train.milestones=()"]) == 0
-    [seeds] = studies  # the demo is the study over three seeds
-    assert [study.config.seed for study in seeds] == [0, 1, 2]
+    [seeds] = studies  # the demo is the study over four seeds
+    assert [study.config.seed for study in seeds] == [0, 1, 2, 3]
     assert all(study.config.name == "digits" for study in seeds)
     assert seeds[1].workdir == os.path.join(cli.DEMO_WORKDIR, "seed-1")
 
