@@ -264,6 +264,20 @@ def _same_array(a, b) -> bool:
     return a is b or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
 
 
+def distinct_arrays(arrays: Sequence) -> tuple[list, np.ndarray]:
+    """(the distinct arrays of `arrays`, in order of first appearance; for each array the index of
+    its equal among them, int32): a batch of runs holds each adversarial set once (the cells of a
+    sweep at one seed share their base teacher's set) instead of once per run."""
+    distinct, index = [], []
+    for array in arrays:
+        same = next((i for i, seen in enumerate(distinct) if _same_array(seen, array)), None)
+        if same is None:
+            distinct.append(array)
+            same = len(distinct) - 1
+        index.append(same)
+    return distinct, np.asarray(index, np.int32)
+
+
 def batch_conflicts(first: TrainingRun, run: TrainingRun) -> list[str]:
     """What keeps `run` out of a batch with `first` (empty: they can train as one program)."""
     first_signature, signature = _batch_signature(first), _batch_signature(run)
@@ -460,9 +474,9 @@ def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples
 
 
 def _device_inputs(runs: list[TrainingRun], mesh, config) -> tuple[dict, dict | None]:
-    """(data, teacher_variables) on the devices: the shared training arrays (the OOD set for ini)
-    replicated, and the `RUN_ARRAYS` and teacher variables stacked over the runs: the adversarial
-    sets, and for kd/nasty without augmentation each teacher's fixed logits (or the given
+    """(data, teacher_variables) on the devices: the shared training arrays (the OOD set for ini, the
+    distinct adversarial sets, each once: `distinct_arrays`) replicated, and the `RUN_ARRAYS` and
+    teacher variables stacked over the runs: each run's adversarial set index, and for kd/nasty without augmentation each teacher's fixed logits (or the given
     `RunData.targets`); a randomised teacher (`Teacher.is_random`) is queried anew in every step."""
     first = runs[0]
     data = {"images": first.data.train.images, "labels": first.data.train.labels}
@@ -479,7 +493,9 @@ def _device_inputs(runs: list[TrainingRun], mesh, config) -> tuple[dict, dict | 
         teacher_variables = jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves),
                                                         *(run.teacher_variables for run in runs)), per_run)
     if first.spec.needs_adversarial:
-        data["adv_images"] = stacked([run.data.adv_images for run in runs])
+        sets, data["adv_set"] = distinct_arrays([run.data.adv_images for run in runs])
+        data["adv_images"] = replicate(mesh, np.stack(sets))
+        data["adv_set"] = jax.device_put(data["adv_set"], per_run)
     if first.data.targets is not None:
         data["teacher_logits"] = stacked([run.data.targets for run in runs])
     elif first.spec.needs_teacher and first.data.augment_spec.is_identity and not first.teacher.is_random:
