@@ -114,6 +114,26 @@ def schedule_plan(settings) -> tuple[int, int, list[int]]:
     return iterations, epochs, decays
 
 
+def _decayed(settings, lr: float, every: int):
+    """`lr` times `lr_decay` at each of `schedule_plan`'s decay iterations, counted in steps of `every` per iteration."""
+    decays = schedule_plan(settings)[2]
+    return optax.piecewise_constant_schedule(lr, {step * every: settings["lr_decay"] for step in decays})
+
+
+def clone_optimizer(settings) -> optax.GradientTransformation:
+    """The clone's SGD (momentum, weight decay), its lr decayed at the schedule's iterations (`clone_steps` steps each)."""
+    return optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
+                       optax.sgd(_decayed(settings, settings["clone_lr"], settings["clone_steps"]),
+                                 momentum=settings["momentum"]))
+
+
+def clone_objective(variant: str) -> tuple[StepSpec, LossHypers]:
+    """The clone step: mean_{n,k} |c_k − t_k| (`l1`, dfme), or KL(p′ ‖ σ(c)) (kd at T = 1, ω = 1, maze)."""
+    if variant == "maze":
+        return StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
+    return StepSpec("l1"), LossHypers()
+
+
 def _released(box: BlackBox, pixels) -> jax.Array:
     """The box's release; a labels-only box's labels as one-hot vectors."""
     if box.labels_only:
@@ -126,26 +146,20 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     mesh, spent_before = context.mesh, box.queries
     image_shape = tuple(context.test.images.shape[1:])
     batch, m, epsilon, variant = settings["batch_size"], settings["directions"], settings["fd_epsilon"], settings["variant"]
-    iterations, epochs, decays = schedule_plan(settings)
+    iterations, _, _ = schedule_plan(settings)
     mean, std = jnp.asarray(context.mean, jnp.float32), jnp.asarray(context.std, jnp.float32)
     key = jax.random.PRNGKey(context.seed)
 
-    def decayed(lr, every):
-        return optax.piecewise_constant_schedule(lr, {step * every: settings["lr_decay"] for step in decays})
-
     generator = Generator(image_shape, settings["ngf"])
     g_params = generator.init(jax.random.fold_in(key, Stream.GENERATOR_INIT), jnp.zeros((2, settings["nz"])))["params"]
-    g_tx = (optax.adam(decayed(settings["generator_lr"], 1)) if variant == "dfme" else
+    generator_lr = _decayed(settings, settings["generator_lr"], 1)
+    g_tx = (optax.adam(generator_lr) if variant == "dfme" else
             optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                        optax.sgd(decayed(settings["generator_lr"], 1), momentum=settings["momentum"])))
+                        optax.sgd(generator_lr, momentum=settings["momentum"])))
     g_opt = g_tx.init(g_params)
-    c_tx = optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                       optax.sgd(decayed(settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
+    c_tx = clone_optimizer(settings)
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
-    if variant == "maze":
-        clone_spec, clone_hypers = StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
-    else:
-        clone_spec, clone_hypers = StepSpec("l1"), LossHypers()
+    clone_spec, clone_hypers = clone_objective(variant)
     clone_step = jax.jit(make_train_step(context.clone, c_tx, clone_spec, mesh), donate_argnums=(0,))
 
     def generate(g_params, z):
@@ -203,5 +217,5 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     return AttackResult(variables, box.queries - spent_before, history, accuracies[-1], max(accuracies))
 
 
-__all__ = ["Generator", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
+__all__ = ["Generator", "clone_objective", "clone_optimizer", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
            "schedule_plan", "sphere_directions", "zeroth_order_gradient"]
