@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="config name or path, optionally NAME:variant")
     plan.add_argument("--target", required=True, choices=TARGETS, help="the accelerator slice")
     plan.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
+    plan.add_argument("--runs", type=_positive, default=1, metavar="R",
+                      help="plan every training program as one batch of R runs, as `pipeline --seeds` and `sweep` "
+                           "train them (default 1)")
+    plan.add_argument("--adv-sets", type=_positive, metavar="S",
+                      help="distinct adversarial sets among the AST teachers' R runs (a sweep: one per seed and PGD "
+                           "setting; default R)")
     plan.add_argument("--debug", action="store_true", help="show the traceback of an error instead of logging it")
     return parser
 

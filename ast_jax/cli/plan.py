@@ -353,11 +353,13 @@ def to_json(planned: list[PlannedProgram], target: Target) -> dict:
 
 
 def prepare_environment() -> None:
-    """Compile on the host CPU for a TPU that is not attached (set before JAX starts its backends):
-    no query for the TPU VM's metadata, and no claim on libtpu's one-process lock file (with no
-    TPU to share, plans may run side by side)."""
+    """Compile on the host CPU for a TPU or GPU that is not attached (set before JAX starts its
+    backends): no query for the TPU VM's metadata, no claim on libtpu's one-process lock file (with
+    no TPU to share, plans may run side by side), and no check of the CUDA driver's version (with
+    no GPU, `cuInit` fails and the CUDA plugin would not register its topologies)."""
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -374,12 +376,15 @@ def report(config, target: Target, mesh, json_path: str | None = None, **batch) 
 
 
 def main(args, overrides) -> int:
-    """`ast-jax plan --config C --target T [--json FILE]`: the study's programs for target T."""
+    """`ast-jax plan --config C --target T [--json FILE] [--runs R [--adv-sets S]]`: the study's programs for target T."""
     from ast_jax.cli.config import load_config
 
+    if args.adv_sets is not None and args.adv_sets > args.runs:
+        raise ValueError(f"--adv-sets {args.adv_sets} exceeds --runs {args.runs}: a batch of runs holds at most one "
+                         f"adversarial set per run")
     target = resolve_target(args.target)
     config = load_config(args.config, overrides)
-    return report(config, target, target_mesh(target), args.json)
+    return report(config, target, target_mesh(target), args.json, runs=args.runs, adv_sets=args.adv_sets or args.runs)
 
 
 def command_batch(args, config) -> tuple[object, int, int]:
