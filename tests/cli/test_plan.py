@@ -131,10 +131,14 @@ def test_two_hosts_of_eight_h100s(tmp_path):
     assert 4 * 2 * 2.5e6 < epoch["flops"] < 10 * 4 * 2 * 2.5e6
 
 
-def test_more_adversarial_sets_than_runs_is_refused(tmp_path):
-    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2", "--runs", "2", "--adv-sets", "3")
-    assert code == 2 and result is None
-    assert "--adv-sets 3 exceeds --runs 2" in stderr.strip().splitlines()[-1]
+def test_more_adversarial_sets_than_runs_is_refused(tmp_path, capsys, monkeypatch):
+    from ast_jax.cli.commands import main
+
+    monkeypatch.setattr(plan_module, "prepare_environment", lambda: None)  # this process keeps its environment
+    code = main(["plan", "--config", "digits", "--target", "tpu:v5e:2x2", "--runs", "2", "--adv-sets", "3",
+                 "--json", str(tmp_path / "plan.json")])
+    assert code == 2 and not (tmp_path / "plan.json").exists()
+    assert "--adv-sets 3 exceeds --runs 2" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
