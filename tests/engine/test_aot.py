@@ -46,8 +46,8 @@ def test_a_batch_of_runs_holds_its_states_per_run_and_each_adversarial_set_once(
     the uint8 images, int32 labels and each distinct float32 adversarial set."""
     mesh = aot.host_mesh()
     model = models.create("cnn", 10, jnp.float32, axis_name="data")
-    tx = make_optimizer(ml_collections.ConfigDict(dict(optimizer="sgd", lr=0.1, momentum=0.9, milestones=(1,),
-                                                       lr_decay=0.1)), 4)
+    tx = make_optimizer(ml_collections.ConfigDict({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "milestones": (1,),
+                                                   "lr_decay": 0.1}), 4)
     n, runs = 64, 2
 
     def arguments(spec, adv_sets=1):
