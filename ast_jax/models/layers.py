@@ -217,7 +217,9 @@ class Ops:
 
 
 def max_pool_2x2(x):
-    """``nn.MaxPool2d(2)`` on an NHWC map (even H, W): the maximum of each 2x2 window.
+    """``nn.MaxPool2d(2)`` on an NHWC map: the maximum of each 2x2 window; an odd last row or
+    column is dropped, as PyTorch's floor mode does (a 7x7 map gives 3x3: Fashion-MNIST's 28x28
+    images after two poolings of the CNN).
 
     On CPU it is computed as three ``where(p >= q, p, q)`` of the window's four strided views,
     in the order (0,0), (0,1), (1,0), (1,1), so a tie keeps the earlier element and the gradient
@@ -232,6 +234,7 @@ def max_pool_2x2(x):
     def first_max(p, q):
         return jnp.where(p >= q, p, q)
 
+    x = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]
     top = first_max(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
     bottom = first_max(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
     return first_max(top, bottom)

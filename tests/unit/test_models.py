@@ -243,3 +243,10 @@ def test_max_pool_2x2_routes_the_gradient_to_the_first_maximum():
     y, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
     np.testing.assert_array_equal(np.asarray(y), windows.max(-1))
     np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(upstream, jnp.float32))[0]), want_grad, rtol=1e-6)
+
+
+def test_max_pool_2x2_drops_an_odd_last_row_and_column():
+    """PyTorch's floor mode: a 7x7 map pools to 3x3 (the CNN on 28x28 images after two poolings)."""
+    x = np.arange(2 * 7 * 7 * 3, dtype=np.float32).reshape(2, 7, 7, 3)
+    expected = x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(jnp.asarray(x))), expected)
