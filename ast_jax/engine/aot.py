@@ -39,6 +39,7 @@ from ast_jax.engine.loop import (
 )
 from ast_jax.engine.policy import ExecutionPolicy
 from ast_jax.engine.steps import SPARSE_KINDS, LossHypers, StepSpec, Teacher, init_state
+from ast_jax.models.layers import lowering_platform
 
 #: How an accelerator runs the programs (scanned epochs and PGD, vmapped runs): what is compiled here.
 ACCELERATOR_POLICY = ExecutionPolicy(loop="scan", run_lowering="vmap", runs_per_program=None)
@@ -92,17 +93,21 @@ def compile_cost(build: Callable[[Mesh], Program], mesh: Mesh) -> ProgramCost:
 
     Where the target's cost analysis counts no FLOPs (XLA:GPU's, compiling for a GPU that is not
     attached), the FLOPs and bytes accessed are those of the same program compiled for one host
-    CPU device, divided by the mesh's `data` devices (each does its share of the batch; the
+    CPU device (traced for the target's platform, `models.layers.lowering_platform`), divided by the mesh's `data` devices (each does its share of the batch; the
     replicated optimizer update is counted once in all, so the FLOPs err low, as a lower bound may).
     Raises `OutOfDeviceMemoryError` with the compiler's words where it refuses the program for
     its memory (the TPU compiler does; a program it accepts may still exceed the device's memory:
     compare `ProgramCost.device_bytes`)."""
+    platform = mesh.devices.flat[0].platform
     start = time.perf_counter()
-    compiled = _compile(build(mesh))
+    with lowering_platform(platform):  # the target's layers, though JAX's backend is the host's
+        compiled = _compile(build(mesh))
     seconds = time.perf_counter() - start
     memory, cost = compiled.memory_analysis(), _cost(compiled)
     if "flops" not in cost:
-        cost = {name: value / data_devices(mesh) for name, value in _cost(_compile(build(host_mesh()))).items()}
+        with lowering_platform(platform):
+            host = _compile(build(host_mesh()))
+        cost = {name: value / data_devices(mesh) for name, value in _cost(host).items()}
     return ProgramCost(memory.argument_size_in_bytes, memory.output_size_in_bytes, memory.temp_size_in_bytes,
                        memory.alias_size_in_bytes, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
                        seconds)

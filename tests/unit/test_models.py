@@ -9,7 +9,14 @@ import pytest
 from conftest import PARAM_COUNTS  # noqa: E402
 
 from ast_jax.models import MODEL_NAMES, create
-from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_matrix, conv_lowering, max_pool_2x2
+from ast_jax.models.layers import (
+    BatchNorm,
+    channel_shuffle,
+    conv_as_matrix,
+    conv_lowering,
+    lowering_platform,
+    max_pool_2x2,
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,6 +232,10 @@ def test_conv_lowering_takes_patches_only_where_the_kernel_overhangs_the_output_
     assert conv_lowering(3, 1, 1, 1, (4, 4)) is None
     assert conv_lowering(1, 2, 0, 1, (4, 4)) is None
     assert conv_lowering(3, 1, 1, 4, (2, 2)) is None  # grouped: XLA's
+    with lowering_platform("tpu"):  # traced for an accelerator (ahead-of-time, on this host): XLA's everywhere
+        assert conv_lowering(3, 1, 1, 1, (2, 2)) is None
+    with lowering_platform("cpu"):
+        assert conv_lowering(3, 1, 1, 1, (2, 2)) is conv_as_matrix
     with pytest.raises(ValueError, match="dense, undilated"):
         conv_as_matrix(jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), feature_group_count=4)
 
