@@ -2,7 +2,7 @@
 
     python -m benchmarks.plan_table [FILE ...]
 
-One row per (config, target): the programs planned, the largest per-device memory among them and
+One row per (config, target): the teachers whose epochs were planned, the programs planned, the largest per-device memory among them and
 its program, and the study's roofline lower bound (`ast-jax pipeline`'s programs: the attack
 clones' rows, if any, left out), with the compile time of the plan.
 """
@@ -27,7 +27,8 @@ def row(path: str) -> list[str]:
     programs = [p for p in plan["programs"] if not p["name"].startswith("clone ")]
     largest = max(programs, key=lambda p: p["device_bytes"])
     bound = sum(p["units"] * p["bound_seconds_per_unit"] for p in programs)
-    return [config, plan["target"], str(len(programs)), f"{largest['device_bytes'] / GIB:.2f}",
+    teachers = [p["name"].split(" teacher")[0] for p in programs if " teacher (" in p["name"]]
+    return [config, plan["target"], ", ".join(teachers), str(len(programs)), f"{largest['device_bytes'] / GIB:.2f}",
             f"{largest['device_bytes'] / plan['device_memory_bytes']:.1%}", largest["name"],
             _duration(bound),
             f"{sum(p['compile_seconds'] for p in programs):.0f} s"]
@@ -41,7 +42,7 @@ def _duration(seconds: float) -> str:
 
 def main(paths: list[str]) -> None:
     paths = paths or sorted(glob.glob(os.path.join(RESULTS, "*.json")))
-    print(markdown(["config", "target", "programs", "largest GiB/device", "of memory", "largest program",
+    print(markdown(["config", "target", "teachers trained", "programs", "largest GiB/device", "of memory", "largest program",
                     "study lower bound", "compile"], [row(path) for path in paths]))
 
 
