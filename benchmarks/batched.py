@@ -68,6 +68,7 @@ from ast_jax.engine import (
     replicate,
 )
 from ast_jax.engine.loop import run_partition
+from ast_jax.engine.runner import run_arrays
 from ast_jax.files import atomic_write
 from ast_jax.rng import Stream
 
@@ -223,7 +224,8 @@ def measure_batched(train_epoch, mesh, shared, runs: Runs, epochs: int) -> tuple
     """Seconds of the first epoch (compilation included) and of the timed epochs of the R runs as
     one batched program (inputs stacked as `runner._train_group` stacks them)."""
     per_run = NamedSharding(mesh, run_partition(mesh))
-    data = {**shared, **jax.device_put(stack(runs.per_run), per_run)}
+    data = {**shared, **run_arrays(mesh, **{name: [arrays[name] for arrays in runs.per_run]
+                                            for name in runs.per_run[0]})}
     state, keys, hypers = stack(runs.states), np.stack(runs.keys), stack(runs.hypers)
     place = functools.partial(jax.device_put, (state, keys, hypers), per_run)
     first = timed(functools.partial(run_epochs, train_epoch, place, data, 1))

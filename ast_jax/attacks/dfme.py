@@ -139,6 +139,20 @@ def decay_schedule(settings, lr: float, steps_per_iteration: int) -> optax.Sched
     return lr_schedule(lr, shifted, settings["lr_decay"], settings["iterations_per_epoch"] * steps_per_iteration)
 
 
+def clone_optimizer(settings) -> optax.GradientTransformation:
+    """The clone's SGD (momentum, weight decay), its lr decayed at the schedule's iterations (`clone_steps` steps each)."""
+    return optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
+                       optax.sgd(decay_schedule(settings, settings["clone_lr"], settings["clone_steps"]),
+                                 momentum=settings["momentum"]))
+
+
+def clone_objective(variant: str) -> tuple[StepSpec, LossHypers]:
+    """The clone step: mean_{n,k} |c_k − t_k| (`l1`, dfme), or KL(p′ ‖ σ(c)) (kd at T = 1, ω = 1, maze)."""
+    if variant == "maze":
+        return StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
+    return StepSpec("l1"), LossHypers()
+
+
 def _released(box: BlackBox, pixels) -> jax.Array:
     """The box's release; a labels-only box's labels as one-hot vectors."""
     if box.labels_only:
@@ -157,17 +171,14 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
 
     generator = Generator(image_shape, settings["ngf"])
     g_params = generator.init(jax.random.fold_in(key, Stream.GENERATOR_INIT), jnp.zeros((2, settings["nz"])))["params"]
-    g_tx = (optax.adam(decay_schedule(settings, settings["generator_lr"], 1)) if variant == "dfme" else
+    generator_lr = decay_schedule(settings, settings["generator_lr"], 1)
+    g_tx = (optax.adam(generator_lr) if variant == "dfme" else
             optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                        optax.sgd(decay_schedule(settings, settings["generator_lr"], 1), momentum=settings["momentum"])))
+                        optax.sgd(generator_lr, momentum=settings["momentum"])))
     g_opt = g_tx.init(g_params)
-    c_tx = optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                       optax.sgd(decay_schedule(settings, settings["clone_lr"], settings["clone_steps"]), momentum=settings["momentum"]))
+    c_tx = clone_optimizer(settings)
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
-    if variant == "maze":
-        clone_spec, clone_hypers = StepSpec("kd"), LossHypers(temperature=1.0, omega=1.0)
-    else:
-        clone_spec, clone_hypers = StepSpec("l1"), LossHypers()
+    clone_spec, clone_hypers = clone_objective(variant)
     clone_step = jax.jit(make_train_step(context.clone, c_tx, clone_spec, mesh), donate_argnums=(0,))
 
     def generate(g_params, z):
@@ -225,5 +236,6 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     return AttackResult(variables, box.queries - spent_before, history, accuracies[-1], max(accuracies))
 
 
-__all__ = ["Generator", "decay_schedule", "dfme", "disagreement", "iteration_cost", "probe_points", "recovered_logits",
+__all__ = ["Generator", "clone_objective", "clone_optimizer", "decay_schedule", "dfme", "disagreement",
+           "iteration_cost", "probe_points", "recovered_logits",
            "schedule_plan", "sphere_directions", "zeroth_order_gradient"]

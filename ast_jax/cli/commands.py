@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: config.sweep.grid)")
     sweep.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: config.sweep.seeds)")
     sweep.add_argument("--run-devices", type=_positive, default=1, metavar="N", help=run_devices_help)
+    plan_only_help = ("compile the command's programs for the attached devices and print their memory, FLOPs and "
+                      "time bound (as `ast-jax plan`), then stop: nothing is trained or written")
+    for sub in (pipeline, matrix, sweep):
+        sub.add_argument("--plan-only", action="store_true", help=plan_only_help)
     from ast_jax.cli.plan import TARGETS
 
     plan_help = "compile the study's programs for an accelerator that is not attached: memory, FLOPs, a time bound"
@@ -89,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="config name or path, optionally NAME:variant")
     plan.add_argument("--target", required=True, choices=TARGETS, help="the accelerator slice")
     plan.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
+    plan.add_argument("--runs", type=_positive, default=1, metavar="R",
+                      help="plan every training program as one batch of R runs, as `pipeline --seeds` and `sweep` "
+                           "train them (default 1)")
+    plan.add_argument("--adv-sets", type=_positive, metavar="S",
+                      help="distinct adversarial sets among the AST teachers' R runs (a sweep: one per seed and PGD "
+                           "setting; default R)")
     plan.add_argument("--debug", action="store_true", help="show the traceback of an error instead of logging it")
     return parser
 
@@ -327,6 +337,10 @@ def main(argv=None) -> int:
         if args.distributed:
             initialize_distributed()
         config = load_config(args.config, overrides)
+        if getattr(args, "plan_only", False):
+            from ast_jax.cli import plan
+
+            return plan.plan_only(args, config)
         check_workdir(args.workdir)
         enable_compilation_cache()
         opened = open_command(args, config)

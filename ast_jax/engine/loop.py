@@ -33,7 +33,9 @@ AXIS = "data"
 #: The mesh axis a batch of runs (`make_train_epoch(..., batched=True)`) is spread over.
 RUN_AXIS = "run"
 #: Per-run arrays of a batched epoch's `data` (a leading run axis); the other arrays are shared.
-RUN_ARRAYS = ("adv_images", "teacher_logits")
+#: A batch's adversarial sets are shared: `adv_images` holds each distinct set once, (S, N, H, W, C),
+#: and `adv_set` (R,) the set of each run (the runs of a sweep's cells at one seed attack one set).
+RUN_ARRAYS = ("adv_set", "teacher_logits")
 
 
 def make_mesh(devices=None, run_devices: int = 1) -> Mesh:
@@ -261,7 +263,9 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     `batched=True` trains a batch of R runs as one program (`make_train_step(..., batched=True)`):
     `state`, `key` (one per run: each run its own data order, augmentation and noise),
     `teacher_variables`, `hypers` (`steps.LossHypers`, one value per run) and the `RUN_ARRAYS` of
-    `data` carry a leading run axis; the other arrays of `data` are shared. `metrics` are then
+    `data` carry a leading run axis; the other arrays of `data` are shared. The adversarial sets
+    are shared too: `adv_images` is (S, N, H, W, C), each distinct set once, and run r reads set
+    `adv_set[r]` (int32, (R,)), gathering only its batch's rows. `metrics` are then
     (steps, R). Each run equals the same run trained alone, up to float32 rounding.
     `run_lowering` (the `ExecutionPolicy`'s) says how the step maps over the runs (`over_runs`).
     `hypers` None is `LossHypers()` (unbatched only), enough for the kinds that read no loss value.
@@ -289,8 +293,8 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
                 raise ValueError("precomputed teacher_logits are only valid without augmentation: "
                                  "the teacher must see each augmented image")
             batch["teacher_logits"] = data["teacher_logits"][rows]
-        if spec.needs_adversarial:
-            batch["adv_image"] = data["adv_images"][adv_rows]
+        if spec.needs_adversarial:  # batched: the run's set and the batch's rows in one gather
+            batch["adv_image"] = data["adv_images"][(data["adv_set"], adv_rows) if batched else adv_rows]
         if spec.needs_ood:
             if "ood_images" not in data:
                 raise ValueError("the ini step needs an OOD set: data['ood_images'] (float, model-input space)")

@@ -268,6 +268,20 @@ def _same_array(a, b) -> bool:
     return a is b or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
 
 
+def distinct_arrays(arrays: Sequence) -> tuple[list, np.ndarray]:
+    """(the distinct arrays of `arrays`, in order of first appearance; for each array the index of
+    its equal among them, int32): a batch of runs holds each adversarial set once (the cells of a
+    sweep at one seed share their base teacher's set) instead of once per run."""
+    distinct, index = [], []
+    for array in arrays:
+        same = next((i for i, seen in enumerate(distinct) if _same_array(seen, array)), None)
+        if same is None:
+            distinct.append(array)
+            same = len(distinct) - 1
+        index.append(same)
+    return distinct, np.asarray(index, np.int32)
+
+
 def batch_conflicts(first: TrainingRun, run: TrainingRun) -> list[str]:
     """What keeps `run` out of a batch with `first` (empty: they can train as one program)."""
     first_signature, signature = _batch_signature(first), _batch_signature(run)
@@ -463,35 +477,45 @@ def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples
     return min(end_step * batch_size, num_examples) - min(first_step * batch_size, num_examples)
 
 
+def run_arrays(mesh, adv_images: Sequence | None = None, teacher_logits: Sequence | None = None) -> dict:
+    """A batch's per-run inputs on the devices, one entry per run in each list given: the distinct
+    adversarial sets, each once (`distinct_arrays`), replicated as `adv_images` with `adv_set`,
+    each run's set; the fixed teacher logits stacked over the runs (`loop.RUN_ARRAYS`)."""
+    per_run = NamedSharding(mesh, run_partition(mesh))
+    data = {}
+    if adv_images is not None:
+        sets, index = distinct_arrays(adv_images)
+        data["adv_images"], data["adv_set"] = replicate(mesh, np.stack(sets)), jax.device_put(index, per_run)
+    if teacher_logits is not None:
+        data["teacher_logits"] = jax.device_put(np.stack([np.asarray(a) for a in teacher_logits]), per_run)
+    return data
+
+
 def _device_inputs(runs: list[TrainingRun], mesh, config) -> tuple[dict, dict | None]:
     """(data, teacher_variables) on the devices: the shared training arrays (the OOD set for ini)
-    replicated, and the `RUN_ARRAYS` and teacher variables stacked over the runs: the adversarial
-    sets, and for kd/nasty without augmentation each teacher's fixed logits (or the given
-    `RunData.targets`); a randomised teacher (`Teacher.is_random`) is queried anew in every step."""
+    replicated, the per-run ones (`run_arrays`: the adversarial sets, and for kd/nasty without
+    augmentation each teacher's fixed logits or the given `RunData.targets`) and the teacher
+    variables stacked over the runs; a randomised teacher (`Teacher.is_random`) is queried anew in
+    every step."""
     first = runs[0]
     data = {"images": first.data.train.images, "labels": first.data.train.labels}
     if first.spec.needs_ood:
         data["ood_images"] = first.data.ood_images
     data = replicate(mesh, data)
-    per_run = NamedSharding(mesh, run_partition(mesh))
-
-    def stacked(arrays):
-        return jax.device_put(np.stack([np.asarray(a) for a in arrays]), per_run)
-
     teacher_variables = None
     if first.teacher_variables is not None:
         teacher_variables = jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves),
-                                                        *(run.teacher_variables for run in runs)), per_run)
-    if first.spec.needs_adversarial:
-        data["adv_images"] = stacked([run.data.adv_images for run in runs])
+                                                        *(run.teacher_variables for run in runs)),
+                                           NamedSharding(mesh, run_partition(mesh)))
+    logits = None
     if first.data.targets is not None:
-        data["teacher_logits"] = stacked([run.data.targets for run in runs])
+        logits = [run.data.targets for run in runs]
     elif first.spec.needs_teacher and first.data.augment_spec.is_identity and not first.teacher.is_random:
-        data["teacher_logits"] = stacked([
-            to_host(fixed_teacher_logits(run.teacher, replicate(mesh, run.teacher_variables), data["images"], mesh,
-                                         batch_size=config.eval_batch_size, mean=run.data.mean, std=run.data.std))
-            for run in runs])
-    return data, teacher_variables
+        logits = [to_host(fixed_teacher_logits(run.teacher, replicate(mesh, run.teacher_variables), data["images"],
+                                               mesh, batch_size=config.eval_batch_size, mean=run.data.mean,
+                                               std=run.data.std)) for run in runs]
+    adv = [run.data.adv_images for run in runs] if first.spec.needs_adversarial else None
+    return {**data, **run_arrays(mesh, adv, logits)}, teacher_variables
 
 
 def _interrupted(managers, signum: int, where: str, directories: str) -> RunInterrupted:

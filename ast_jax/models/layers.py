@@ -27,6 +27,8 @@ must be called inside a ``@nn.compact`` method: the submodules they create belon
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import itertools
 import math
@@ -38,6 +40,27 @@ import jax.numpy as jnp
 import numpy as np
 
 Layer = Callable[[jax.Array, str], jax.Array]
+
+#: The platform the layers are traced for, where it is not JAX's default backend (`lowering_platform`).
+_LOWERING_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("lowering_platform", default=None)
+
+
+@contextlib.contextmanager
+def lowering_platform(platform: str):
+    """Trace the layers for `platform` ("cpu", "tpu", "gpu") inside the block, whatever JAX's
+    default backend: ahead-of-time compilation on the host for an accelerator that is not attached
+    (`ast_jax.engine.aot`) then gets the accelerator's layers, not the CPU's (`conv_lowering`,
+    `max_pool_2x2`)."""
+    token = _LOWERING_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _LOWERING_PLATFORM.reset(token)
+
+
+def _on_cpu() -> bool:
+    """Whether the layers are traced for XLA:CPU (`lowering_platform`, else JAX's default backend)."""
+    return (_LOWERING_PLATFORM.get() or jax.default_backend()) == "cpu"
 
 #: PyTorch's default conv/linear weight init: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -100,7 +123,7 @@ def conv_lowering(kernel_size: int, stride: int, padding: int, groups: int, inpu
     and on every other backend, XLA's convolution is as fast or faster, so it is kept.
     """
     output_hw = [(size + 2 * padding - kernel_size) // stride + 1 for size in input_hw]
-    if jax.default_backend() == "cpu" and groups == 1 and kernel_size > min(output_hw):
+    if _on_cpu() and groups == 1 and kernel_size > min(output_hw):
         return conv_as_matrix
     return None
 
@@ -217,7 +240,9 @@ class Ops:
 
 
 def max_pool_2x2(x):
-    """``nn.MaxPool2d(2)`` on an NHWC map (even H, W): the maximum of each 2x2 window.
+    """``nn.MaxPool2d(2)`` on an NHWC map: the maximum of each 2x2 window; an odd last row or
+    column is dropped, as PyTorch's floor mode does (a 7x7 map gives 3x3: Fashion-MNIST's 28x28
+    images after two poolings of the CNN).
 
     On CPU it is computed as three ``where(p >= q, p, q)`` of the window's four strided views,
     in the order (0,0), (0,1), (1,0), (1,1), so a tie keeps the earlier element and the gradient
@@ -226,12 +251,13 @@ def max_pool_2x2(x):
     step took 15-20% less time than with ``reduce_window`` and its ``select_and_scatter``
     gradient (2-core CPU, benchmarks/README.md). Other backends keep ``nn.max_pool``.
     """
-    if jax.default_backend() != "cpu":
+    if not _on_cpu():
         return nn.max_pool(x, (2, 2), strides=(2, 2))
 
     def first_max(p, q):
         return jnp.where(p >= q, p, q)
 
+    x = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]
     top = first_max(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
     bottom = first_max(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
     return first_max(top, bottom)

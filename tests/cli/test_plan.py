@@ -4,7 +4,7 @@ attached (libtpu's topologies), their memory and FLOPs read from the compiler.""
 import json
 
 import pytest
-from conftest import PARAM_COUNTS, start_cli
+from conftest import PARAM_COUNTS, TINY_STUDY, start_cli
 
 from ast_jax.cli import plan as plan_module
 from ast_jax.cli.plan import compiler_installed
@@ -27,32 +27,52 @@ def plan(tmp_path, *args):
     return process.returncode, stdout, stderr, json.loads(path.read_text()) if path.exists() else None
 
 
+#: Float32 parameters of the digits CNN on 8x8x1 images: 3x3 convolutions 1->32->64->128 with biases,
+#: their BatchNorms, fc1 128->128 (the three poolings leave 1x1x128), its BatchNorm, fc2 128->10.
+CNN_PARAMETER_BYTES = 4 * ((9 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 128 + 128) + 2 * (32 + 64 + 128)
+                           + (128 * 128 + 128) + 2 * 128 + (128 * 10 + 10))
+DIGITS_IMAGE_BYTES = DIGITS_TRAIN * 8 * 8  # uint8 8x8x1
+DIGITS_ADV_SET_BYTES = 4 * DIGITS_TRAIN * 8 * 8  # float32, model-input space
+
+
 @pytest.mark.slow
 @needs_libtpu
-def test_digits_study_on_v5e_2x2(tmp_path):
-    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2")
+def test_digits_programs_on_v5e_2x2_as_a_two_run_batch(tmp_path):
+    """The CNN study's base, AST and InI teachers, its students, PGD, prediction and the kd attack's
+    clone, each training program a batch of 2 runs whose AST teachers share one adversarial set (a
+    sweep's two cells at one seed). TPU layouts pad small arrays to whole tiles, so the bytes are
+    bounded below here; tests/engine/test_aot.py counts them exactly on the host CPU."""
+    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x2", "--runs", "2", "--adv-sets", "1",
+                                        "--config.teacher.model=cnn", "--config.teachers=('base','ast','ini')",
+                                        "--config.matrix.attacks=('kd',)", "--config.ini.ood_images=512")
     assert code == 0, stderr[-3000:]
     programs = {p["name"]: p for p in result["programs"]}
-    assert set(programs) == {"base teacher (preresnet20)", "ast teacher (preresnet20)", "nasty teacher (preresnet20)",
-                             "stt teacher (preresnet20)", "kd students (cnn)", "pgd (preresnet20)",
-                             "predict (preresnet20)"}
+    assert set(programs) == {"base teacher (cnn)", "ast teacher (cnn)", "ini teacher (cnn)", "kd students (cnn)",
+                             "pgd (cnn)", "predict (cnn)", "clone kd (cnn)"}
     for name, p in programs.items():
         assert 0 < p["device_bytes"] < result["device_memory_bytes"], name
         assert p["flops"] > 0 and p["bytes_accessed"] > 0 and p["units"] > 0, name
         assert p["device_bytes"] == p["argument_bytes"] + p["output_bytes"] + p["temp_bytes"] - p["alias_bytes"]
-    for kind in ("base", "ast", "nasty", "stt"):
-        epoch = programs[f"{kind} teacher (preresnet20)"]
-        # The replicated state (parameters and SGD momentum) and the training images are arguments;
-        # the state is donated, so its outputs alias it.
-        assert epoch["argument_bytes"] >= 2 * TEACHER_PARAMETER_BYTES + DIGITS_TRAIN * 64
-        assert epoch["alias_bytes"] >= 2 * TEACHER_PARAMETER_BYTES
+    base, ast, ini = (programs[f"{kind} teacher (cnn)"] for kind in ("base", "ast", "ini"))
+    # The 2 runs' replicated states (parameters and SGD momentum), donated, and the shared images.
+    assert base["argument_bytes"] >= 2 * 2 * CNN_PARAMETER_BYTES + DIGITS_IMAGE_BYTES
+    assert base["alias_bytes"] >= 2 * 2 * CNN_PARAMETER_BYTES
+    assert ast["argument_bytes"] >= base["argument_bytes"] + DIGITS_ADV_SET_BYTES  # the shared adversarial set
+    assert ini["argument_bytes"] >= base["argument_bytes"] + 4 * 512 * 64 + 2 * CNN_PARAMETER_BYTES  # OOD set, clones
+    students = programs["kd students (cnn)"]  # the runs' states, teachers and fixed teacher logits
+    assert students["argument_bytes"] >= 2 * (3 * CNN_PARAMETER_BYTES + DIGITS_TRAIN * 40)
+    clone = programs["clone kd (cnn)"]  # one run: its state, the transfer set and its targets
+    assert clone["argument_bytes"] >= 2 * CNN_PARAMETER_BYTES + DIGITS_IMAGE_BYTES + DIGITS_TRAIN * 40
+    for epoch in (base, ast, ini):
         assert epoch["units"] == 30 * 23  # 30 epochs of ceil(1437 / 64) steps
-    # The AST and STT steps add a forward pass of the teacher's own target to the CE step.
-    assert programs["ast teacher (preresnet20)"]["flops"] > 1.2 * programs["base teacher (preresnet20)"]["flops"]
-    # One CE step, 16 images per device: between 1 and 10 forward passes' worth of the model's
-    # multiply-adds per image (2 FLOPs each, about 2.5 M at 8x8: a 32x32 PreResNet-20 does 41 M).
-    assert 16 * 2 * 2.5e6 < programs["base teacher (preresnet20)"]["flops"] < 10 * 16 * 2 * 2.5e6
-    assert programs["predict (preresnet20)"]["argument_bytes"] >= TEACHER_PARAMETER_BYTES + 360 * 64
+    # The AST step adds a forward pass of the teacher's own target to the CE step.
+    assert ast["flops"] > 1.2 * base["flops"]
+    # One CE step of 2 runs, 16 images each per device: between 1 and 10 forward passes' worth of
+    # the CNN's multiply-adds per image (2 FLOPs each): convolutions 8·8·9·32 + 4·4·9·32·64 +
+    # 2·2·9·64·128 (each pooling halves the side) and the dense layers 128·128 + 128·10.
+    macs = 8 * 8 * 9 * 32 + 4 * 4 * 9 * 32 * 64 + 2 * 2 * 9 * 64 * 128 + 128 * 128 + 128 * 10
+    assert 2 * 16 * 2 * macs < base["flops"] < 10 * 2 * 16 * 2 * macs
+    assert programs["predict (cnn)"]["argument_bytes"] >= CNN_PARAMETER_BYTES + 360 * 64
     assert result["study_lower_bound_seconds"] > 0
     assert "lower bound" in stdout and "not a measurement" in stdout
 
@@ -71,7 +91,8 @@ def test_program_that_does_not_fit_is_refused(tmp_path):
 @needs_libtpu
 def test_multi_host_slice(tmp_path):
     """v5e:2x4 is two hosts' devices: the programs are compiled for all 8 at once."""
-    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x4", "--config.teachers=('base',)")
+    code, stdout, stderr, result = plan(tmp_path, "--target", "tpu:v5e:2x4", "--config.teachers=('base',)",
+                                        "--config.matrix.attacks=()")
     assert code == 0, stderr[-3000:]
     epoch, student, predict = result["programs"]
     assert [epoch["name"], student["name"], predict["name"]] == ["base teacher (preresnet20)", "kd students (cnn)",
@@ -81,17 +102,46 @@ def test_multi_host_slice(tmp_path):
 
 @pytest.mark.slow
 @needs_cuda_plugin
-def test_base_teacher_on_eight_a100s(tmp_path):
-    """XLA:GPU counts no FLOPs for an absent GPU: they come from the host CPU's compile, per device."""
-    code, stdout, stderr, result = plan(tmp_path, "--target", "gpu:a100:8", "--config.teachers=('base',)")
+@pytest.mark.parametrize(("target", "per_device"), [("gpu:a100:8", 8), ("gpu:h100:16", 4)])
+def test_base_teacher_on_gpus(tmp_path, target, per_device):
+    """XLA:GPU counts no FLOPs for an absent GPU: they come from the host CPU's compile, per device.
+    gpu:h100:16 is two processes' 8 GPUs each: one run's batch of 64 is 4 images per device."""
+    code, stdout, stderr, result = plan(tmp_path, "--target", target, "--config.teachers=('base',)",
+                                        "--config.matrix.attacks=()")
     assert code == 0, stderr[-3000:]
     epoch = result["programs"][0]
     assert epoch["name"] == "base teacher (preresnet20)" and result["device_memory_bytes"] == 80 * 2 ** 30
     assert epoch["argument_bytes"] >= 2 * TEACHER_PARAMETER_BYTES and epoch["alias_bytes"] >= 2 * TEACHER_PARAMETER_BYTES
-    assert 8 * 2 * 2.5e6 < epoch["flops"] < 10 * 8 * 2 * 2.5e6  # one CE step, 8 images per device
+    # one CE step on `per_device` images
+    assert per_device * 2 * 2.5e6 < epoch["flops"] < 10 * per_device * 2 * 2.5e6
 
 
 def test_missing_compiler_is_named(monkeypatch):
     monkeypatch.setitem(plan_module.COMPILERS, "cuda", ("no_such_compiler_module", "pip install 'jax[cuda12]'"))
     with pytest.raises(ValueError, match=r"target gpu:h100:8 needs its compiler .*: pip install 'jax\[cuda12\]'"):
         plan_module.resolve_target("gpu:h100:8")
+
+
+def test_more_adversarial_sets_than_runs_is_refused(tmp_path, capsys, monkeypatch):
+    from ast_jax.cli.commands import main
+
+    monkeypatch.setattr(plan_module, "prepare_environment", lambda: None)  # this process keeps its environment
+    code = main(["plan", "--config", "digits", "--target", "tpu:v5e:2x2", "--runs", "2", "--adv-sets", "3",
+                 "--json", str(tmp_path / "plan.json")])
+    assert code == 2 and not (tmp_path / "plan.json").exists()
+    assert "--adv-sets 3 exceeds --runs 2" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_plan_only_plans_the_attached_devices_and_writes_nothing(tmp_path, capsys):
+    """`pipeline --plan-only` compiles the study's programs for the host CPU and stops: no work directory."""
+    from ast_jax.cli.commands import main
+
+    workdir = tmp_path / "study"
+    code = main(["pipeline", "--config", "digits", "--workdir", str(workdir), "--plan-only", *TINY_STUDY,
+                 "--config.teachers=('base',)", "--config.matrix.attacks=()"])
+    out = capsys.readouterr().out
+    assert code == 0 and not workdir.exists() and not list(tmp_path.iterdir())
+    rows = {line.split()[0] + " " + line.split()[1] for line in out.splitlines()[1:-1]}
+    assert rows == {"base teacher", "kd students", "predict (cnn)"}
+    assert "attached:cpu" in out.splitlines()[-1]

@@ -19,6 +19,7 @@ from ast_jax.engine import (
     fit,
     fit_batch,
 )
+from ast_jax.engine.runner import distinct_arrays
 
 EPOCHS = 2
 #: float32 rounding of a vmapped program against the unbatched one, carried over 2 epochs of 6
@@ -95,3 +96,28 @@ def test_runs_that_cannot_share_a_program_are_refused(tmp_path):
     with pytest.raises(ValueError, match="share a directory"):
         fit_batch([first, dataclasses.replace(other, directory=first.directory)], log=lambda _: None)
     assert not (tmp_path / "a").exists()  # refused before anything is written
+
+
+def test_distinct_arrays_keeps_each_set_once():
+    a, b = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    distinct, index = distinct_arrays([a, b, a.copy(), b, a])
+    assert len(distinct) == 2 and distinct[0] is a and distinct[1] is b
+    assert index.tolist() == [0, 1, 0, 1, 0] and index.dtype == np.int32
+
+
+def _with_set(run, adv_images, directory):
+    return dataclasses.replace(run, directory=str(directory), data=dataclasses.replace(run.data, adv_images=adv_images))
+
+
+def test_runs_sharing_an_adversarial_set_equal_the_runs_alone(tmp_path, alone):
+    """Runs 0 and 2 attack one set (held once in the batch: `adv_set` [0, 1, 0]); each equals its run alone."""
+    first = _run(tmp_path / "unused", *RUNS[0])
+    shared = np.ascontiguousarray(first.data.adv_images[::-1])  # each image paired with another's attack
+    runs = [_with_set(first, shared, tmp_path / "0"), _run(tmp_path / "1", *RUNS[1]),
+            _with_set(_run(tmp_path / "unused", *RUNS[2]), shared.copy(), tmp_path / "2")]
+    expected = [fit(_with_set(runs[0], shared, tmp_path / "alone0"), log=lambda _: None), alone[1],
+                fit(_with_set(runs[2], shared, tmp_path / "alone2"), log=lambda _: None)]
+    batch = fit_batch(runs, policy=ExecutionPolicy("host", "vmap", None), log=lambda _: None)
+    for one, together in zip(expected, batch):
+        assert _max_difference(one, together) < TOLERANCE
+    assert _max_difference(alone[2], expected[2]) > 2 * TOLERANCE  # the shared set changed run 2: a mix-up fails above

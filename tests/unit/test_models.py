@@ -9,7 +9,14 @@ import pytest
 from conftest import PARAM_COUNTS  # noqa: E402
 
 from ast_jax.models import MODEL_NAMES, create
-from ast_jax.models.layers import BatchNorm, channel_shuffle, conv_as_matrix, conv_lowering, max_pool_2x2
+from ast_jax.models.layers import (
+    BatchNorm,
+    channel_shuffle,
+    conv_as_matrix,
+    conv_lowering,
+    lowering_platform,
+    max_pool_2x2,
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,6 +232,10 @@ def test_conv_lowering_takes_patches_only_where_the_kernel_overhangs_the_output_
     assert conv_lowering(3, 1, 1, 1, (4, 4)) is None
     assert conv_lowering(1, 2, 0, 1, (4, 4)) is None
     assert conv_lowering(3, 1, 1, 4, (2, 2)) is None  # grouped: XLA's
+    with lowering_platform("tpu"):  # traced for an accelerator (ahead-of-time, on this host): XLA's everywhere
+        assert conv_lowering(3, 1, 1, 1, (2, 2)) is None
+    with lowering_platform("cpu"):
+        assert conv_lowering(3, 1, 1, 1, (2, 2)) is conv_as_matrix
     with pytest.raises(ValueError, match="dense, undilated"):
         conv_as_matrix(jnp.zeros((1, 2, 2, 4)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), feature_group_count=4)
 
@@ -243,3 +254,10 @@ def test_max_pool_2x2_routes_the_gradient_to_the_first_maximum():
     y, vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
     np.testing.assert_array_equal(np.asarray(y), windows.max(-1))
     np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(upstream, jnp.float32))[0]), want_grad, rtol=1e-6)
+
+
+def test_max_pool_2x2_drops_an_odd_last_row_and_column():
+    """PyTorch's floor mode: a 7x7 map pools to 3x3 (the CNN on 28x28 images after two poolings)."""
+    x = np.arange(2 * 7 * 7 * 3, dtype=np.float32).reshape(2, 7, 7, 3)
+    expected = x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(jnp.asarray(x))), expected)
