@@ -274,8 +274,8 @@ def clone_programs(config, model, num_train: int, image_shape, num_classes: int,
     train an epoch on their transfer set without augmentation from the released targets
     (`attacks.transfer.clone_step`; jbda at its last round's size, its units summed over the
     rounds); dfme trains single clone steps on the generator's batch (`attacks.dfme`; the
-    generator's own update is not planned)."""
-    import ml_collections
+    generator's own update is not planned). kd_hard and kd_retemper train as kd; the Skeptical
+    Student's self-distilling clone is not planned yet."""
 
     from ast_jax.attacks import dfme as dfme_attack
     from ast_jax.attacks.transfer import clone_step, clone_training
@@ -286,7 +286,7 @@ def clone_programs(config, model, num_train: int, image_shape, num_classes: int,
     clone = model(config.matrix.clone or config.teacher.model)
     programs = {}
     for cell in config.matrix.attacks:
-        settings = config.attacks[cell].to_dict()
+        settings = dict(config.attacks[cell])
         kind, knob = settings["kind"], f"config.attacks.{cell}.batch_size"
         if kind == "dfme":
             spec, _ = dfme_attack.clone_objective(settings["variant"])
@@ -296,9 +296,11 @@ def clone_programs(config, model, num_train: int, image_shape, num_classes: int,
                 clone, tx, spec, mesh, batch_size=b, image_shape=image_shape, num_classes=num_classes),
                 iterations * settings["clone_steps"], knob)
             continue
+        if kind == "skeptical":
+            continue
         training = clone_training(settings)
         batch = training.batch_size
-        if kind == "kd":
+        if kind in ("kd", "kd_hard", "kd_retemper"):
             spec, sizes, tx_steps = StepSpec("kd"), [num_train] * training.epochs, steps_per_epoch(num_train, batch)
         elif kind == "knockoff":
             spec, sizes = clone_step(settings["labels"])[0], [settings["budget"]] * training.epochs
@@ -306,7 +308,7 @@ def clone_programs(config, model, num_train: int, image_shape, num_classes: int,
         else:  # jbda: the set doubles each round, one optimizer at a constant lr across the rounds
             spec = clone_step(settings["labels"])[0]
             sizes = [settings["seeds"] * 2 ** r for r in range(settings["rounds"]) for _ in range(training.epochs)]
-            training = ml_collections.ConfigDict({**training.to_dict(), "schedule": "multistep", "milestones": ()})
+            training = dataclasses.replace(training, schedule="multistep", milestones=())
             tx_steps = 1
         tx, largest = make_optimizer(training, tx_steps), max(sizes)
         programs[cell] = (lambda mesh, spec=spec, tx=tx, n=largest, b=batch: aot.epoch_program(
