@@ -56,6 +56,7 @@ def alone(tmp_path_factory):
             for i, values in enumerate(RUNS)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lowering", RUN_LOWERINGS)
 def test_each_run_of_a_batch_equals_the_run_alone(tmp_path, alone, lowering):
     """Seeds, ω, τ, the sparsity k, the lr and the adversarial sets all differ across the batch;

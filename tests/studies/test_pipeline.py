@@ -170,6 +170,7 @@ def test_replaced_pytorch_teacher_refuses_every_stage_built_from_the_old_one(tmp
     assert len(list((workdir / "adversarial").glob("*.npy"))) == 1, "no PGD set is made for a refused stage"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["short", "nan", "uint8", "channels", "record"])
 def test_bad_cached_adversarial_set_is_refused_naming_the_file(tmp_path, problem):
     from ast_jax.cli.config import load_settings
