@@ -26,6 +26,7 @@ reference's schedule exactly). The generator's BatchNorm always normalises with 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -146,6 +147,49 @@ def clone_optimizer(settings) -> optax.GradientTransformation:
                                  momentum=settings["momentum"]))
 
 
+def generator_optimizer(settings) -> optax.GradientTransformation:
+    """The generator's optimizer: Adam (dfme) or SGD with momentum and weight decay (maze), its lr
+    decayed at the schedule's iterations (one step each)."""
+    lr = decay_schedule(settings, settings["generator_lr"], 1)
+    if settings["variant"] == "dfme":
+        return optax.adam(lr)
+    return optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
+                       optax.sgd(lr, momentum=settings["momentum"]))
+
+
+def iteration_noise(key, iteration, index: int, batch: int, nz: int) -> jax.Array:
+    """The noise z of draw `index` of an iteration (0: the generator step, 1..: the clone steps)."""
+    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, iteration), index), (batch, nz))
+
+
+def iteration_directions(key, iteration, m: int, shape) -> jax.Array:
+    """The iteration's m directions per sample of the generator's batch of `shape` (`sphere_directions`)."""
+    return sphere_directions(jax.random.fold_in(jax.random.fold_in(key, iteration), ITERATION_DIRECTIONS), m, shape)
+
+
+def make_generator_update(generator: nn.Module, clone: nn.Module, settings, num_classes: int) -> Callable:
+    """Step 1 of an iteration (module docstring) as a pure function
+    `update(g_params, g_opt, clone_variables, key, iteration, points, released) -> (g_params, g_opt)`:
+    the clone's logits at the (m+1, N, ...) probe `points` against the box's `released` outputs
+    there, the zeroth-order estimate of ∂L/∂a pulled back through G, one step of
+    `generator_optimizer(settings)`."""
+    batch, m, epsilon, variant = (settings[key] for key in ("batch_size", "directions", "fd_epsilon", "variant"))
+    g_tx = generator_optimizer(settings)
+
+    def update(g_params, g_opt, clone_variables, key, iteration, points, released):
+        logits = clone.apply(clone_variables, jnp.tanh(points).reshape(-1, *points.shape[2:]), train=False)
+        per_sample = -disagreement(logits, released, variant).reshape(m + 1, -1)
+        estimate = zeroth_order_gradient(per_sample, iteration_directions(key, iteration, m, points.shape[1:]), epsilon)
+        if variant == "dfme":
+            estimate = estimate / (num_classes * batch)
+        z = iteration_noise(key, iteration, 0, batch, settings["nz"])
+        _, pullback = jax.vjp(lambda p: generator.apply({"params": p}, z, mutable=["batch_stats"])[0], g_params)
+        updates, g_opt = g_tx.update(pullback(estimate)[0], g_opt, g_params)
+        return optax.apply_updates(g_params, updates), g_opt
+
+    return update
+
+
 def clone_objective(variant: str) -> tuple[StepSpec, LossHypers]:
     """The clone step: mean_{n,k} |c_k − t_k| (`l1`, dfme), or KL(p′ ‖ σ(c)) (kd at T = 1, ω = 1, maze)."""
     if variant == "maze":
@@ -171,42 +215,24 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
 
     generator = Generator(image_shape, settings["ngf"])
     g_params = generator.init(jax.random.fold_in(key, Stream.GENERATOR_INIT), jnp.zeros((2, settings["nz"])))["params"]
-    generator_lr = decay_schedule(settings, settings["generator_lr"], 1)
-    g_tx = (optax.adam(generator_lr) if variant == "dfme" else
-            optax.chain(optax.add_decayed_weights(settings["weight_decay"]),
-                        optax.sgd(generator_lr, momentum=settings["momentum"])))
-    g_opt = g_tx.init(g_params)
+    g_opt = generator_optimizer(settings).init(g_params)
     c_tx = clone_optimizer(settings)
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
     clone_spec, clone_hypers = clone_objective(variant)
     clone_step = jax.jit(make_train_step(context.clone, c_tx, clone_spec, mesh), donate_argnums=(0,))
+    generator_update = jax.jit(make_generator_update(generator, context.clone, settings, box.num_classes))
 
     def generate(g_params, z):
         return generator.apply({"params": g_params}, z, mutable=["batch_stats"])[0]
 
     def noise(iteration, index):
-        """The noise of draw `index` (0: the generator step, 1..: the clone steps) of an iteration."""
-        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, iteration), index), (batch, settings["nz"]))
-
-    def directions(iteration, shape):
-        return sphere_directions(jax.random.fold_in(jax.random.fold_in(key, iteration), ITERATION_DIRECTIONS), m, shape)
+        return iteration_noise(key, iteration, index, batch, settings["nz"])
 
     @jax.jit
     def probes(g_params, iteration):
         a = generate(g_params, noise(iteration, 0))
-        points = probe_points(a, directions(iteration, a.shape), epsilon)
+        points = probe_points(a, iteration_directions(key, iteration, m, a.shape), epsilon)
         return points, mean + std * jnp.tanh(points).reshape(-1, *image_shape)
-
-    @jax.jit
-    def generator_update(g_params, g_opt, clone_variables, iteration, points, released):
-        logits = context.clone.apply(clone_variables, jnp.tanh(points).reshape(-1, *image_shape), train=False)
-        losses = -disagreement(logits, released, variant).reshape(m + 1, -1)
-        estimate = zeroth_order_gradient(losses, directions(iteration, points.shape[1:]), epsilon)
-        if variant == "dfme":
-            estimate = estimate / (box.num_classes * batch)
-        _, pullback = jax.vjp(lambda p: generate(p, noise(iteration, 0)), g_params)
-        updates, g_opt = g_tx.update(pullback(estimate)[0], g_opt, g_params)
-        return optax.apply_updates(g_params, updates), g_opt
 
     @jax.jit
     def clone_batch(g_params, iteration, index):
@@ -220,7 +246,7 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     for iteration in range(iterations):
         points, pixels = probes(g_params, iteration)
         g_params, g_opt = generator_update(g_params, g_opt, {"params": state.params, "batch_stats": state.batch_stats},
-                                           iteration, points, _released(box, pixels))
+                                           key, iteration, points, _released(box, pixels))
         for index in range(1, settings["clone_steps"] + 1):
             images, pixels = clone_batch(g_params, iteration, index)
             step_batch = {"image": images, "label": labels, "teacher_logits": targets(_released(box, pixels))}
@@ -237,5 +263,6 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
 
 
 __all__ = ["Generator", "clone_objective", "clone_optimizer", "decay_schedule", "dfme", "disagreement",
-           "iteration_cost", "probe_points", "recovered_logits",
+           "generator_optimizer", "iteration_cost", "iteration_directions", "iteration_noise", "make_generator_update",
+           "probe_points", "recovered_logits",
            "schedule_plan", "sphere_directions", "zeroth_order_gradient"]

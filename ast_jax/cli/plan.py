@@ -176,10 +176,10 @@ def plan_study(config, target: Target, mesh, log=print, *, runs: int = 1, adv_se
     Rows: each trained teacher's epoch, each student's epoch (the count: one run per teacher),
     the PGD set (with an AST teacher), prediction (evaluation every `eval_every` epochs of each
     stage; the teachers' fixed logits for kd and nasty, one more pass over the training set per
-    run, are not counted) and the clone of each attack of `config.matrix.attacks` (`ast-jax
-    matrix`: once per victim and seed; `clone_programs`). Every training program trains a batch
-    of `runs` runs (the engine's run batching: `--seeds`, a sweep's cells), the AST teachers'
-    holding `adv_sets` distinct adversarial sets; its units are the study's steps, each training
+    run, are not counted) and the clone of each attack of `config.matrix.attacks` with DFME's
+    generator update (`ast-jax matrix`: once per victim and seed; `clone_programs`). Every
+    training program trains a batch of `runs` runs (the engine's run batching: `--seeds`, a
+    sweep's cells), the AST teachers' holding `adv_sets` distinct adversarial sets; its units are the study's steps, each training
     the `runs` runs at once. Refuses, with `DoesNotFitError`, the first program that needs more
     than the target's memory.
     """
@@ -199,8 +199,9 @@ def plan_study(config, target: Target, mesh, log=print, *, runs: int = 1, adv_se
     specs = types.SimpleNamespace(config=config, num_classes=dataset.num_classes)  # what the step builders read
     shape, stats = dataset.image_shape, dict(mean=dataset.mean, std=dataset.std)
 
-    def model(architecture):
-        return models.create(architecture, dataset.num_classes, dtype, axis_name=AXIS)
+    def model(architecture, self_distilling=False):
+        create = models.create_self_distilling if self_distilling else models.create
+        return create(architecture, dataset.num_classes, dtype, axis_name=AXIS)
 
     planned = []
 
@@ -262,28 +263,34 @@ def plan_study(config, target: Target, mesh, log=print, *, runs: int = 1, adv_se
                                  batch_size=eval_batch, **stats),
         sum(evaluations(run) for run in runs_trained), "config.train.eval_batch_size")
     cells = len(config.matrix.victims) * len(config.matrix.seeds)
-    for cell, (build, units, knob) in clone_programs(config, model, num_train, shape, dataset.num_classes,
+    for name, (build, units, knob) in clone_programs(config, model, num_train, shape, dataset.num_classes,
                                                      stats).items():
-        add(f"clone {cell} ({config.matrix.clone or teacher_arch})", build, cells * units, knob)
+        add(name, build, cells * units, knob)
     return planned
 
 
 def clone_programs(config, model, num_train: int, image_shape, num_classes: int, stats) -> dict:
-    """{attack cell: (build(mesh) -> aot.Program, units per matrix cell, the knob)} of the clones
-    the attacks of `config.matrix.attacks` train (docs/method.md §10.3): kd, knockoff and jbda
-    train an epoch on their transfer set without augmentation from the released targets
-    (`attacks.transfer.clone_step`; jbda at its last round's size, its units summed over the
-    rounds); dfme trains single clone steps on the generator's batch (`attacks.dfme`; the
-    generator's own update is not planned). kd_hard and kd_retemper train as kd; the Skeptical
-    Student's self-distilling clone is not planned yet."""
+    """{program name: (build(mesh) -> aot.Program, units per matrix cell, the knob)} of the clones
+    the attacks of `config.matrix.attacks` train (docs/method.md §10.3, §10.6): kd, knockoff and
+    jbda train an epoch on their transfer set without augmentation from the released targets
+    (`attacks.transfer.clone_step`; kd and its adaptive forms on the attacker's `budget` share,
+    jbda at its last round's size, its units summed over the rounds); the Skeptical Student trains
+    the self-distilling clone's epoch on its share (`attacks.skeptical`); dfme trains single clone
+    steps on the generator's batch and, once per iteration, the generator's update
+    (`attacks.dfme.make_generator_update`, the clone's forward pass on the N·(m+1) probes and G's
+    pull-back; G's own forward passes for the probes and the clone batches are parts of it, and
+    the victim's answers are the prediction program's)."""
 
     from ast_jax.attacks import dfme as dfme_attack
+    from ast_jax.attacks.common import attacker_indices
+    from ast_jax.attacks.skeptical import SkepticalObjective
     from ast_jax.attacks.transfer import clone_step, clone_training
     from ast_jax.data import AugmentSpec
     from ast_jax.engine import StepSpec, aot, make_optimizer
     from ast_jax.engine.loop import steps_per_epoch
 
-    clone = model(config.matrix.clone or config.teacher.model)
+    architecture = config.matrix.clone or config.teacher.model
+    clone = model(architecture)
     programs = {}
     for cell in config.matrix.attacks:
         settings = dict(config.attacks[cell])
@@ -292,30 +299,64 @@ def clone_programs(config, model, num_train: int, image_shape, num_classes: int,
             spec, _ = dfme_attack.clone_objective(settings["variant"])
             tx = dfme_attack.clone_optimizer(settings)
             iterations = dfme_attack.schedule_plan(settings)[0]
-            programs[cell] = (lambda mesh, spec=spec, tx=tx, b=settings["batch_size"]: aot.step_program(
-                clone, tx, spec, mesh, batch_size=b, image_shape=image_shape, num_classes=num_classes),
+            programs[f"clone {cell} ({architecture})"] = (
+                lambda mesh, spec=spec, tx=tx, b=settings["batch_size"]: aot.step_program(
+                    clone, tx, spec, mesh, batch_size=b, image_shape=image_shape, num_classes=num_classes),
                 iterations * settings["clone_steps"], knob)
-            continue
-        if kind == "skeptical":
+            programs[f"generator {cell} ({architecture})"] = (
+                lambda mesh, settings=settings: _generator_program(settings, clone, mesh, image_shape, num_classes),
+                iterations, knob)
             continue
         training = clone_training(settings)
         batch = training.batch_size
-        if kind in ("kd", "kd_hard", "kd_retemper"):
-            spec, sizes, tx_steps = StepSpec("kd"), [num_train] * training.epochs, steps_per_epoch(num_train, batch)
+        if kind in ("kd", "kd_hard", "kd_retemper", "skeptical"):
+            share = len(attacker_indices(num_train, settings["budget"], 0, f"config.attacks.{cell}.budget"))
+            sizes, tx_steps = [share] * training.epochs, steps_per_epoch(share, batch)
+            spec, network = StepSpec("kd"), clone
+            if kind == "skeptical":
+                trunk = settings.get("clone") or architecture
+                network = model(trunk, self_distilling=True)
+                spec = StepSpec("skeptical", objective=SkepticalObjective(
+                    float(settings["temperature"]), float(settings["omega"]), settings["kd_delay"] * tx_steps))
         elif kind == "knockoff":
-            spec, sizes = clone_step(settings["labels"])[0], [settings["budget"]] * training.epochs
+            spec, network = clone_step(settings["labels"])[0], clone
+            sizes = [settings["budget"]] * training.epochs
             tx_steps = steps_per_epoch(settings["budget"], batch)
         else:  # jbda: the set doubles each round, one optimizer at a constant lr across the rounds
-            spec = clone_step(settings["labels"])[0]
+            spec, network = clone_step(settings["labels"])[0], clone
             sizes = [settings["seeds"] * 2 ** r for r in range(settings["rounds"]) for _ in range(training.epochs)]
             training = dataclasses.replace(training, schedule="multistep", milestones=())
             tx_steps = 1
         tx, largest = make_optimizer(training, tx_steps), max(sizes)
-        programs[cell] = (lambda mesh, spec=spec, tx=tx, n=largest, b=batch: aot.epoch_program(
-            clone, tx, spec, mesh, num_examples=n, batch_size=b, image_shape=image_shape, num_classes=num_classes,
-            augment_spec=AugmentSpec(), targets=spec.kind == "kd", **stats),
+        name = f"clone {cell} ({settings.get('clone') or architecture}, self-distilling)" if kind == "skeptical" \
+            else f"clone {cell} ({architecture})"
+        programs[name] = (lambda mesh, network=network, spec=spec, tx=tx, n=largest, b=batch: aot.epoch_program(
+            network, tx, spec, mesh, num_examples=n, batch_size=b, image_shape=image_shape, num_classes=num_classes,
+            augment_spec=AugmentSpec(), targets=spec.kind != "ce", **stats),
             sum(steps_per_epoch(n, batch) for n in sizes), knob)
     return programs
+
+
+def _generator_program(settings, clone, mesh, image_shape, num_classes: int):
+    """DFME's generator update (`attacks.dfme.make_generator_update`) on abstract inputs, replicated
+    on the mesh as the attack runs it."""
+    import jax
+    import jax.numpy as jnp
+
+    from ast_jax.attacks import dfme as dfme_attack
+    from ast_jax.engine import aot
+
+    batch, m = settings["batch_size"], settings["directions"]
+    generator = dfme_attack.Generator(tuple(image_shape), settings["ngf"])
+    g_params = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((2, settings["nz"])))["params"])
+    g_opt = jax.eval_shape(dfme_attack.generator_optimizer(settings).init, g_params)
+    inputs = (g_params, g_opt, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32),
+              jax.ShapeDtypeStruct((m + 1, batch, *image_shape), jnp.float32),
+              jax.ShapeDtypeStruct(((m + 1) * batch, num_classes), jnp.float32))
+    g_params, g_opt, key, iteration, points, released = aot.abstract(inputs, mesh)
+    update = dfme_attack.make_generator_update(generator, clone, settings, num_classes)
+    return aot.Program(update, (g_params, g_opt, aot.abstract_variables(clone, image_shape, mesh), key, iteration,
+                                points, released), donate_argnums=(0, 1))
 
 
 def study_lower_bound(planned: list[PlannedProgram]) -> float | None:

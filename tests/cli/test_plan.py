@@ -77,6 +77,55 @@ def test_digits_programs_on_v5e_2x2_as_a_two_run_batch(tmp_path):
     assert "lower bound" in stdout and "not a measurement" in stdout
 
 
+def dfme_generator_parameters(nz: int, ngf: int, side: int, channels: int) -> int:
+    """DFME's generator (docs/method.md §10.3): dense nz -> 2·ngf·(side/4)², then 3x3 convolutions
+    2·ngf -> 2·ngf -> ngf -> channels with biases; BatchNorm scale and bias after the dense layer and
+    the first two convolutions (the last BatchNorm has none)."""
+    dense = nz * 2 * ngf * (side // 4) ** 2 + 2 * ngf * (side // 4) ** 2
+    convolutions = 9 * 2 * ngf * 2 * ngf + 2 * ngf + 9 * 2 * ngf * ngf + ngf + 9 * ngf * channels + channels
+    return dense + convolutions + 2 * (2 * ngf + 2 * ngf + ngf)  # BatchNorm scales and biases
+
+
+@pytest.mark.slow
+def test_dfme_generator_and_skeptical_clone_are_planned():
+    """The digits matrix's dfme and skeptical cells, compiled on the host CPU: the generator's
+    update holds G's parameters and Adam moments (donated), the clone's variables, the N·(m+1)
+    probes and the box's answers there; the Skeptical Student's epoch holds the self-distilling
+    ResNet-18's state (more than the plain trunk's parameters) and the transfer set."""
+    import jax.numpy as jnp
+
+    from ast_jax import models
+    from ast_jax.cli.config import load_settings
+    from ast_jax.engine import aot
+
+    config = load_settings("digits", ["--config.matrix.attacks=('dfme','skeptical')"])
+    dfme, skeptical = config.attacks["dfme"], config.attacks["skeptical"]
+
+    def model(architecture, self_distilling=False):
+        create = models.create_self_distilling if self_distilling else models.create
+        return create(architecture, 10, jnp.float32, axis_name="data")
+
+    programs = plan_module.clone_programs(config, model, DIGITS_TRAIN, (8, 8, 1), 10, {"mean": (0.5,), "std": (0.25,)})
+    assert set(programs) == {"clone dfme (cnn)", "generator dfme (cnn)", "clone skeptical (resnet18, self-distilling)"}
+    costs = {name: aot.compile_cost(build, aot.host_mesh()) for name, (build, _, _) in programs.items()}
+    units = {name: units for name, (_, units, _) in programs.items()}
+
+    iterations = dfme["budget"] // (dfme["batch_size"] * (dfme["directions"] + 1 + dfme["clone_steps"]))
+    assert units["generator dfme (cnn)"] == iterations and units["clone dfme (cnn)"] == iterations * dfme["clone_steps"]
+    generator = costs["generator dfme (cnn)"]
+    g_bytes = 4 * dfme_generator_parameters(dfme["nz"], dfme["ngf"], 8, 1)
+    probes = (dfme["directions"] + 1) * dfme["batch_size"]
+    assert generator.alias_bytes >= 3 * g_bytes  # parameters and Adam's two moments, donated
+    assert generator.argument_bytes >= 3 * g_bytes + CNN_PARAMETER_BYTES + 4 * probes * (8 * 8 + 10)
+    assert generator.flops > 0
+
+    clone = costs["clone skeptical (resnet18, self-distilling)"]
+    trunk_bytes = 4 * (PARAM_COUNTS[("resnet18", 10)] - 9 * 2 * 64)  # its first convolution sees 1 channel, not 3
+    assert clone.alias_bytes > 3 * trunk_bytes  # parameters and Adam's moments of the trunk and its heads, donated
+    assert clone.argument_bytes > 3 * trunk_bytes + DIGITS_IMAGE_BYTES + DIGITS_TRAIN * 40
+    assert units["clone skeptical (resnet18, self-distilling)"] == skeptical["epochs"] * -(-DIGITS_TRAIN // 64)
+
+
 @pytest.mark.slow
 @needs_libtpu
 def test_program_that_does_not_fit_is_refused(tmp_path):
