@@ -21,6 +21,10 @@ reference's schedule exactly). The generator's BatchNorm always normalises with 
 `variant="maze"`: L = −KL(p′ ‖ σ(c)) per sample (no 1/(K·N)), the clone minimises KL(p′ ‖ σ(c))
 (the kd step at T = 1, ω = 1), and the generator takes SGD steps (momentum 0.9, weight decay
 5e-4); MAZE's m = 10 and N = 128 are settings. A killed DFME cell starts again.
+
+On a mesh of several devices the clone steps are data-parallel (`make_train_step`), while the
+generator's forward passes and its update run replicated, each device on the whole batch (the
+generator's BatchNorm needs the whole batch's statistics); `ast-jax plan` plans that update.
 """
 
 from __future__ import annotations
