@@ -224,7 +224,8 @@ def dfme(box: BlackBox, settings, context: AttackContext) -> AttackResult:
     state = replicate(mesh, init_state(context.clone, c_tx, jax.random.fold_in(key, Stream.PARAMS_INIT), image_shape))
     clone_spec, clone_hypers = clone_objective(variant)
     clone_step = jax.jit(make_train_step(context.clone, c_tx, clone_spec, mesh), donate_argnums=(0,))
-    generator_update = jax.jit(make_generator_update(generator, context.clone, settings, box.num_classes))
+    generator_update = jax.jit(make_generator_update(generator, context.clone, settings, box.num_classes),
+                               donate_argnums=(0, 1))
 
     def generate(g_params, z):
         return generator.apply({"params": g_params}, z, mutable=["batch_stats"])[0]

@@ -179,8 +179,8 @@ def plan_study(config, target: Target, mesh, log=print, *, runs: int = 1, adv_se
     run, are not counted) and the clone of each attack of `config.matrix.attacks` with DFME's
     generator update (`ast-jax matrix`: once per victim and seed; `clone_programs`). Every
     training program trains a batch of `runs` runs (the engine's run batching: `--seeds`, a
-    sweep's cells), the AST teachers' holding `adv_sets` distinct adversarial sets; its units are the study's steps, each training
-    the `runs` runs at once. Refuses, with `DoesNotFitError`, the first program that needs more
+    sweep's cells), the AST teachers' holding `adv_sets` distinct adversarial sets; its units
+    are the study's steps, each training the `runs` runs at once. Refuses, with `DoesNotFitError`, the first program that needs more
     than the target's memory.
     """
     import jax.numpy as jnp
