@@ -17,6 +17,7 @@ from ast_jax.engine.loop import (
     make_train_step,
     ood_rows,
     replicate,
+    shard_examples,
     to_host,
 )
 from ast_jax.engine.optim import OPTIMIZERS, TrainSettings, lr_schedule, make_optimizer
@@ -52,5 +53,6 @@ __all__ = [
     "Teacher", "TrainingDivergedError", "TrainingRun", "TrainSettings", "TrainState",
     "batch_conflicts", "epoch_plan", "epoch_rows", "evaluate", "fit", "fit_batch",
     "fixed_teacher_logits", "init_state", "lr_schedule", "make_mesh", "make_optimizer", "make_pgd_attack",
-    "make_predict", "make_train_epoch", "make_train_step", "ood_rows", "replicate", "to_host", "train_step",
+    "make_predict", "make_train_epoch", "make_train_step", "ood_rows", "replicate", "shard_examples", "to_host",
+    "train_step",
 ]

@@ -35,6 +35,7 @@ from ast_jax.engine.loop import (
     make_predict,
     make_train_epoch,
     make_train_step,
+    padded_examples,
     run_partition,
 )
 from ast_jax.engine.policy import ExecutionPolicy
@@ -141,7 +142,8 @@ def epoch_program(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, b
     """A batch of `runs` runs' training epoch, as the engine trains every run (`runner.fit_batch`:
     `loop.make_train_epoch(..., batched=True)`, scanned, the state donated), on `num_examples`
     images of `image_shape`, with the inputs the step kind needs: the adversarial sets (ast;
-    `adv_sets` distinct sets shared by the runs, `runner.distinct_arrays`), the frozen teacher's
+    `adv_sets` distinct sets shared by the runs, `runner.distinct_arrays`, split over the devices
+    along the examples as `runner.run_arrays` places them), the frozen teacher's
     variables (per run) and, without augmentation, its fixed logits (kd, nasty; as `runner` gives
     them) or given `targets` (a clone's transfer set, no teacher), the OOD set of `ood_examples`
     images (ini). The run axis is spread over the mesh's `run` axis where it has one."""
@@ -150,9 +152,10 @@ def epoch_program(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, b
     images = (num_examples, *image_shape)
     shared = {"images": jax.ShapeDtypeStruct(images, jnp.uint8),
               "labels": jax.ShapeDtypeStruct((num_examples,), jnp.int32)}
-    per_run = {}
+    per_run, split = {}, {}
     if spec.needs_adversarial:
-        shared["adv_images"] = jax.ShapeDtypeStruct((adv_sets, *images), jnp.float32)
+        split["adv_images"] = jax.ShapeDtypeStruct((adv_sets, padded_examples(num_examples, mesh), *image_shape),
+                                                   jnp.float32)
         per_run["adv_set"] = jax.ShapeDtypeStruct((runs,), jnp.int32)
     if spec.needs_ood:
         shared["ood_images"] = jax.ShapeDtypeStruct((ood_examples, *image_shape), jnp.float32)
@@ -164,7 +167,7 @@ def epoch_program(model, tx, spec: StepSpec, mesh: Mesh, *, num_examples: int, b
     state = jax.eval_shape(functools.partial(init_state, model, tx, jax.random.PRNGKey(0), image_shape))
     scalar = jax.ShapeDtypeStruct((runs,), jnp.float32)
     hypers = LossHypers(scalar, scalar, jax.ShapeDtypeStruct((runs,), jnp.int32) if spec.kind in SPARSE_KINDS else None)
-    data = {**abstract(shared, mesh), **abstract(per_run, mesh, runs_spec)}
+    data = {**abstract(shared, mesh), **abstract(per_run, mesh, runs_spec), **abstract(split, mesh, P(None, AXIS))}
     per_run_args = abstract((_stacked(runs, state), jax.ShapeDtypeStruct((runs, 2), jnp.uint32), hypers), mesh,
                             runs_spec)  # the runs' loss values are data of the program
     state, key, hypers = per_run_args

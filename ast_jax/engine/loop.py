@@ -1,6 +1,8 @@
 """Jitted, data-parallel programs: one training epoch, evaluation, the PGD adversarial set.
 
-The data of a split lives on the devices as one uint8 array, replicated; on accelerators an
+The data of a split lives on the devices as one uint8 array, replicated; the adversarial set,
+a float array several times larger, is split over the devices along the examples
+(`shard_examples`; the PGD program writes it so, `make_pgd_attack`). On accelerators an
 epoch is one jitted call: a `lax.scan` over its steps that gathers each batch by a permutation
 drawn from (seed, epoch) (`epoch_plan`: every example once, the last batch padded and
 masked), augments and normalises it, and runs the train step under
@@ -264,7 +266,8 @@ def _make_train_epoch(model, tx, spec: StepSpec, mesh: Mesh, *, batch_size: int,
     `state`, `key` (one per run: each run its own data order, augmentation and noise),
     `teacher_variables`, `hypers` (`steps.LossHypers`, one value per run) and the `RUN_ARRAYS` of
     `data` carry a leading run axis; the other arrays of `data` are shared. The adversarial sets
-    are shared too: `adv_images` is (S, N, H, W, C), each distinct set once, and run r reads set
+    are shared too: `adv_images` is (S, N', H, W, C), each distinct set once (N' >= N rows: the
+    runner splits the sets over the devices along the examples, `shard_examples`), and run r reads set
     `adv_set[r]` (int32, (R,)), gathering only its batch's rows. `metrics` are then
     (steps, R). Each run equals the same run trained alone, up to float32 rounding.
     `run_lowering` (the `ExecutionPolicy`'s) says how the step maps over the runs (`over_runs`).
@@ -368,17 +371,49 @@ def _padded_batches(batch_size: int, *arrays):
                  for a in arrays)
 
 
-def _batched_map(fn, mesh: Mesh, batch_size: int, *arrays):
-    """`fn(batch_index, *batch)` on every batch of the leading axis (padded), as one `lax.scan`; (N, ...)."""
-    num = arrays[0].shape[0]
-    batches = _padded_batches(batch_size, *arrays)
+def padded_examples(num_examples: int, mesh: Mesh) -> int:
+    """`num_examples` rounded up to a multiple of the mesh's `data` devices: the length of an
+    example-indexed array split over them (`shard_examples`, `make_pgd_attack`'s program)."""
+    return -(-num_examples // data_devices(mesh)) * data_devices(mesh)
 
-    def body(_, xs):
-        index, *batch = xs
-        return None, fn(index, *_shard_batch(mesh, batch))
 
-    _, out = jax.lax.scan(body, None, (jnp.arange(batches[0].shape[0]), *batches))
-    return out.reshape(-1, *out.shape[2:])[:num]
+def shard_examples(mesh: Mesh, array, axis: int = 0) -> jax.Array:
+    """A host array on the devices, split along its example axis `axis` over the mesh's `data`
+    devices (each holds a contiguous share; replicated over `run`), the axis zero-padded to
+    `padded_examples`. The padding rows are never read: a gather by example index (an epoch's
+    batch of adversarial images) touches rows < N only; XLA gathers the batch by a masked local
+    gather on each device and a sum over the devices, so no device holds the whole array."""
+    array = np.asarray(array)
+    pad = padded_examples(array.shape[axis], mesh) - array.shape[axis]
+    if pad:
+        array = np.pad(array, [(0, pad) if a == axis else (0, 0) for a in range(array.ndim)])
+    spec = P(*([None] * axis), AXIS)
+    return jax.device_put(array, NamedSharding(mesh, spec))
+
+
+def _sharded_map(fn, mesh: Mesh, batch_size: int, constants, *arrays):
+    """`fn(constants, rows, *batch)` on every batch of the arrays' leading axis, as one program with
+    no communication; `rows` are the batch's example indices. (N, ...).
+
+    The N examples are padded to `padded_examples` and split in contiguous shares, one per `data`
+    device; each device maps its own share in batches of `batch_size / devices` (the last one
+    padded) with one `lax.scan` (`constants` replicated), and keeps its share of the result. With
+    N a multiple of the device count the result stays split so (no device holds the whole of it);
+    otherwise the final trim to N rows leaves it replicated.
+    """
+    num, devices = arrays[0].shape[0], data_devices(mesh)
+    share = padded_examples(num, mesh) // devices
+    arrays = [jnp.pad(a, [(0, share * devices - num)] + [(0, 0)] * (a.ndim - 1)) for a in arrays]
+
+    def per_device(constants, *share_arrays):
+        rows = jax.lax.axis_index(AXIS) * share + jnp.arange(share)
+        _, out = jax.lax.scan(lambda _, batch: (None, fn(constants, *batch)), None,
+                              _padded_batches(batch_size // devices, rows, *share_arrays))
+        return out.reshape(-1, *out.shape[2:])[:share]
+
+    out = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), *[P(AXIS)] * len(arrays)), out_specs=P(AXIS),
+                        check_vma=False)(constants, *arrays)
+    return out[:num]
 
 
 def make_predict(model, mesh: Mesh, *, batch_size: int, mean, std, loop: str | None = None):
@@ -400,8 +435,8 @@ def _make_predict(model, mesh: Mesh, *, batch_size: int, mean, std, loop: str):
         return model.apply(variables, normalize(to_unit_float(x), mean, std), train=False).astype(jnp.float32)
 
     if loop == "scan":
-        return jax.jit(lambda variables, images: _batched_map(lambda _, x: logits(variables, x), mesh, batch_size,
-                                                              images))
+        return jax.jit(lambda variables, images: _sharded_map(lambda v, _, x: logits(v, x), mesh, batch_size,
+                                                              variables, images))
     logits_jit = jax.jit(logits)
     return lambda variables, images: host_batched_map(lambda _, x: logits_jit(variables, x), mesh, batch_size, images)
 
@@ -430,12 +465,13 @@ def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float
     """Build `attack(variables, images_uint8, labels, key) -> adversarial images, model-input space`.
 
     PGD (thesis eq. 4) against the model with `variables` in inference mode, batch by batch;
-    batch b's random start (if any) draws from `fold_in(key, b)`, so `key` may be a raw or a
-    typed PRNG key. `space="pixel"` attacks [0, 1] pixels and normalises the result;
+    example i's random start (if any) draws from `fold_in(key, i)`, whatever the batching and the
+    device count, so `key` may be a raw or a typed PRNG key. `space="pixel"` attacks [0, 1] pixels and normalises the result;
     `space="reference"` attacks normalised images with the reference code's [0, 1] clamp and
     returns them as they are (docs/method.md §4). Either way the result is what the model takes as input,
-    ready for the AST step. `loop="scan"` is one jitted program (a scan over batches of a
-    `fori_loop` over PGD steps); `loop="host"` drives batches and steps from Python, one jitted
+    ready for the AST step. `loop="scan"` is one jitted program (`_sharded_map`: each device a scan
+    over batches of its own share of the examples, each batch a `fori_loop` over PGD steps; the set
+    stays split over the devices); `loop="host"` drives batches and steps from Python, one jitted
     call per PGD step (faster on CPU, see `policy.ExecutionPolicy`); None picks the current backend's.
     With the host loop, `progress(images_done, images_total)` is called after each batch; the
     scan is one program and reports nothing until it returns.
@@ -449,9 +485,14 @@ def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float
         x = normalize(x, mean, std) if space == "pixel" else x
         return model.apply(variables, x, train=False)
 
-    def start(key, index, images, labels):
-        return adversarial.pgd_start(to_unit_float(images), labels, eps=eps, random_start=random_start,
-                                     key=jax.random.fold_in(key, index), space=space, mean=mean, std=std)
+    def start(key, rows, images, labels):
+        def one(row, image, label):  # example `row`'s start, from its own key
+            x, x0, label = adversarial.pgd_start(to_unit_float(image)[None], label[None], eps=eps,
+                                                 random_start=random_start, key=jax.random.fold_in(key, row),
+                                                 space=space, mean=mean, std=std)
+            return x[0], x0[0], label[0]
+
+        return jax.vmap(one)(rows, images, labels)
 
     def step(variables, x, x0, labels):
         return adversarial.pgd_step(functools.partial(apply_fn, variables), x, x0, labels, **pgd_kwargs)
@@ -460,15 +501,13 @@ def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float
         return normalize(x, mean, std) if space == "pixel" else x
 
     if loop == "scan":
-        @jax.jit
-        def attack(variables, images, labels, key):
-            def one_batch(index, images, labels):
-                x, x0, labels = start(key, index, images, labels)
-                return finish(jax.lax.fori_loop(0, steps, lambda _, x: step(variables, x, x0, labels), x))
+        def one_batch(constants, rows, images, labels):
+            variables, key = constants
+            x, x0, labels = start(key, rows, images, labels)
+            return finish(jax.lax.fori_loop(0, steps, lambda _, x: step(variables, x, x0, labels), x))
 
-            return _batched_map(one_batch, mesh, batch_size, images, labels)
-
-        return attack
+        return jax.jit(lambda variables, images, labels, key: _sharded_map(one_batch, mesh, batch_size,
+                                                                           (variables, key), images, labels))
 
     start_jit, step_jit, finish_jit = jax.jit(start), jax.jit(step), jax.jit(finish)
     sharding = NamedSharding(mesh, P(AXIS))
@@ -476,7 +515,8 @@ def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float
     def attack(variables, images, labels, key):
         out = []
         for index, batch in enumerate(zip(*_padded_batches(batch_size, jnp.asarray(images), jnp.asarray(labels)))):
-            x, x0, batch_labels = start_jit(key, index, *jax.device_put(batch, sharding))
+            rows = index * batch_size + np.arange(batch_size, dtype=np.int32)
+            x, x0, batch_labels = start_jit(key, *jax.device_put((rows, *batch), sharding))
             for _ in range(steps):
                 x = step_jit(variables, x, x0, batch_labels)
             out.append(finish_jit(x))

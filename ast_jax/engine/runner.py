@@ -38,6 +38,7 @@ from ast_jax.engine.loop import (
     replicate,
     run_devices,
     run_partition,
+    shard_examples,
     to_host,
 )
 from ast_jax.engine.loop import steps_per_epoch as epoch_steps
@@ -479,13 +480,13 @@ def _real_examples(first_step: int, end_step: int, batch_size: int, num_examples
 
 def run_arrays(mesh, adv_images: Sequence | None = None, teacher_logits: Sequence | None = None) -> dict:
     """A batch's per-run inputs on the devices, one entry per run in each list given: the distinct
-    adversarial sets, each once (`distinct_arrays`), replicated as `adv_images` with `adv_set`,
-    each run's set; the fixed teacher logits stacked over the runs (`loop.RUN_ARRAYS`)."""
+    adversarial sets, each once (`distinct_arrays`), split over the devices along the examples as
+    `adv_images` (`loop.shard_examples`: no device holds a whole set) with `adv_set`, each run's set; the fixed teacher logits stacked over the runs (`loop.RUN_ARRAYS`)."""
     per_run = NamedSharding(mesh, run_partition(mesh))
     data = {}
     if adv_images is not None:
         sets, index = distinct_arrays(adv_images)
-        data["adv_images"], data["adv_set"] = replicate(mesh, np.stack(sets)), jax.device_put(index, per_run)
+        data["adv_images"], data["adv_set"] = shard_examples(mesh, np.stack(sets), axis=1), jax.device_put(index, per_run)
     if teacher_logits is not None:
         data["teacher_logits"] = jax.device_put(np.stack([np.asarray(a) for a in teacher_logits]), per_run)
     return data

@@ -1,6 +1,9 @@
-"""Two processes on one machine (jax.distributed on localhost, 2 CPU devices each) run one
-checkpointed training run: it finishes, every file is written once (by process 0), and the
-result equals the single-process run on as many devices."""
+"""Two processes on one machine (jax.distributed on localhost, 2 CPU devices each) attack a tiny
+model with the scanned PGD program (the adversarial set split over the processes' devices) and
+train one checkpointed AST run on that set: it finishes, every file is written once (by process
+0), and the set and the result equal the single-process ones on as many devices."""
+
+import dataclasses
 
 import json
 import os
@@ -17,22 +20,34 @@ EPOCHS = 1
 
 
 def _train(directory: str, out: str) -> None:
-    """One tiny run (`test_runner.tiny_run`) on every device of every process; paths written (or appended to) recorded."""
+    """One tiny AST run (`test_runner.tiny_run`) on every device of every process, on the PGD set
+    of its untrained model; paths written (or appended to) recorded."""
     import jax
     from test_runner import tiny_run
 
     from ast_jax import files
-    from ast_jax.engine import fit
+    from ast_jax.engine import LossHypers, StepSpec, fit, make_mesh, make_pgd_attack, to_host
+
+    run = tiny_run(directory, epochs=EPOCHS)
+    train = run.data.train
+    variables = run.model.init(jax.random.PRNGKey(1), train.images[:1] / 255.0)
+    attack = make_pgd_attack(run.model, make_mesh(), batch_size=16, mean=run.data.mean, std=run.data.std, eps=0.1,
+                             step_size=0.02, steps=2, random_start=True, loop="scan")
+    adv = attack(variables, train.images, train.labels, jax.random.key(3))
+    shares = [shard.data.shape[0] for shard in adv.addressable_shards]
+    adv = to_host(adv)
+    run = dataclasses.replace(run, spec=StepSpec("ast"), hypers=LossHypers(4.0, 0.5, 2),
+                              data=dataclasses.replace(run.data, adv_images=adv))
 
     written = []
     atomic_write = files.atomic_write
     files.atomic_write = lambda path, data: (written.append(os.path.relpath(path, directory)), atomic_write(path, data))
     append_text = files.append_text
     files.append_text = lambda path, text: (written.append(os.path.relpath(path, directory)), append_text(path, text))
-    result = fit(tiny_run(directory, epochs=EPOCHS), log=lambda _: None)
-    np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
+    result = fit(run, log=lambda _: None)
+    np.savez(out, adv, *[np.asarray(x) for x in jax.tree.leaves(result.variables)])
     with open(out + ".json", "w") as f:
-        json.dump({"written": written, "devices": jax.device_count(), "history": result.history}, f)
+        json.dump({"written": written, "devices": jax.device_count(), "history": result.history, "shares": shares}, f)
 
 
 def _free_port() -> int:
@@ -65,6 +80,7 @@ def test_two_processes_write_once_and_match_one_process(tmp_path):
     records = [json.load(open(tmp_path / f"p{i}.json")) for i in range(2)]
     reference = json.load(open(tmp_path / "s.json"))
     assert records[0]["devices"] == records[1]["devices"] == reference["devices"] == 4
+    assert records[0]["shares"] == records[1]["shares"] == [16, 16]  # each process's 2 devices: a quarter each
     assert records[1]["written"] == []  # process 1 writes no shared file
     assert sorted(records[0]["written"]) == sorted(set(records[0]["written"])) == ["metrics.jsonl", "run.json"]
     assert [row["epoch"] for row in records[0]["history"]] == list(range(1, EPOCHS + 1))

@@ -116,7 +116,8 @@ def _compare_zoo_batchnorm() -> dict:
 
 
 def _compare_adversarial_sets() -> dict:
-    """make_pgd_attack on 1 and 4 devices, scanned and host-driven, against one `pgd` call."""
+    """make_pgd_attack on 1 and 4 devices, scanned and host-driven, against one `pgd` call; the
+    scanned set's rows per device, and the scan on 38 images (not a multiple of 4)."""
     import jax
     import jax.numpy as jnp
     from conftest import TinyNet, tiny_split
@@ -135,10 +136,16 @@ def _compare_adversarial_sets() -> dict:
             attack = make_pgd_attack(model, make_mesh(devices), batch_size=16, mean=mean, std=std, eps=0.1,
                                      step_size=0.02, steps=3, space=space, random_start=random_start,
                                      loop=loop)
-            results.append(np.asarray(attack(variables, split.images, split.labels, jax.random.key(5))))
+            if len(devices) > 1 and loop == "scan":
+                attack_scan_4 = attack
+            results.append(attack(variables, split.images, split.labels, jax.random.key(5)))
+        shares = sorted(shard.data.shape[0] for shard in results[1].addressable_shards)
+        uneven = attack_scan_4(variables, split.images[:38], split.labels[:38], jax.random.key(5))
+        results = [np.asarray(r) for r in results]
         clean = normalize(split.images / 255.0, mean, std) if space == "pixel" else split.images / 255.0
         name = f"{space}{'-random' if random_start else ''}"
-        diffs[name] = {"devices": float(np.max(np.abs(results[0] - results[1]))),
+        diffs[name] = {"devices": float(np.max(np.abs(results[0] - results[1]))), "shares": shares,
+                       "uneven": float(np.max(np.abs(results[0][:38] - np.asarray(uneven)))),
                        "host_vs_scan": float(np.max(np.abs(results[1] - results[2]))),
                        "moved": float(np.max(np.abs(results[0] - np.asarray(clean))))}
         if not random_start:
@@ -223,7 +230,8 @@ def test_zoo_batchnorm_uses_global_batch_statistics(measured, name):
 def test_adversarial_set_matches_across_devices_and_loops(measured, name):
     diff = measured["attacks"][name]
     assert diff["moved"] > 0.05, diff  # the attack changed the images
-    assert diff["devices"] < 1e-5 and diff["host_vs_scan"] < 1e-5, diff
+    assert diff["devices"] < 1e-5 and diff["host_vs_scan"] < 1e-5 and diff["uneven"] < 1e-5, diff
+    assert diff["shares"] == [10, 10, 10, 10], diff  # each device holds its quarter of the 40 images, no more
     assert diff.get("vs_pgd", 0.0) < 1e-5, diff
 
 
