@@ -466,10 +466,10 @@ def make_pgd_attack(model, mesh: Mesh, *, batch_size: int, mean, std, eps: float
 
     PGD (thesis eq. 4) against the model with `variables` in inference mode, batch by batch;
     example i's random start (if any) draws from `fold_in(key, i)`, whatever the batching and the
-    device count, so `key` may be a raw or a typed PRNG key. `space="pixel"` attacks [0, 1] pixels and normalises the result;
-    `space="reference"` attacks normalised images with the reference code's [0, 1] clamp and
-    returns them as they are (docs/method.md §4). Either way the result is what the model takes as input,
-    ready for the AST step. `loop="scan"` is one jitted program (`_sharded_map`: each device a scan
+    device count, so `key` may be a raw or a typed PRNG key. `space="pixel"` attacks [0, 1]
+    pixels and normalises the result; `space="reference"` attacks normalised images with the
+    reference code's [0, 1] clamp and returns them as they are (docs/method.md §4). Either way the
+    result is what the model takes as input, ready for the AST step. `loop="scan"` is one jitted program (`_sharded_map`: each device a scan
     over batches of its own share of the examples, each batch a `fori_loop` over PGD steps; the set
     stays split over the devices); `loop="host"` drives batches and steps from Python, one jitted
     call per PGD step (faster on CPU, see `policy.ExecutionPolicy`); None picks the current backend's.
