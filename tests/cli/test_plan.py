@@ -2,6 +2,9 @@
 attached (libtpu's topologies), their memory and FLOPs read from the compiler."""
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 from conftest import PARAM_COUNTS, TINY_STUDY, start_cli
@@ -196,3 +199,18 @@ def test_plan_only_plans_the_attached_devices_and_writes_nothing(tmp_path, capsy
     rows = {line.split()[0] + " " + line.split()[1] for line in out.splitlines()[1:-1]}
     assert rows == {"base teacher", "kd students", "predict (cnn)"}
     assert "attached:cpu" in out.splitlines()[-1]
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_tpu_byte_count_counts_at_least_the_unpadded_bytes():
+    """benchmarks/tpu_byte_count.py, on which benchmarks/README.md rests its reading of the TPU bounds."""
+    root = __file__.rsplit("/tests/", 1)[0]
+    result = subprocess.run([sys.executable, "-m", "benchmarks.tpu_byte_count", "--images", "2", "--side", "16"],
+                            capture_output=True, text=True, cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counted, unpadded, gflop = map(float, re.search(r"counts ([\d.]+) MB accessed, unpadded ([\d.]+) MB .* ([\d.]+) GFLOP",
+                                                     result.stdout).groups())
+    assert unpadded == round((2 * 4 * 2 * 16 * 16 * 64 + 4 * 9 * 64 * 64) / 1e6, 1)
+    assert counted >= unpadded  # the input and output are read and written at least once
+    assert abs(gflop - 2 * 2 * 16 * 16 * 9 * 64 * 64 / 1e9) < 0.02  # 2 FLOPs per multiply-add
